@@ -1,0 +1,1 @@
+"""deep-features: pretrained deep features for image recognition and retrieval (course toolkit)."""
