@@ -1,0 +1,396 @@
+"""Datasets and image loading: the 4-class CIFAR-10 course split, image folders, and robust single-image loading.
+
+Where the course data comes from, in order:
+
+1. an explicit ``data_dir`` argument;
+2. the environment variable ``DEEP_FEATURES_DATA``;
+3. the repository's ``data/cifar10/`` folder;
+4. ``keras.datasets.cifar10.load_data()`` (downloads once into ``~/.keras/datasets``; needs the internet).
+
+A local source is either an image-folder tree (``train/<class>/*.jpg`` and ``test/<class>/*.jpg``) or the official
+CIFAR-10 Python batches (``data_batch_1`` ... ``data_batch_5``, ``test_batch``, optionally in ``cifar-10-batches-py/``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+COURSE_CLASSES: tuple[str, ...] = ("automobile", "bird", "cat", "dog")
+# The classic course's training split (2005 images) and its test split (all 4000 CIFAR-10 test images).
+COURSE_TRAIN_COUNTS: dict[str, int] = {"automobile": 509, "bird": 478, "cat": 509, "dog": 509}
+COURSE_TEST_COUNTS: dict[str, int] = {c: 1000 for c in COURSE_CLASSES}
+CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
+                                    "dog", "frog", "horse", "ship", "truck")
+DATA_ENV_VAR = "DEEP_FEATURES_DATA"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_DATA_DIR = REPO_ROOT / "data" / "cifar10"
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+# Refuse images with more pixels than this (decompression bombs); a 12000 x 12000 photo is still fine.
+MAX_IMAGE_PIXELS = 150_000_000
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No course data locally and no way to download it."""
+
+
+class ImageLoadError(ValueError):
+    """A file that cannot be read as an image (corrupt, truncated, not an image, too large)."""
+
+
+@dataclass
+class ImageSet:
+    """Images with integer labels: ``images`` (N, H, W, 3) uint8, or ``paths`` when loaded lazily from files."""
+
+    labels: np.ndarray
+    class_names: list[str]
+    images: np.ndarray | None = None
+    paths: list[Path] | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def counts(self) -> dict[str, int]:
+        """Images per class, in class order."""
+        return {c: int((self.labels == i).sum()) for i, c in enumerate(self.class_names)}
+
+    @property
+    def label_names(self) -> np.ndarray:
+        """The class name of every image."""
+        return np.asarray(self.class_names)[self.labels]
+
+
+@dataclass
+class ImageFolder:
+    """An image-folder tree ``root/<class>/<image>``: readable files, their labels, and what was skipped."""
+
+    root: Path
+    paths: list[Path]
+    labels: np.ndarray
+    class_names: list[str]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def counts(self) -> dict[str, int]:
+        return {c: int((self.labels == i).sum()) for i, c in enumerate(self.class_names)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Single images
+# ----------------------------------------------------------------------------------------------------------------
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: 16-bit and float are rescaled, transparency is composited on white."""
+    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        image = Image.fromarray(scaled.round().astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Read an image file as a uint8 RGB array (H, W, 3), upright (EXIF orientation applied).
+
+    With ``size``, the image is resized to ``size`` x ``size`` (the whole image, aspect not kept, as the
+    featurizer does with CIFAR images). Raises :class:`ImageLoadError` with the reason for anything unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{path}: empty file (0 bytes)")
+    previous_limit, previous_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = MAX_IMAGE_PIXELS, False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if size is not None and image.format == "JPEG":
+                    image.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale: much faster
+                image = ImageOps.exif_transpose(image)
+                image.load()
+                rgb = _to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"{path}: image too large ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(f"{path}: not an image file (or a format Pillow cannot read)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = previous_limit, previous_truncated
+    if min(rgb.size) < 1:
+        raise ImageLoadError(f"{path}: image has no pixels")
+    if size is not None and rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def resize_batch(images: np.ndarray | Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Resize RGB images (a batch array or a list of differently sized arrays) to (N, size, size, 3) uint8."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = images[None]
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"expected RGB images of shape (H, W, 3), got {image.shape}")
+        if image.shape[:2] == (size, size):
+            out[i] = image
+        else:
+            out[i] = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR))
+    return out
+
+
+def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Image files (by extension) under ``folder``, sorted; hidden files and folders are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    pattern = folder.rglob("*") if recursive else folder.glob("*")
+    return sorted(
+        p for p in pattern
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def load_image_folder(root: str | Path, min_classes: int = 1, check_images: bool = True) -> ImageFolder:
+    """Index an image-folder tree ``root/<class>/<image>`` (e.g. ``data/my_images/``) for featurization.
+
+    Each sub-folder is a class. Files that are not readable images are skipped and listed in ``skipped``
+    (with ``check_images``, every image is opened once to verify it); empty class folders are skipped with a
+    warning. Raises ``ValueError`` when fewer than ``min_classes`` classes have images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root}: no such folder. Make one sub-folder per class with its images inside, e.g. "
+            f"{root}/cat/1.jpg, {root}/dog/1.jpg"
+        )
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    paths: list[Path] = []
+    labels: list[int] = []
+    class_names: list[str] = []
+    skipped: list[tuple[Path, str]] = []
+    empty: list[str] = []
+    for class_dir in class_dirs:
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        good = []
+        for f in files:
+            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append((f, "not an image file extension"))
+                continue
+            if check_images:
+                try:
+                    _verify_image(f)
+                except ImageLoadError as exc:
+                    skipped.append((f, str(exc)))
+                    continue
+            good.append(f)
+        if not good:
+            empty.append(class_dir.name)
+            continue
+        labels += [len(class_names)] * len(good)
+        class_names.append(class_dir.name)
+        paths += good
+    if empty:
+        warnings.warn(f"{root}: skipped class folders with no readable images: {', '.join(empty)}", stacklevel=2)
+    if len(class_names) < min_classes:
+        found = f"found {len(class_names)} ({', '.join(class_names) or 'none'})"
+        raise ValueError(
+            f"{root}: need at least {min_classes} class folders with images, {found}. "
+            f"Put each class's images in its own sub-folder, e.g. {root}/cat/, {root}/dog/"
+        )
+    return ImageFolder(root, paths, np.asarray(labels, dtype=np.int64), class_names, skipped)
+
+
+def _verify_image(path: Path) -> None:
+    """Cheap validity check: header + size limit (full decoding happens at featurization)."""
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise ImageLoadError(f"{path}: image too large ({image.width}x{image.height} pixels)")
+                image.verify()
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(f"{path}: not an image file (or a format Pillow cannot read)") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
+        raise ImageLoadError(f"{path}: corrupt image ({exc})") from exc
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The CIFAR-10 course data
+# ----------------------------------------------------------------------------------------------------------------
+
+def find_data_dir(data_dir: str | Path | None = None) -> Path | None:
+    """The local CIFAR-10 source to use (argument, then $DEEP_FEATURES_DATA, then data/cifar10/), or None."""
+    if data_dir is not None:
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            raise DataNotFoundError(f"data_dir {path} does not exist")
+        return path
+    from_env = os.environ.get(DATA_ENV_VAR)
+    if from_env:
+        path = Path(from_env).expanduser()
+        if not path.is_dir():
+            raise DataNotFoundError(f"${DATA_ENV_VAR}={from_env} does not exist")
+        return path
+    return REPO_DATA_DIR if REPO_DATA_DIR.is_dir() and any(REPO_DATA_DIR.iterdir()) else None
+
+
+def _python_batches_dir(path: Path) -> Path | None:
+    for candidate in (path, path / "cifar-10-batches-py"):
+        if (candidate / "data_batch_1").is_file() and (candidate / "test_batch").is_file():
+            return candidate
+    return None
+
+
+def _read_python_batches(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        with (folder / name).open("rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return images, np.asarray(batch[b"labels"], dtype=np.int64)
+
+    train_parts = [read(f"data_batch_{i}") for i in range(1, 6) if (folder / f"data_batch_{i}").is_file()]
+    train = (np.concatenate([p[0] for p in train_parts]), np.concatenate([p[1] for p in train_parts]))
+    return train, read("test_batch")
+
+
+def _download_cifar10() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    try:
+        import keras
+
+        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    except Exception as exc:  # no network, a proxy, a broken cache: all mean "put the data here instead"
+        raise DataNotFoundError(
+            "No CIFAR-10 data found and the download failed "
+            f"({type(exc).__name__}: {exc}).\nPut the data in one of these places:\n"
+            f"  - {REPO_DATA_DIR}/ as train/<class>/*.jpg and test/<class>/*.jpg, "
+            "or the official Python batches (cifar-10-batches-py/)\n"
+            f"  - any folder, then set {DATA_ENV_VAR}=/that/folder or pass data_dir=...\n"
+            "  - or connect to the internet once: keras.datasets.cifar10 caches it in ~/.keras/datasets"
+        ) from exc
+    return (x_train, y_train.reshape(-1)), (x_test, y_test.reshape(-1))
+
+
+def _sample_indices(labels: np.ndarray, class_ids: Sequence[int], counts: Sequence[int | None],
+                    rng: np.random.Generator, split: str) -> np.ndarray:
+    chosen = []
+    for class_id, count in zip(class_ids, counts):
+        pool = np.flatnonzero(labels == class_id)
+        if count is None or count == len(pool):
+            chosen.append(pool)
+            continue
+        if count > len(pool):
+            raise ValueError(f"{split}: asked for {count} images of class {class_id}, only {len(pool)} exist")
+        chosen.append(np.sort(rng.choice(pool, size=count, replace=False)))
+    return np.concatenate(chosen)
+
+
+def _split_counts(n_per_class: int | dict[str, int] | None, default: dict[str, int],
+                  classes: Sequence[str]) -> list[int | None]:
+    if n_per_class is None:
+        return [default.get(c) for c in classes]
+    if isinstance(n_per_class, dict):
+        return [n_per_class.get(c) for c in classes]
+    if int(n_per_class) < 1:
+        raise ValueError(f"images per class must be at least 1, got {n_per_class}")
+    return [int(n_per_class)] * len(classes)
+
+
+def load_course_data(data_dir: str | Path | None = None, n_train_per_class: int | dict[str, int] | None = None,
+                     n_test_per_class: int | dict[str, int] | None = None, seed: int = 0,
+                     classes: Sequence[str] = COURSE_CLASSES) -> tuple[ImageSet, ImageSet]:
+    """The 4-class CIFAR-10 course data as (train, test) :class:`ImageSet` s of 32x32 uint8 images.
+
+    By default this is the classic course split: 2005 training images (automobile 509, bird 478, cat 509,
+    dog 509) and all 4000 test images of those classes. ``n_*_per_class`` picks other sizes (an int for every
+    class, or a dict). Images are sampled reproducibly with ``seed``; labels index ``classes``.
+    """
+    classes = list(classes)
+    unknown = [c for c in classes if c not in CIFAR10_CLASSES]
+    if unknown:
+        raise ValueError(f"not CIFAR-10 classes: {unknown}; choose from {CIFAR10_CLASSES}")
+    train_counts = _split_counts(n_train_per_class, COURSE_TRAIN_COUNTS, classes)
+    test_counts = _split_counts(n_test_per_class, COURSE_TEST_COUNTS, classes)
+    rng = np.random.default_rng(seed)
+    source = find_data_dir(data_dir)
+    if source is not None and _python_batches_dir(source) is None:
+        if not (source / "train").is_dir() or not (source / "test").is_dir():
+            raise DataNotFoundError(
+                f"{source} holds neither train/<class>/ and test/<class>/ image folders "
+                "nor the CIFAR-10 Python batches (data_batch_1 ... test_batch)"
+            )
+        return tuple(  # type: ignore[return-value]
+            _load_split_from_folders(source / split, classes, counts, rng, split)
+            for split, counts in (("train", train_counts), ("test", test_counts))
+        )
+    if source is not None:
+        (x_train, y_train), (x_test, y_test) = _read_python_batches(_python_batches_dir(source))  # type: ignore[arg-type]
+        origin = f"CIFAR-10 Python batches in {source}"
+    else:
+        (x_train, y_train), (x_test, y_test) = _download_cifar10()
+        origin = "keras.datasets.cifar10"
+    class_ids = [CIFAR10_CLASSES.index(c) for c in classes]
+    remap = {cid: i for i, cid in enumerate(class_ids)}
+    sets = []
+    for split, x, y, counts in (("train", x_train, y_train, train_counts), ("test", x_test, y_test, test_counts)):
+        idx = _sample_indices(y, class_ids, counts, rng, split)
+        labels = np.asarray([remap[int(v)] for v in y[idx]], dtype=np.int64)
+        sets.append(ImageSet(labels, classes, images=x[idx], source=f"{origin} ({split})"))
+    return sets[0], sets[1]
+
+
+def _load_split_from_folders(split_dir: Path, classes: Sequence[str], counts: Sequence[int | None],
+                             rng: np.random.Generator, split: str) -> ImageSet:
+    all_paths, all_labels = [], []
+    for i, name in enumerate(classes):
+        class_dir = split_dir / name
+        files = list_images(class_dir, recursive=False) if class_dir.is_dir() else []
+        if not files:
+            raise DataNotFoundError(f"{class_dir}: no images for class {name!r}")
+        all_paths += files
+        all_labels += [i] * len(files)
+    labels = np.asarray(all_labels, dtype=np.int64)
+    idx = _sample_indices(labels, range(len(classes)), counts, rng, split)
+    paths = [all_paths[i] for i in idx]
+    images = np.stack([load_image(p, size=32) for p in paths])
+    return ImageSet(labels[idx], list(classes), images=images, paths=paths, source=f"image folders in {split_dir}")
+
+
+def take_per_class(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` examples of every class (sampled with ``seed``; all of a class if it has fewer)."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in np.unique(labels):
+        pool = np.flatnonzero(labels == c)
+        picks.append(np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False)))
+    return np.concatenate(picks)
+
+
+def describe_counts(sets: Iterable[ImageSet]) -> str:
+    """One line per split: its per-class counts."""
+    return "\n".join(f"{s.source}: {s.counts()}" for s in sets)
