@@ -1,0 +1,83 @@
+"""Tiny stand-in notebooks for testing utils.course's runner and site mechanics.
+
+They are not the course: each has a ``# Title`` + "Learning objectives" first cell, a
+``parameters`` cell, a small matplotlib figure and a ``save_metrics`` call with fake
+figures, and they run in a couple of seconds each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+REPO = Path(__file__).resolve().parents[1]
+
+PARAMETERS = """\
+backbone = "efficientnet_lite0"
+image_size = 224
+n_train_per_class = None
+n_test_per_class = None
+seed = 0
+data_dir = None
+metrics_path = ""
+"""
+
+# Parts of each notebook: (name, title, objectives, extra code, metrics dict source)
+FIXTURES = [
+    ("01_first_look", "First look", ["Load a tiny array", "Plot it"],
+     "", '{"train_counts": {"cat": 3, "dog": 4}, "image_shape": [image_size, image_size, 3]}'),
+    ("02_raw_fake", "Fake raw pixels", ["Pretend to classify raw pixels"],
+     "", '{"raw_pixel_accuracy": np.float32(0.5), '
+         '"per_class_accuracy": {"cat": 0.25, "dog": np.float64(0.75)}}'),
+    ("05_distances_fake", "Fake distances", ["Count dogs", "Draw a curve"],
+     "", '{"dog_1nn_correct": np.int64(9), "dog_test_count": 12, '
+         '"per_class_1nn_accuracy": {"cat": 0.5, "dog": 0.75}}'),
+]
+
+
+def make_notebook(directory: Path, name: str, title: str, objectives: list[str],
+                  metrics_source: str, extra: str = "") -> Path:
+    """Write one fixture notebook and return its path."""
+    intro = f"# {title}\n\n**Learning objectives**\n\n" + "".join(
+        f"- {objective}\n" for objective in objectives) + "\nSome text after the list.\n"
+    parameters = new_code_cell(PARAMETERS)
+    parameters.metadata["tags"] = ["parameters"]
+    body = f"""\
+import sys
+sys.path.insert(0, {str(REPO)!r})
+import numpy as np
+import matplotlib
+matplotlib.use("module://matplotlib_inline.backend_inline")
+import matplotlib.pyplot as plt
+from utils.course import save_metrics
+fig, ax = plt.subplots(figsize=(3, 2))
+ax.plot(np.arange(image_size % 7 + 3))
+ax.set_title({title!r})
+plt.show()
+{extra}
+save_metrics(metrics_path, dict({metrics_source}, seconds=0.1, backbone=backbone,
+             image_size=image_size, n_train=n_train_per_class, n_test=n_test_per_class,
+             seed=seed))
+"""
+    nb = new_notebook(cells=[new_markdown_cell(intro), parameters, new_code_cell(body),
+                             new_markdown_cell("## The end\n\n$x^2$ stays as text.")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    path = directory / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def make_course(directory: Path, failing: bool = False) -> list[Path]:
+    """Write the fixture notebooks (optionally a failing one in between) into a folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [make_notebook(directory, name, title, objectives, metrics, extra)
+             for name, title, objectives, extra, metrics in FIXTURES]
+    if failing:
+        paths.append(make_notebook(directory, "03_broken", "Broken", ["Fail loudly"],
+                                   "{}", extra='raise ValueError("fixture failure")'))
+    (directory / "scratch.ipynb").write_text("not a lesson, never read")
+    return paths
