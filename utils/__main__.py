@@ -1,0 +1,108 @@
+"""Command line: ``python -m utils {predict,similar,featurize,backbones,course,clean-notebooks} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .backbones import DEFAULT_BACKBONE, REGISTRY, BackboneUnavailableError, UnknownBackboneError
+from .data import DataNotFoundError, ImageLoadError
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .backbones import predict_imagenet
+    from .data import load_image
+
+    image = load_image(args.image)
+    for rank, (index, name, probability) in enumerate(predict_imagenet(image, args.backbone, args.top)[0], 1):
+        print(f"{rank}. {index:4d} {name:<30s} {probability:6.1%}")
+    return 0
+
+
+def _similar(args: argparse.Namespace) -> int:
+    from .retrieval import find_similar
+
+    results, skipped = find_similar(args.query, args.folder, args.top, args.backbone, args.image_size)
+    for result in results:
+        print(f"{result.distance:8.3f}  {result.path}")
+    if skipped:
+        print(f"({len(skipped)} unreadable file(s) in {args.folder} skipped)", file=sys.stderr)
+    return 0
+
+
+def _featurize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .data import list_images
+    from .features import featurize_files
+
+    result = featurize_files(list_images(args.folder), args.backbone, args.image_size, progress=True)
+    np.savez(args.output, features=result.features, paths=np.asarray([str(p) for p in result.paths]))
+    print(f"{len(result.paths)} images -> {result.features.shape} features in {args.output}; "
+          f"{len(result.skipped)} skipped")
+    return 0
+
+
+def _backbones(_: argparse.Namespace) -> int:
+    from .backbones import available_backbones
+
+    here = set(available_backbones())
+    for name, spec in REGISTRY.items():
+        mark = "ready" if name in here else ("not installed" if spec.offline else "needs download")
+        print(f"{name:<20s} {spec.input_size:4d}px {spec.feature_dim:5d}-d  {mark:<15s} {spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m utils``."""
+    parser = argparse.ArgumentParser(prog="python -m utils", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_backbone(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"one of: {', '.join(REGISTRY)}")
+        p.add_argument("--image-size", type=int, default=None, help="pixels (default: the backbone's own)")
+        return p
+
+    p = sub.add_parser("predict", help="top-K ImageNet classes of a photo")
+    p.add_argument("image", type=Path)
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"one of: {', '.join(REGISTRY)}")
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(run=_predict)
+
+    p = with_backbone(sub.add_parser("similar", help="the images in a folder closest to a query image"))
+    p.add_argument("query", type=Path)
+    p.add_argument("folder", type=Path)
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(run=_similar)
+
+    p = with_backbone(sub.add_parser("featurize", help="deep features of every image in a folder, to a .npz"))
+    p.add_argument("folder", type=Path)
+    p.add_argument("--output", type=Path, default=Path("features.npz"))
+    p.set_defaults(run=_featurize)
+
+    sub.add_parser("backbones", help="list the backbones and whether they are ready here").set_defaults(run=_backbones)
+
+    from . import course
+
+    p = sub.add_parser("course", help="run every notebook with papermill, collect results, build the HTML site")
+    course.add_arguments(p)
+    p.set_defaults(run=course.main)
+    p = sub.add_parser("clean-notebooks", help="strip outputs and volatile metadata from the notebooks")
+    course.add_clean_arguments(p)
+    p.set_defaults(run=course.clean_main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (UnknownBackboneError, BackboneUnavailableError, DataNotFoundError, ImageLoadError,
+            FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Figures used across the notebooks: image grids, confusion matrices, neighbours, learning curves."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def show_images(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 8,
+                title: str | None = None, size: float = 1.4) -> plt.Figure:
+    """A grid of images with optional per-image titles."""
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if title else 0)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, image in enumerate(images):
+        ax = axes.flat[i]
+        ax.imshow(image, interpolation="nearest" if np.asarray(image).shape[0] <= 64 else "antialiased")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str) -> plt.Figure:
+    """A confusion matrix with counts in the cells (rows: true class, columns: predicted class)."""
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (r, c), value in np.ndenumerate(matrix):
+        ax.text(c, r, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def plot_neighbors(query: np.ndarray, neighbors: Sequence[np.ndarray], distances: Sequence[float],
+                   labels: Sequence[str] | None = None, title: str = "Nearest neighbours") -> plt.Figure:
+    """The query image followed by its neighbours, each captioned with its distance (and label)."""
+    captions = ["query"] + [
+        f"{labels[i]}\nd={d:.2f}" if labels is not None else f"d={d:.2f}" for i, d in enumerate(distances)
+    ]
+    return show_images([query, *neighbors], captions, ncols=len(neighbors) + 1, title=title, size=1.6)
+
+
+def plot_curves(x: Sequence[float], curves: Mapping[str, Sequence[float]], title: str, xlabel: str,
+                ylabel: str, logx: bool = False) -> plt.Figure:
+    """Line plot of several named curves over the same x values."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in curves.items():
+        ax.plot(x, values, marker="o", label=name)
+    if logx:
+        ax.set_xscale("log")
+        ax.set_xticks(list(x), [str(v) for v in x])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
