@@ -45,12 +45,8 @@ def make_notebook(directory: Path, name: str, title: str, objectives: list[str],
     parameters = new_code_cell(PARAMETERS)
     parameters.metadata["tags"] = ["parameters"]
     body = f"""\
-import sys
-sys.path.insert(0, {str(REPO)!r})
 import numpy as np
-import matplotlib
-matplotlib.use("module://matplotlib_inline.backend_inline")
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # run_course makes the backend inline and utils importable
 from utils.course import save_metrics
 fig, ax = plt.subplots(figsize=(3, 2))
 ax.plot(np.arange(image_size % 7 + 3))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -94,8 +95,12 @@ def built(tmp_path_factory) -> dict:
     make_course(root / "notebooks")
     lines: list[str] = []
     parameters = dict(course.SMALL_PARAMETERS, seed=3, not_declared=1)
-    results = course.run_course(root / "build", parameters, notebooks=root / "notebooks",
-                                kernel_name="python3", log=lines.append)
+    with pytest.MonkeyPatch.context() as env:  # as in CI: a non-inline backend, no PYTHONPATH
+        env.setenv("MPLBACKEND", "agg")
+        env.delenv("PYTHONPATH", raising=False)
+        results = course.run_course(root / "build", parameters, notebooks=root / "notebooks",
+                                    kernel_name="python3", log=lines.append)
+        assert os.environ["MPLBACKEND"] == "agg" and "PYTHONPATH" not in os.environ
     site = course.build_site(root / "build")
     return {"root": root, "build": root / "build", "results": results, "log": lines,
             "site": site}

@@ -19,6 +19,7 @@ nbstripout, so committed notebooks stay small and diff-friendly (``clean-noteboo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import html
 import json
@@ -30,7 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata as _metadata
 from pathlib import Path
@@ -237,6 +238,34 @@ def _as_lessons(notebooks: str | os.PathLike[str] | Iterable[Any] | None) -> lis
     return sorted(lessons, key=lambda lesson: (lesson.number, lesson.path.name))
 
 
+@contextlib.contextmanager
+def _kernel_environment() -> Iterator[None]:
+    """Environment the notebook kernels inherit while the course runs.
+
+    ``import utils`` works from the notebooks folder without an installed package, and
+    figures are inline PNG outputs even where ``MPLBACKEND`` is set (e.g. Agg in CI).
+    """
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "MPLBACKEND")}
+    repo = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo, saved["PYTHONPATH"]) if p)
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _kernel_of(path: Path, requested: str | None) -> str:
+    if requested:
+        return requested
+    spec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
+    return spec.get("name") or "python3"
+
+
 def _parameter_value(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
@@ -288,14 +317,15 @@ def run_course(
         log(f"[{index}/{len(lessons)}] {lesson.path.name} ...")
         tick = time.perf_counter()
         try:
-            papermill.execute_notebook(
-                str(lesson.path),
-                str(output),
-                parameters=injected,
-                kernel_name=kernel_name,
-                cwd=str(lesson.path.parent),
-                progress_bar=False,
-            )
+            with _kernel_environment():
+                papermill.execute_notebook(
+                    str(lesson.path),
+                    str(output),
+                    parameters=injected,
+                    kernel_name=_kernel_of(lesson.path, kernel_name),
+                    cwd=str(lesson.path.parent),
+                    progress_bar=False,
+                )
         except Exception as exc:  # papermill's execution error, a dead kernel, ...
             seconds[lesson.stem] = round(time.perf_counter() - tick, 2)
             reason = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"
@@ -528,7 +558,7 @@ SITE_CSS: Final = """
 body { margin: 0; background: #fafafa; }
 main, .course-page { max-width: 960px; margin: 0 auto; padding: 0 1.5rem 2rem;
   font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; line-height: 1.5; }
-.course-page { background: #fff; }
+.course-page { background: #fff; display: flow-root; }
 nav.course-nav { display: flex; justify-content: space-between; gap: 1rem; max-width: 960px;
   margin: 0 auto; padding: .6rem 1.5rem; background: #24425f; color: #fff;
   font-family: system-ui, sans-serif; font-size: .95rem; }
