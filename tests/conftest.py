@@ -1,0 +1,47 @@
+"""Shared fixtures of the toolkit tests.
+
+* Every test (and every ``python -m utils`` subprocess, which inherits the environment) caches converted weights
+  and features in one session-wide temporary ``DEEP_FEATURES_CACHE``, never in ``~/.cache``. ``load_backbone`` is
+  ``lru_cache``-d per process, so the weights are converted at most once per session (per process).
+* ``course_data_dir``: the real 4-class CIFAR-10 folders, shared next to the repository. Skipped when missing on a
+  developer machine; a failure in CI (``CI`` set), where the data must be there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COURSE_DATA = Path(__file__).parents[1].parent / "shared/data/cifar10-4class"
+COURSE_CLASSES = ("automobile", "bird", "cat", "dog")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary cache root for the whole session (set in os.environ, so subprocesses use it too)."""
+    root = tmp_path_factory.mktemp("deep-features-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEP_FEATURES_CACHE", str(root))
+        mp.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+        yield root
+
+
+@pytest.fixture(scope="session")
+def course_data_dir() -> Path:
+    """``shared/data/cifar10-4class`` (train/<class>/*.jpg, test/<class>/*.jpg)."""
+    if not all((COURSE_DATA / split / c).is_dir() for split in ("train", "test") for c in COURSE_CLASSES):
+        if os.environ.get("CI"):
+            pytest.fail(f"course data missing in CI: {COURSE_DATA}")
+        pytest.skip(f"course data not found at {COURSE_DATA}")
+    return COURSE_DATA
+
+
+@pytest.fixture(scope="session")
+def skimage_data() -> Path:
+    """The folder of scikit-image's sample photos (chelsea.png is a tabby cat, coffee.png an espresso)."""
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
