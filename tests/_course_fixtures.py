@@ -8,6 +8,7 @@ figures, and they run in a couple of seconds each.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -77,3 +78,32 @@ def make_course(directory: Path, failing: bool = False) -> list[Path]:
                                    "{}", extra='raise ValueError("fixture failure")'))
     (directory / "scratch.ipynb").write_text("not a lesson, never read")
     return paths
+
+
+def built_course(tmp_path_factory: Any) -> dict[str, Any]:
+    """Run the fixture course once per test session (small parameters, seed 3, as in CI:
+    ``MPLBACKEND=agg`` and no ``PYTHONPATH``) and build its site; later calls reuse it."""
+    import json
+    import os
+
+    import pytest
+
+    from utils import course
+
+    root = tmp_path_factory.getbasetemp() / "fixture_course"
+    build, log_file = root / "build", root / "log.txt"
+    if not (build / "site" / "index.html").is_file():
+        make_course(root / "notebooks")
+        lines: list[str] = []
+        parameters = dict(course.SMALL_PARAMETERS, seed=3, not_declared=1)
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MPLBACKEND", "agg")
+            env.delenv("PYTHONPATH", raising=False)
+            course.run_course(build, parameters, notebooks=root / "notebooks",
+                              log=lines.append)  # the notebooks' own kernel: python3
+            assert os.environ["MPLBACKEND"] == "agg" and "PYTHONPATH" not in os.environ
+        course.build_site(build)
+        log_file.write_text("\n".join(lines))
+    return {"root": root, "build": build, "site": build / "site",
+            "log": log_file.read_text().splitlines(),
+            "results": json.loads((build / "results.json").read_text())}

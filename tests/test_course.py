@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import numpy as np
 import papermill
 import pytest
 
-from _course_fixtures import REPO, make_course, make_notebook
+from _course_fixtures import REPO, built_course, make_course, make_notebook
 from utils import course
 
 REQUIRED_PARAMETERS = {"backbone", "image_size", "n_train_per_class", "n_test_per_class",
@@ -90,20 +89,8 @@ def test_discover_lessons_orders_by_number(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict:
-    """Run the fixture course once (small parameters) and build its site."""
-    root = tmp_path_factory.mktemp("course")
-    make_course(root / "notebooks")
-    lines: list[str] = []
-    parameters = dict(course.SMALL_PARAMETERS, seed=3, not_declared=1)
-    with pytest.MonkeyPatch.context() as env:  # as in CI: a non-inline backend, no PYTHONPATH
-        env.setenv("MPLBACKEND", "agg")
-        env.delenv("PYTHONPATH", raising=False)
-        results = course.run_course(root / "build", parameters, notebooks=root / "notebooks",
-                                    kernel_name="python3", log=lines.append)
-        assert os.environ["MPLBACKEND"] == "agg" and "PYTHONPATH" not in os.environ
-    site = course.build_site(root / "build")
-    return {"root": root, "build": root / "build", "results": results, "log": lines,
-            "site": site}
+    """The fixture course, run once per session and shared with the browser test."""
+    return built_course(tmp_path_factory)
 
 
 def test_run_course_executes_in_order_and_logs(built: dict) -> None:

@@ -22,7 +22,7 @@ from urllib.parse import urljoin
 
 import pytest
 
-from _course_fixtures import make_course
+from _course_fixtures import built_course
 from utils import course
 
 CHROMIUM = "/usr/bin/chromium"
@@ -40,11 +40,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("site")
-    make_course(root / "notebooks")
-    course.run_course(root / "build", dict(course.SMALL_PARAMETERS),
-                      notebooks=root / "notebooks", log=lambda _: None)  # notebook's kernel
-    return course.build_site(root / "build")
+    return built_course(tmp_path_factory)["site"]
 
 
 @pytest.fixture(scope="module")

@@ -415,7 +415,8 @@ def _metric(results: Mapping[str, Any], key: str, prefer: Iterable[int] = ()) ->
     per_notebook = results.get("metrics") or {}
     numbers = {name: int(name.split("_", 1)[0]) if name[:1].isdigit() else -1
                for name in per_notebook}
-    order = sorted(per_notebook, key=lambda n: (numbers[n] not in tuple(prefer), n))
+    preferred = tuple(prefer)
+    order = sorted(per_notebook, key=lambda n: (numbers[n] not in preferred, n))
     for name in order:
         found = per_notebook.get(name)
         if isinstance(found, Mapping) and found.get(key) is not None:
