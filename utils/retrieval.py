@@ -40,12 +40,18 @@ def class_distance_table(queries: np.ndarray, collection: np.ndarray, collection
         members = collection[np.asarray(collection_labels) == i]
         distances, _ = nearest_neighbors(queries, members, k=k)
         columns[f"{query_class}-{name}"] = distances.mean(axis=1)
-    return pd.DataFrame(columns)
+    table = pd.DataFrame(columns)
+    table.attrs["query_class"] = query_class  # so nearest_class can split names that contain "-" themselves
+    return table
 
 
 def nearest_class(table: pd.DataFrame) -> pd.Series:
     """For a :func:`class_distance_table`, the class whose nearest example is closest, for each query."""
-    return table.idxmin(axis=1).str.split("-", n=1).str[1]
+    nearest = table.idxmin(axis=1)
+    query_class = table.attrs.get("query_class")
+    if query_class is not None:
+        return nearest.str[len(query_class) + 1 :]
+    return nearest.str.split("-", n=1).str[1]
 
 
 def one_nn_predict(queries: np.ndarray, collection: np.ndarray, collection_labels: np.ndarray) -> np.ndarray:
