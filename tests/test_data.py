@@ -46,7 +46,7 @@ def test_grayscale_becomes_three_equal_channels(tmp_path: Path) -> None:
     assert (out == gray[..., None]).all()
 
 
-def test_rgba_is_composited_on_white(tmp_path: Path) -> None:
+def test_rgba_is_blended_onto_white(tmp_path: Path) -> None:
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[..., 0] = 200  # red
     rgba[:2, :, 3] = 255  # top half opaque, bottom half fully transparent
@@ -209,7 +209,7 @@ def test_image_folder_missing_root(tmp_path: Path) -> None:
 # load_course_data
 # ----------------------------------------------------------------------------------------------------------------
 
-def test_course_data_default_split_from_shared_folder(course_data_dir: Path) -> None:
+def test_cifar4_default_split_from_shared_folder(course_data_dir: Path) -> None:
     train, test = load_course_data(course_data_dir)
     assert train.counts() == {"automobile": 509, "bird": 478, "cat": 509, "dog": 509}
     assert test.counts() == {c: 1000 for c in COURSE_CLASSES}
@@ -219,7 +219,7 @@ def test_course_data_default_split_from_shared_folder(course_data_dir: Path) -> 
     assert len(set(train.paths)) == len(train.paths)
 
 
-def test_course_data_sampling_is_seeded(course_data_dir: Path) -> None:
+def test_cifar4_sampling_is_seeded(course_data_dir: Path) -> None:
     a, a_test = load_course_data(course_data_dir, n_train_per_class=10, n_test_per_class=3, seed=1)
     b, _ = load_course_data(course_data_dir, n_train_per_class=10, n_test_per_class=3, seed=1)
     c, _ = load_course_data(course_data_dir, n_train_per_class=10, n_test_per_class=3, seed=2)
