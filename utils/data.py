@@ -225,6 +225,7 @@ def _verify_image(path: Path) -> None:
     """Cheap validity check: header + size limit (full decoding happens at featurization)."""
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file (0 bytes)")
+    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own limit below, as load_image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -234,10 +235,14 @@ def _verify_image(path: Path) -> None:
                 image.verify()
     except ImageLoadError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"{path}: image too large ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ImageLoadError(f"{path}: not an image file (or a format Pillow cannot read)") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
         raise ImageLoadError(f"{path}: corrupt image ({exc})") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
 
 
 # ----------------------------------------------------------------------------------------------------------------
