@@ -311,3 +311,16 @@ def test_download_path_selects_and_remaps_classes(no_local_data: Path, monkeypat
     for split in (train, test):
         assert [CIFAR10_CLASSES[v // 10] for v in split.images[:, 0, 0, 0]] == list(split.label_names)
     assert train.source.startswith("keras.datasets")
+
+
+def test_image_folder_uses_the_same_size_limit_as_load_image(tmp_path: Path) -> None:
+    """A 12000 x 12000 photo is within MAX_IMAGE_PIXELS (only headers are read here: nothing big is allocated)."""
+    root = tmp_path / "imgs"
+    (root / "big").mkdir(parents=True)
+    (root / "big" / "photo.png").write_bytes(_png_claiming(12000, 12000))
+    (root / "big" / "bomb.png").write_bytes(_png_claiming(30000, 30000))
+    folder = load_image_folder(root)
+    assert [p.name for p in folder.paths] == ["photo.png"]
+    (path, reason), = folder.skipped
+    assert path.name == "bomb.png" and "too large" in reason
+    assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's own limit restored
