@@ -107,3 +107,39 @@ def built_course(tmp_path_factory: Any) -> dict[str, Any]:
     return {"root": root, "build": build, "site": build / "site",
             "log": log_file.read_text().splitlines(),
             "results": json.loads((build / "results.json").read_text())}
+
+
+def course_data_dir() -> Path:
+    """The real course images (``../shared/data/cifar10-4class`` beside the checkout), or $DEEP_FEATURES_DATA."""
+    import os
+
+    return Path(os.environ.get("DEEP_FEATURES_DATA") or
+                Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-4class")
+
+
+def built_real_course(tmp_path_factory: Any) -> dict[str, Any]:
+    """Run the six course notebooks once per session at the small size (``SMALL_PARAMETERS``) on the real
+    course images, and build their site; later calls reuse it. Skips outside CI when the data is absent."""
+    import json
+    import os
+
+    import pytest
+
+    from utils import course
+
+    data = course_data_dir()
+    if not data.is_dir():
+        if os.environ.get("CI"):
+            raise FileNotFoundError(f"course data missing in CI: {data}")
+        pytest.skip(f"course data not found at {data}")
+    root = tmp_path_factory.getbasetemp() / "real_course"
+    build = root / "build"
+    if not (build / "site" / "index.html").is_file():
+        lines: list[str] = []
+        parameters = dict(course.SMALL_PARAMETERS, data_dir=str(data))
+        course.run_course(build, parameters, log=lines.append)
+        course.build_site(build)
+        (root / "log.txt").write_text("\n".join(lines))
+    metrics = {p.stem: json.loads(p.read_text()) for p in sorted((build / "metrics").glob("*.json"))}
+    return {"build": build, "site": build / "site", "metrics": metrics, "data_dir": data,
+            "results": json.loads((build / "results.json").read_text())}

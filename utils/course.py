@@ -49,6 +49,7 @@ SMALL_PARAMETERS: Final[Mapping[str, Any]] = {
     "n_train_per_class": 24,
     "n_test_per_class": 12,
     "image_size": 96,
+    "repeats": 2,  # few-shot draws per shot count (notebook 6)
 }
 
 #: Headline figures of the classic course this one re-creates: the original "Deep Features
