@@ -36,9 +36,19 @@ class FileFeatures:
 
 
 def _inference_step(backbone: Backbone, resize: bool) -> Callable:
-    """A compiled (tf.function) step: uint8 images -> features; resizes in the graph when asked."""
+    """A step: uint8 images -> features (an array, or a tensor: read it with ``np.asarray``); resizes when asked.
+
+    The fast path is the model converted to float32 TFLite and run by XNNPACK (:mod:`utils.fast_inference`, about
+    twice TensorFlow's speed on a small CPU, same features to ~1e-5); the fallback a tf.function around the model.
+    """
     cache = backbone.__dict__.setdefault("_steps", {})
     if resize not in cache:
+        from .fast_inference import tflite_featurizer
+
+        fast = tflite_featurizer(backbone, resize)
+        if fast is not None:
+            cache[resize] = fast
+            return fast
         import tensorflow as tf
 
         size = backbone.input_size
@@ -110,7 +120,7 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image
     with _progress(len(images), f"{spec.name} {size}px", progress) as bar:
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            out[start : start + len(batch)] = step(batch).numpy()
+            out[start : start + len(batch)] = np.asarray(step(batch))
             bar.update(len(batch))
     if path is not None:
         _atomic_save(path, features=out)
@@ -163,7 +173,7 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
             good = [(i, x) for i, x in chunk if isinstance(x, np.ndarray)]
             skipped += [(i, x) for i, x in chunk if isinstance(x, str)]
             if good:
-                features[len(kept_idx) : len(kept_idx) + len(good)] = step(np.stack([x for _, x in good])).numpy()
+                features[len(kept_idx) : len(kept_idx) + len(good)] = np.asarray(step(np.stack([x for _, x in good])))
                 kept_idx += [i for i, _ in good]
             bar.update(len(chunk))
     features = features[: len(kept_idx)]
