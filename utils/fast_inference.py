@@ -43,7 +43,7 @@ def _interpreter_class():
     except ImportError:
         import tensorflow as tf
 
-        Interpreter = tf.lite.Interpreter
+        Interpreter = tf.lite.Interpreter  # AttributeError once TensorFlow drops it: the caller falls back
     return Interpreter
 
 
@@ -140,6 +140,7 @@ def tflite_featurizer(backbone: "Backbone", resize: bool) -> TFLiteFeaturizer | 
     if not fast_path_enabled():
         return None
     try:
+        _interpreter_class()  # no interpreter, no conversion
         return TFLiteFeaturizer(load_or_convert(backbone), backbone.input_size, resize)
     except Exception as exc:  # any failure of an optional accelerator means: the plain Keras path
         warnings.warn(f"fast TFLite inference unavailable, using Keras ({type(exc).__name__}: {exc})", stacklevel=2)

@@ -1,0 +1,533 @@
+"""Featurization benchmarks: throughput, a PyTorch peer on identical weights, the matmul roofline, end to end.
+
+    python benchmarks/featurize.py            # full run (~10 min on 2 cores)
+    python benchmarks/featurize.py --quick    # EfficientNet-Lite0 only, fewer sizes and repeats (~3 min)
+    python benchmarks/featurize.py --json     # tables on stderr, one JSON document on stdout
+
+Sections (see benchmarks/README.md for the rules and the latest figures):
+
+1. throughput (images/s) of ``utils.features``' inference step on real course images (32x32 uint8, resized to
+   the model's size like the featurizer does), per backbone, image size and batch size; best of several timed
+   passes, after an untimed warm-up pass;
+2. the PyTorch peer: ``efficientnet-lite-pytorch`` (the EfficientNet-Lite implementation published next to the
+   checkpoint packages) loading the SAME checkpoint file; first the features are compared, then both are timed
+   in the same interleaved loop (eager, ``torch.inference_mode()``); skipped with a message when torch is absent;
+3. the machine's limit: model FLOPs per image (2 x multiply-accumulates of every Conv2D, DepthwiseConv2D and
+   Dense layer, from the Keras model's shapes) x images/s, against a float32 numpy matmul peak measured in a
+   subprocess in the same run;
+4. end to end: ``featurize_images`` over the 6005-image course split in a fresh process with an empty cache dir:
+   cold (includes converting the weights and the TFLite model), warm (served from the feature cache), and
+   recomputed with the converted model cached;
+5. what else was tried for the Keras path: XLA, batch sizes, thread settings, oneDNN off, resize before the graph.
+
+Timings are wall-clock on whatever else the machine is doing: the load average is printed with each section.
+Variants compared with each other are timed round-robin in one loop, so background load hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DATA_DIR = Path(os.environ.get("DEEP_FEATURES_DATA", "/work/shared/data/cifar10-4class"))
+OFFLINE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+GOAL_VS_PEER = 1.3
+GOAL_ROOFLINE = 0.60
+GOAL_E2E_IMAGES_PER_S = 120.0
+GOAL_WARM_SECONDS = 2.0
+MAX_ABS_DIFF = 1e-3  # any faster path must give the Keras model's features to this
+
+_log_stream = sys.stdout
+
+
+def log(text: str = "") -> None:
+    print(text, file=_log_stream, flush=True)
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def table(title: str, header: list[str], rows: list[list]) -> None:
+    cells = [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    log(f"\n## {title}  (load average {load_average():.2f})")
+    log("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    log("  ".join("-" * w for w in widths))
+    for r in cells:
+        log("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def course_images() -> np.ndarray:
+    from utils.data import load_course_data
+
+    train, test = load_course_data(DATA_DIR)
+    return np.concatenate([train.images, test.images])
+
+
+def interleaved_best(fns: dict[str, Callable[[np.ndarray], object]], images: np.ndarray, batch: dict[str, int] | int,
+                     repeats: int) -> dict[str, float]:
+    """Best images/s of each fn over ``repeats`` round-robin timed passes of ``images`` (after one warm-up pass)."""
+    sizes = batch if isinstance(batch, dict) else {k: batch for k in fns}
+
+    def one_pass(name: str) -> float:
+        fn, bs = fns[name], sizes[name]
+        start = time.perf_counter()
+        for s in range(0, len(images), bs):
+            fn(images[s : s + bs])
+        return time.perf_counter() - start
+
+    for name in fns:
+        one_pass(name)  # warm-up: traces, allocations, thread pools
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name in fns:
+            best[name] = min(best[name], one_pass(name))
+    return {name: len(images) / t for name, t in best.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Our paths
+# ---------------------------------------------------------------------------------------------------------------
+
+def keras_step(backbone, jit_compile: bool = False, resize: bool = True) -> Callable:
+    """The tf.function path of utils.features (its fallback): uint8 -> cast -> resize in the graph -> model."""
+    import tensorflow as tf
+
+    size, model = backbone.input_size, backbone.feature_model
+    spec = tf.TensorSpec([None, None, None, 3], tf.uint8) if resize else tf.TensorSpec([None, size, size, 3],
+                                                                                        tf.float32)
+
+    @tf.function(input_signature=[spec], reduce_retracing=True, jit_compile=jit_compile)
+    def step(images):
+        x = tf.cast(images, tf.float32)
+        if resize:
+            x = tf.image.resize(x, (size, size), method="bilinear")
+        return model(x, training=False)
+
+    return lambda batch: step(batch).numpy()
+
+
+def resized(images: np.ndarray, size: int) -> np.ndarray:
+    import tensorflow as tf
+
+    return tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear").numpy()
+
+
+def ours_step(backbone) -> tuple[Callable, float, str]:
+    """utils.features' own step (the TFLite fast path when it works), its set-up time, and which path it is."""
+    from utils import features
+
+    backbone.__dict__.pop("_steps", None)
+    start = time.perf_counter()
+    step = features._inference_step(backbone, resize=True)
+    setup = time.perf_counter() - start
+    kind = "tflite-xnnpack" if type(step).__name__ == "TFLiteFeaturizer" else "keras-tf.function"
+    return (lambda batch: np.asarray(step(batch))), setup, kind
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Throughput
+# ---------------------------------------------------------------------------------------------------------------
+
+def section_throughput(images: np.ndarray, quick: bool) -> list[dict]:
+    from utils.backbones import BackboneUnavailableError, get_spec, load_backbone
+
+    backbones = OFFLINE[:1] if quick else OFFLINE
+    batches = (32,) if quick else (8, 32, 64)
+    repeats = 2 if quick else 3
+    results, rows = [], []
+    for name in backbones:
+        native = get_spec(name).input_size
+        sizes = (native, 96) if quick else (native, 160, 96)
+        for size in sizes:
+            try:
+                bb = load_backbone(name, size)
+            except BackboneUnavailableError as exc:
+                log(f"skip {name}: {exc}")
+                break
+            fast, setup, kind = ours_step(bb)
+            fns = {f"{kind} bs{b}": fast for b in batches}
+            if size == native and not quick:
+                fns["keras-tf.function bs32"] = keras_step(bb)
+            bs = {k: int(k.rsplit("bs", 1)[1]) for k in fns}
+            n = 128 if size >= 200 else 256
+            speeds = interleaved_best(fns, images[:n], bs, repeats)
+            for k, v in speeds.items():
+                path, b = k.rsplit(" bs", 1)
+                results.append({"backbone": name, "size": size, "path": path, "batch": int(b), "images_per_s": v,
+                                "setup_s": setup if path == kind else None})
+                rows.append([name, size, path, int(b), v])
+    table("1. Throughput on real course images (images/s, best of several, warm-up excluded)",
+          ["backbone", "px", "path", "batch", "images/s"], rows)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. PyTorch peer on identical weights
+# ---------------------------------------------------------------------------------------------------------------
+
+def section_peer(images: np.ndarray, quick: bool) -> dict:
+    try:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        log(f"\n## 2. PyTorch peer: SKIPPED ({exc}). Install it with: pip install torch==2.13.0 "
+            "efficientnet-lite-pytorch==0.1.0   (or pip install -e '.[bench]')")
+        return {"skipped": str(exc)}
+    from utils.backbones import lite_checkpoint_path, load_backbone
+
+    path = lite_checkpoint_path("efficientnet_lite0")
+    state = torch.load(path, map_location="cpu", weights_only=True)  # the very file our Keras model is built from
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights ..."
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path)).eval()
+        torch_build = time.perf_counter() - start
+        net_cl = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path)).eval()
+    peer_state = net.state_dict()
+    same_tensors = all(torch.equal(peer_state[k], v) for k, v in state.items() if k in peer_state)
+    net_cl = net_cl.to(memory_format=torch.channels_last)
+
+    def torch_step(model, channels_last: bool) -> Callable:
+        def step(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
+                x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+                x = (x - 127.0) / 128.0  # EfficientNet-Lite's preprocessing, as in our Keras model
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                return model.extract_features(x).mean((2, 3)).numpy()
+        return step
+
+    bb = load_backbone("efficientnet_lite0", 224)
+    ours, _, kind = ours_step(bb)
+    keras = keras_step(bb)
+    sample = images[:64]
+    x224 = resized(sample, 224)
+    with torch.inference_mode():  # model equivalence on identical float inputs
+        peer_model_only = net.extract_features(torch.from_numpy((x224 - 127.0) / 128.0).permute(0, 3, 1, 2)
+                                               ).mean((2, 3)).numpy()
+    keras_model_only = np.asarray(bb.feature_model(x224, training=False))
+    scale = float(np.abs(keras_model_only).max())
+    diffs = {
+        "peer_vs_keras_same_input": float(np.abs(peer_model_only - keras_model_only).max()),
+        "peer_pipeline_vs_keras_pipeline": float(np.abs(torch_step(net, False)(sample) - keras(sample)).max()),
+        "ours_vs_keras_pipeline": float(np.abs(ours(sample) - keras(sample)).max()),
+        "feature_scale": scale,
+    }
+    ok = all(v <= MAX_ABS_DIFF * scale for k, v in diffs.items() if k != "feature_scale")
+    table("2a. Same features? max |difference| over 64 real images, 1280 features each",
+          ["comparison", "max abs diff", "relative to max |feature|"],
+          [[k, v, v / scale] for k, v in diffs.items() if k != "feature_scale"])
+    log(f"checkpoint tensors identical in the peer: {same_tensors}; peer build {torch_build:.2f} s; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if not ok:
+        raise SystemExit("features differ: the comparison below would be meaningless")
+
+    n = 64 if quick else 128
+    fns = {f"ours ({kind}) bs32": ours, "keras tf.function bs32": keras,
+           "pytorch eager bs32": torch_step(net, False), "pytorch eager channels_last bs32": torch_step(net_cl, True)}
+    batches = {k: 32 for k in fns}
+    if not quick:
+        for b in (8,):
+            fns[f"pytorch eager bs{b}"] = torch_step(net, False)
+            fns[f"pytorch eager channels_last bs{b}"] = torch_step(net_cl, True)
+            fns[f"ours ({kind}) bs{b}"] = ours
+            batches.update({f"pytorch eager bs{b}": b, f"pytorch eager channels_last bs{b}": b,
+                            f"ours ({kind}) bs{b}": b})
+    speeds = interleaved_best(fns, images[:n], batches, 2 if quick else 3)
+    best_ours = max(v for k, v in speeds.items() if k.startswith("ours"))
+    best_peer = max(v for k, v in speeds.items() if k.startswith("pytorch eager bs"))
+    best_peer_any = max(v for k, v in speeds.items() if k.startswith("pytorch"))
+    table("2b. EfficientNet-Lite0 224 px, uint8 32x32 in -> 1280 features out (images/s, interleaved)",
+          ["implementation", "images/s", "vs default PyTorch"], [[k, v, v / best_peer] for k, v in speeds.items()])
+    log(f"ours / PyTorch (default NCHW, as the package runs): {best_ours / best_peer:.2f}x; "
+        f"ours / best PyTorch variant: {best_ours / best_peer_any:.2f}x  (goal >= {GOAL_VS_PEER}x)")
+    return {"peer": "efficientnet-lite-pytorch 0.1.0", "torch": torch.__version__, "checkpoint": str(path),
+            "same_tensors": same_tensors, "diffs": diffs, "images_per_s": speeds,
+            "ratio_vs_default_peer": best_ours / best_peer, "ratio_vs_best_peer": best_ours / best_peer_any}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Roofline
+# ---------------------------------------------------------------------------------------------------------------
+
+def model_flops(model) -> int:
+    """2 x multiply-accumulates of every Conv2D, DepthwiseConv2D and Dense layer, per image.
+
+    Conv2D: 2*Ho*Wo*kh*kw*Cin*Cout; DepthwiseConv2D: 2*Ho*Wo*kh*kw*C*multiplier; Dense: 2*in*out. Batch norms,
+    activations, adds, pooling and the input rescaling are not counted (they are < 2 % of the total here).
+    """
+    total = 0
+    for layer in model.layers:
+        cls = type(layer).__name__
+        if cls == "Conv2D":
+            _, ho, wo, cout = layer.output.shape
+            kh, kw, cin, _ = layer.kernel.shape
+            total += 2 * ho * wo * kh * kw * cin * cout
+        elif cls == "DepthwiseConv2D":
+            _, ho, wo, _ = layer.output.shape
+            kh, kw, c, m = layer.kernel.shape
+            total += 2 * ho * wo * kh * kw * c * m
+        elif cls == "Dense":
+            cin, cout = layer.kernel.shape
+            total += 2 * cin * cout
+    return int(total)
+
+
+def matmul_peak(quick: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}}
+    cmd = [sys.executable, str(Path(__file__).with_name("matmul_peak.py")), "--repeats", "3" if quick else "7"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def section_roofline(throughput: list[dict], peer: dict, quick: bool) -> dict:
+    from utils.backbones import load_backbone
+
+    peak = matmul_peak(quick)
+    rows, result = [], {"matmul": peak, "models": []}
+    for name in sorted({r["backbone"] for r in throughput}):
+        sizes = sorted({r["size"] for r in throughput if r["backbone"] == name}, reverse=True)
+        for size in sizes:
+            flops = model_flops(load_backbone(name, size).feature_model)
+            for path in sorted({r["path"] for r in throughput if r["backbone"] == name and r["size"] == size}):
+                best = max(r["images_per_s"] for r in throughput
+                           if r["backbone"] == name and r["size"] == size and r["path"] == path)
+                achieved = flops * best / 1e9
+                rows.append([name, size, path, flops / 1e9, best, achieved, 100 * achieved / peak["gflops"]])
+                result["models"].append({"backbone": name, "size": size, "path": path, "gflop_per_image": flops / 1e9,
+                                         "images_per_s": best, "gflops": achieved,
+                                         "percent_of_matmul_peak": 100 * achieved / peak["gflops"]})
+    blas = ", ".join(f"{b['internal_api']} {b.get('version')} {b.get('architecture')} kernel, {b['num_threads']} "
+                     f"threads" for b in peak["blas"] or []) or "threadpoolctl not installed"
+    table(f"3. Roofline: float32 matmul peak {peak['gflops']:.1f} GFLOP/s "
+          f"({', '.join(f'{n}: {g:.0f}' for n, g in peak['sizes'].items())}; {blas})",
+          ["backbone", "px", "path", "GFLOP/img", "images/s", "GFLOP/s", "% of peak"], rows)
+    log("FLOPs = 2 x multiply-accumulates of the Conv2D/DepthwiseConv2D/Dense layers (BN, ReLU6, add, pool not "
+        "counted); matmul measured in a subprocess without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. End to end, in a fresh process and an empty cache dir
+# ---------------------------------------------------------------------------------------------------------------
+
+E2E_CODE = r"""
+import json, os, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from utils.data import load_course_data
+from utils.backbones import load_backbone
+from utils.features import featurize_images
+train, test = load_course_data(sys.argv[2])
+images = np.concatenate([train.images, test.images])[: int(sys.argv[3])]
+t = time.perf_counter(); load_backbone("efficientnet_lite0", 224); build = time.perf_counter() - t
+t = time.perf_counter(); a = featurize_images(images, progress=False); cold = time.perf_counter() - t
+t = time.perf_counter(); b = featurize_images(images, progress=False); warm = time.perf_counter() - t
+t = time.perf_counter(); c = featurize_images(images, use_cache=False, progress=False); again = time.perf_counter() - t
+print(json.dumps({"images": len(images), "build_s": build, "cold_s": cold, "warm_s": warm, "recomputed_s": again,
+                  "same": bool(np.array_equal(a, b)), "recomputed_max_diff": float(np.abs(a - c).max())}))
+"""
+
+
+def section_end_to_end(quick: bool) -> dict:
+    n = 1024 if quick else 6005
+    with tempfile.TemporaryDirectory(prefix="deep-features-e2e-") as cache:
+        env = dict(os.environ, DEEP_FEATURES_CACHE=cache)
+        out = subprocess.run([sys.executable, "-c", E2E_CODE, str(REPO), str(DATA_DIR), str(n)], env=env,
+                             capture_output=True, text=True, check=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    n = r["images"]
+    rows = [
+        ["build backbone (convert checkpoint -> Keras)", r["build_s"], ""],
+        ["1st featurize_images (converts to TFLite, then runs)", r["cold_s"], n / r["cold_s"]],
+        ["2nd call (feature cache)", r["warm_s"], ""],
+        ["recomputed, use_cache=False (converted model cached)", r["recomputed_s"], n / r["recomputed_s"]],
+    ]
+    table(f"4. End to end: featurize_images, {n} course images, 224 px, fresh process, empty cache dir",
+          ["step", "seconds", "images/s"], rows)
+    log(f"cached result identical: {r['same']}; recomputed max diff {r['recomputed_max_diff']:.2g}")
+    return r
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. What else was tried (Keras path variants; some need a fresh process)
+# ---------------------------------------------------------------------------------------------------------------
+
+WORKER_CODE = r"""
+import json, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+cfg = json.loads(sys.argv[2])
+import tensorflow as tf
+if cfg.get("intra"):
+    tf.config.threading.set_intra_op_parallelism_threads(cfg["intra"])
+if cfg.get("inter"):
+    tf.config.threading.set_inter_op_parallelism_threads(cfg["inter"])
+sys.path.insert(0, sys.argv[1] + "/benchmarks")
+from featurize import course_images, interleaved_best, keras_step
+from utils.backbones import load_backbone
+bb = load_backbone("efficientnet_lite0", 224)
+images = course_images()[: cfg["n"]]
+speeds = interleaved_best({"keras": keras_step(bb)}, images, 32, cfg["repeats"])
+print(json.dumps(speeds))
+"""
+
+
+def run_worker(cfg: dict, extra_env: dict | None = None) -> float:
+    env = dict(os.environ, **(extra_env or {}))
+    out = subprocess.run([sys.executable, "-c", WORKER_CODE, str(REPO), json.dumps(cfg)], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["keras"]
+
+
+def section_variants(images: np.ndarray, quick: bool) -> dict:
+    import tensorflow as tf
+
+    from utils.backbones import load_backbone
+    from utils.fast_inference import TFLiteFeaturizer, convert_to_tflite, load_or_convert
+
+    bb = load_backbone("efficientnet_lite0", 224)
+    n, repeats = (64, 2) if quick else (128, 3)
+    sample = images[:n]
+    ref = keras_step(bb)(sample[:32])
+    rows, result = [], {}
+
+    # In-process, interleaved: batch sizes, resize before the graph, TFLite chunk sizes and threads.
+    keras_graph = keras_step(bb)
+    keras_pre = keras_step(bb, resize=False)
+    flat = load_or_convert(bb)
+    fns = {f"keras tf.function bs{b}": (keras_graph, b) for b in (8, 32, 64)}
+    fns["keras, resize before the graph (resize timed too) bs32"] = (lambda x: keras_pre(resized(x, 224)), 32)
+    for chunk in (1, 4, 8, 16, 32):
+        fns[f"tflite xnnpack 2 threads, chunk {chunk} bs32"] = (TFLiteFeaturizer(flat, 224, True, chunk_size=chunk),
+                                                                32)
+    fns["tflite xnnpack 1 thread, chunk 8 bs32"] = (TFLiteFeaturizer(flat, 224, True, num_threads=1), 32)
+    speeds = interleaved_best({k: f for k, (f, _) in fns.items()}, sample, {k: b for k, (_, b) in fns.items()},
+                              repeats)
+    for k, v in speeds.items():
+        rows.append([k, v, ""])
+    result["in_process"] = speeds
+
+    start = time.perf_counter()
+    convert_to_tflite(bb)
+    result["tflite_conversion_s"] = time.perf_counter() - start
+    tfl = TFLiteFeaturizer(flat, 224, True)
+    result["tflite_max_diff"] = float(np.abs(tfl(sample[:32]) - ref).max())
+    rows.append(["tflite: one-off conversion seconds (then cached on disk)", result["tflite_conversion_s"],
+                 f"max diff {result['tflite_max_diff']:.2g}"])
+    start = time.perf_counter()
+    resized(sample[:32], 224)
+    result["resize_s_per_32"] = time.perf_counter() - start
+    rows.append(["tf.image.resize 32 images 32->224 px, seconds", result["resize_s_per_32"], ""])
+
+    if not quick:  # XLA: slow to compile and (here) slow to run; a few images are enough to show it
+        xla = keras_step(bb, jit_compile=True)
+        start = time.perf_counter()
+        out = xla(sample[:8])
+        result["xla_first_call_s"] = time.perf_counter() - start
+        result["xla_max_diff"] = float(np.abs(out - ref[:8]).max())
+        result["xla_images_per_s"] = interleaved_best({"xla": xla}, sample[:16], 8, 1)["xla"]
+        rows.append(["keras jit_compile=True (XLA) bs8", result["xla_images_per_s"],
+                     f"first call {result['xla_first_call_s']:.1f} s, max diff {result['xla_max_diff']:.2g}"])
+        # Fresh processes: oneDNN off, thread settings (they must be set before TensorFlow starts).
+        cfg = {"n": n, "repeats": repeats}
+        for label, extra, env in [
+            ("keras bs32, fresh process, defaults", {}, {}),
+            ("keras bs32, TF_ENABLE_ONEDNN_OPTS=0", {}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+            ("keras bs32, intra_op=2 inter_op=1", {"intra": 2, "inter": 1}, {}),
+            ("keras bs32, intra_op=1 inter_op=2", {"intra": 1, "inter": 2}, {}),
+        ]:
+            try:
+                v = run_worker(dict(cfg, **extra), env)
+            except subprocess.CalledProcessError as exc:
+                v = float("nan")
+                log(f"{label}: failed: {exc.stderr[-500:]}")
+            result[label] = v
+            rows.append([label, v, "separate process"])
+    del tf
+    table("5. Variants tried (EfficientNet-Lite0 224 px, course images, images/s)", ["variant", "value", "note"],
+          rows)
+    return result
+
+
+def main() -> None:
+    global _log_stream
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Lite0 only, fewer sizes and repeats")
+    parser.add_argument("--json", action="store_true", help="tables on stderr, a JSON document on stdout")
+    parser.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset of 1,2,3,4,5")
+    args = parser.parse_args()
+    if args.json:
+        _log_stream = sys.stderr
+    sections = {int(s) for s in args.sections.split(",")}
+    import platform
+
+    import tensorflow as tf
+
+    log(f"# deep-features featurization benchmark{' (quick)' if args.quick else ''}: {platform.processor() or ''} "
+        f"{os.cpu_count()} cores, load average {load_average():.2f}; tensorflow {tf.__version__}, numpy "
+        f"{np.__version__}; cache {os.environ.get('DEEP_FEATURES_CACHE', '(default)')}")
+    images = course_images()
+    report: dict = {"quick": args.quick, "cpus": os.cpu_count(), "tensorflow": tf.__version__,
+                    "load_average_start": load_average()}
+    throughput: list[dict] = []
+    if 1 in sections or 3 in sections:
+        throughput = section_throughput(images, args.quick)
+        report["throughput"] = throughput
+    if 2 in sections:
+        report["peer"] = section_peer(images, args.quick)
+    if 3 in sections:
+        report["roofline"] = section_roofline(throughput, report.get("peer", {}), args.quick)
+    if 4 in sections:
+        report["end_to_end"] = section_end_to_end(args.quick)
+    if 5 in sections:
+        report["variants"] = section_variants(images, args.quick)
+
+    goals = []
+    lite0 = [r for r in throughput if r["backbone"] == "efficientnet_lite0" and r["size"] == 224]
+    if "peer" in report and "ratio_vs_default_peer" in report["peer"]:
+        goals.append(["ours >= 1.3x PyTorch peer (images/s)", f"{report['peer']['ratio_vs_default_peer']:.2f}x",
+                      report["peer"]["ratio_vs_default_peer"] >= GOAL_VS_PEER])
+    if "roofline" in report:
+        best = max((m for m in report["roofline"]["models"]
+                    if m["backbone"] == "efficientnet_lite0" and m["size"] == 224),
+                   key=lambda m: m["percent_of_matmul_peak"], default=None)
+        if best:
+            goals.append(["ours >= 60 % of the matmul peak", f"{best['percent_of_matmul_peak']:.0f} %",
+                          best["percent_of_matmul_peak"] >= 100 * GOAL_ROOFLINE])
+    if "end_to_end" in report:
+        e = report["end_to_end"]
+        goals.append([f"{e['images']} images >= 120 images/s (recomputed)", f"{e['images'] / e['recomputed_s']:.0f}",
+                      e["images"] / e["recomputed_s"] >= GOAL_E2E_IMAGES_PER_S])
+        goals.append([f"{e['images']} images >= 120 images/s (first call, incl. conversion)",
+                      f"{e['images'] / e['cold_s']:.0f}", e["images"] / e["cold_s"] >= GOAL_E2E_IMAGES_PER_S])
+        goals.append(["second (cached) call < 2 s", f"{e['warm_s']:.2f} s", e["warm_s"] < GOAL_WARM_SECONDS])
+    if lite0:
+        report["lite0_224_best_images_per_s"] = max(r["images_per_s"] for r in lite0)
+    if goals:
+        table("Goals", ["goal", "measured", "met"], goals)
+        report["goals"] = [{"goal": g, "measured": m, "met": bool(ok)} for g, m, ok in goals]
+    report["load_average_end"] = load_average()
+    if args.json:
+        print(json.dumps(report, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
