@@ -401,7 +401,7 @@ def section_variants(images: np.ndarray, quick: bool) -> dict:
     import tensorflow as tf
 
     from utils.backbones import load_backbone
-    from utils.fast_inference import TFLiteFeaturizer, convert_to_tflite, load_or_convert
+    from utils.fast_inference import TFLiteRunner, convert_to_tflite, load_or_convert
 
     bb = load_backbone("efficientnet_lite0", 224)
     n, repeats = (64, 2) if quick else (128, 3)
@@ -412,13 +412,12 @@ def section_variants(images: np.ndarray, quick: bool) -> dict:
     # In-process, interleaved: batch sizes, resize before the graph, TFLite chunk sizes and threads.
     keras_graph = keras_step(bb)
     keras_pre = keras_step(bb, resize=False)
-    flat = load_or_convert(bb)
+    flat = load_or_convert(bb, images.shape[1:3])  # uint8 32x32 in, resize inside
     fns = {f"keras tf.function bs{b}": (keras_graph, b) for b in (8, 32, 64)}
     fns["keras, resize before the graph (resize timed too) bs32"] = (lambda x: keras_pre(resized(x, 224)), 32)
     for chunk in (1, 4, 8, 16, 32):
-        fns[f"tflite xnnpack 2 threads, chunk {chunk} bs32"] = (TFLiteFeaturizer(flat, 224, True, chunk_size=chunk),
-                                                                32)
-    fns["tflite xnnpack 1 thread, chunk 8 bs32"] = (TFLiteFeaturizer(flat, 224, True, num_threads=1), 32)
+        fns[f"tflite xnnpack 2 threads, chunk {chunk} bs32"] = (TFLiteRunner(flat, chunk_size=chunk), 32)
+    fns["tflite xnnpack 1 thread, chunk 8 bs32"] = (TFLiteRunner(flat, num_threads=1), 32)
     speeds = interleaved_best({k: f for k, (f, _) in fns.items()}, sample, {k: b for k, (_, b) in fns.items()},
                               repeats)
     for k, v in speeds.items():
@@ -426,9 +425,9 @@ def section_variants(images: np.ndarray, quick: bool) -> dict:
     result["in_process"] = speeds
 
     start = time.perf_counter()
-    convert_to_tflite(bb)
+    convert_to_tflite(bb, images.shape[1:3])
     result["tflite_conversion_s"] = time.perf_counter() - start
-    tfl = TFLiteFeaturizer(flat, 224, True)
+    tfl = TFLiteRunner(flat)
     result["tflite_max_diff"] = float(np.abs(tfl(sample[:32]) - ref).max())
     rows.append(["tflite: one-off conversion seconds (then cached on disk)", result["tflite_conversion_s"],
                  f"max diff {result['tflite_max_diff']:.2g}"])

@@ -5,10 +5,12 @@ depthwise convolutions; the same network converted to a TFLite flatbuffer (batch
 no quantization: float32 in, float32 out) and run by the XNNPACK delegate is about twice as fast and gives the same
 features to ~1e-5 (see ``benchmarks/README.md``).
 
-The conversion (~5-8 s) happens once per backbone, weights and image size: the flatbuffer is cached under
-``cache_root()/tflite`` with the weights id in its name, written atomically, and checked against the Keras model
-when it is made. Whenever TFLite is unavailable or the conversion fails, :func:`tflite_featurizer` returns ``None``
-and the caller keeps the plain Keras path; ``DEEP_FEATURES_FAST=0`` asks for that path explicitly.
+The converted model takes the uint8 images as they come (cast and bilinear resize are inside it, as in the Keras
+step). The conversion (~6-9 s) happens once per backbone, weights, model size and input image size: the flatbuffer
+is cached under ``cache_root()/tflite`` with the weights id in its name, written atomically, and checked against the
+Keras model when it is made. Whenever TFLite is unavailable or a conversion fails, the Keras path is used instead
+(:func:`tflite_featurizer` returns ``None``, or the featurizer falls back for that input size, with a warning);
+``DEEP_FEATURES_FAST=0`` asks for the Keras path explicitly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from .backbones import Backbone
 
 FAST_ENV_VAR = "DEEP_FEATURES_FAST"
-TFLITE_FORMAT = 1  # bump when the conversion changes, to invalidate cached flatbuffers
+TFLITE_FORMAT = 2  # bump when the conversion changes, to invalidate cached flatbuffers
 CHUNK_SIZE = 8  # images per interpreter call: XNNPACK is fastest on small batches (cache-resident activations)
 NUM_THREADS = min(os.cpu_count() or 1, 4)
 MAX_ABS_DIFF = 1e-3  # a converted model whose features differ more from the Keras model's is rejected
@@ -47,50 +49,61 @@ def _interpreter_class():
     return Interpreter
 
 
-def tflite_path(backbone: "Backbone") -> Path:
+def tflite_path(backbone: "Backbone", input_hw: tuple[int, int]) -> Path:
     import tensorflow as tf
 
-    name = f"{backbone.weights_id}-{backbone.input_size}px-tf{tf.__version__}-f{TFLITE_FORMAT}.tflite"
+    h, w = input_hw
+    name = (f"{backbone.weights_id}-{backbone.input_size}px-in{h}x{w}-tf{tf.__version__}-f{TFLITE_FORMAT}.tflite")
     return cache_root() / "tflite" / name
 
 
-def convert_to_tflite(backbone: "Backbone") -> bytes:
-    """The feature model as a float32 TFLite flatbuffer: (N, size, size, 3) float32 [0, 255] -> (N, dim)."""
+def _keras_reference(backbone: "Backbone", images: np.ndarray) -> np.ndarray:
+    """What the plain Keras step computes: cast, bilinear resize to the model's size, model."""
+    import tensorflow as tf
+
+    size = backbone.input_size
+    x = tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear")
+    return np.asarray(backbone.feature_model(x, training=False))
+
+
+def convert_to_tflite(backbone: "Backbone", input_hw: tuple[int, int]) -> bytes:
+    """A float32 TFLite flatbuffer: uint8 (N, h, w, 3) -> cast -> bilinear resize to the model's size -> features.
+
+    The resize is inside the model, as in the Keras step, so only the small uint8 images cross into the
+    interpreter; the weights are frozen in, no quantization.
+    """
     import contextlib
     import io
 
+    import keras
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(backbone.feature_model)  # weights frozen in
-    converter.optimizations = []  # float32 only: no quantization, features must stay the same
+    size = backbone.input_size
+    inputs = keras.Input((*input_hw, 3), dtype="uint8", name="rgb_uint8")
+    x = keras.layers.Lambda(lambda t: tf.cast(t, tf.float32), name="to_float")(inputs)
+    if tuple(input_hw) != (size, size):
+        x = keras.layers.Lambda(lambda t: tf.image.resize(t, (size, size), method="bilinear"), name="resize")(x)
+    model = keras.Model(inputs, backbone.feature_model(x, training=False))
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = []  # float32 only: features must stay the same
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # keras prints its export
         warnings.simplefilter("ignore")
         return converter.convert()
 
 
-class TFLiteFeaturizer:
-    """uint8 images (N, H, W, 3) -> float32 features (N, dim), resized to the model's size like the Keras step."""
+class TFLiteRunner:
+    """One interpreter for one flatbuffer: uint8 (N, h, w, 3) -> features, ``chunk_size`` images per call."""
 
-    def __init__(self, flatbuffer: bytes, input_size: int, resize: bool, chunk_size: int = CHUNK_SIZE,
-                 num_threads: int = NUM_THREADS) -> None:
+    def __init__(self, flatbuffer: bytes, chunk_size: int = CHUNK_SIZE, num_threads: int = NUM_THREADS) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
             self._interpreter = _interpreter_class()(model_content=flatbuffer, num_threads=num_threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
+        self.feature_dim = int(self._interpreter.get_output_details()[0]["shape"][-1])
         self._batch = 0
         self._lock = threading.Lock()  # an interpreter is not thread-safe
-        self.input_size = input_size
-        self.resize = resize
         self.chunk_size = chunk_size
-
-    def _prepare(self, images: np.ndarray) -> np.ndarray:
-        size = self.input_size
-        if self.resize or images.shape[1:3] != (size, size):
-            import tensorflow as tf  # the very resize of the Keras step, so features match
-
-            return tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear").numpy()
-        return images.astype(np.float32)
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
         if len(x) != self._batch:
@@ -101,31 +114,20 @@ class TFLiteFeaturizer:
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output).copy()
 
-    def __call__(self, images) -> np.ndarray:
-        x = self._prepare(np.asarray(images))
+    def __call__(self, images: np.ndarray) -> np.ndarray:
         with self._lock:
-            parts = [self._invoke(x[s : s + self.chunk_size]) for s in range(0, len(x), self.chunk_size)]
-        return np.concatenate(parts) if parts else np.empty((0, self._feature_dim()), np.float32)
-
-    def _feature_dim(self) -> int:
-        return int(self._interpreter.get_output_details()[0]["shape"][-1])
+            parts = [self._invoke(images[s : s + self.chunk_size]) for s in range(0, len(images), self.chunk_size)]
+        return np.concatenate(parts) if parts else np.empty((0, self.feature_dim), np.float32)
 
 
-def _check_against_keras(backbone: "Backbone", flatbuffer: bytes) -> float:
-    size = backbone.input_size
-    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
-    expected = np.asarray(backbone.feature_model(x, training=False))
-    got = TFLiteFeaturizer(flatbuffer, size, resize=False)(x.astype(np.float32))
-    return float(np.abs(got - expected).max())
-
-
-def load_or_convert(backbone: "Backbone") -> bytes:
-    """The cached flatbuffer of ``backbone``, converting (and checking) it on first use."""
-    path = tflite_path(backbone)
+def load_or_convert(backbone: "Backbone", input_hw: tuple[int, int]) -> bytes:
+    """The cached flatbuffer of ``backbone`` for uint8 inputs of ``input_hw``, converted and checked on first use."""
+    path = tflite_path(backbone, input_hw)
     if path.exists():
         return path.read_bytes()
-    flatbuffer = convert_to_tflite(backbone)
-    diff = _check_against_keras(backbone, flatbuffer)
+    flatbuffer = convert_to_tflite(backbone, input_hw)
+    x = np.random.default_rng(0).integers(0, 256, (2, *input_hw, 3), dtype=np.uint8)
+    diff = float(np.abs(TFLiteRunner(flatbuffer)(x) - _keras_reference(backbone, x)).max())
     if not diff <= MAX_ABS_DIFF:
         raise ValueError(f"TFLite features differ from the Keras model's by {diff:g} (> {MAX_ABS_DIFF})")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,13 +137,67 @@ def load_or_convert(backbone: "Backbone") -> bytes:
     return flatbuffer
 
 
+class TFLiteFeaturizer:
+    """uint8 images (N, h, w, 3) -> float32 features (N, dim), resized to the model's size like the Keras step.
+
+    One converted model (and interpreter) per input image size, made on first sight of that size.
+    """
+
+    def __init__(self, backbone: "Backbone", chunk_size: int = CHUNK_SIZE, num_threads: int = NUM_THREADS) -> None:
+        self._backbone = backbone
+        self._runners: dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self.chunk_size = chunk_size
+        self.num_threads = num_threads
+
+    def runner(self, input_hw: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+        with self._lock:
+            if input_hw not in self._runners:
+                flatbuffer = load_or_convert(self._backbone, input_hw)
+                self._runners[input_hw] = TFLiteRunner(flatbuffer, self.chunk_size, self.num_threads)
+            return self._runners[input_hw]
+
+    def _runner_or_keras(self, input_hw: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+        try:
+            return self.runner(input_hw)
+        except Exception as exc:  # this input size will not convert: the plain Keras path for it
+            warnings.warn(f"fast TFLite inference unavailable for {input_hw} images, using Keras "
+                          f"({type(exc).__name__}: {exc})", stacklevel=3)
+            keras_step = _keras_step(self._backbone)
+            with self._lock:
+                self._runners[input_hw] = keras_step
+            return keras_step
+
+    def __call__(self, images) -> np.ndarray:
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise TypeError(f"expected uint8 images, got {images.dtype}")
+        return self._runner_or_keras((int(images.shape[1]), int(images.shape[2])))(images)
+
+
+def _keras_step(backbone: "Backbone") -> Callable[[np.ndarray], np.ndarray]:
+    """The Keras path (a tf.function: cast, resize, model), for input sizes the converter cannot take."""
+    import tensorflow as tf
+
+    size, model = backbone.input_size, backbone.feature_model
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)], reduce_retracing=True)
+    def step(images):
+        return model(tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear"), training=False)
+
+    return lambda images: step(images).numpy()
+
+
 def tflite_featurizer(backbone: "Backbone", resize: bool) -> TFLiteFeaturizer | None:
     """A :class:`TFLiteFeaturizer` for ``backbone``, or ``None`` (use Keras) when the fast path is off or fails."""
     if not fast_path_enabled():
         return None
     try:
         _interpreter_class()  # no interpreter, no conversion
-        return TFLiteFeaturizer(load_or_convert(backbone), backbone.input_size, resize)
+        featurizer = TFLiteFeaturizer(backbone)
+        if not resize:  # images come at the model's size (featurize_files): convert now, so failures fall back
+            featurizer.runner((backbone.input_size, backbone.input_size))
+        return featurizer
     except Exception as exc:  # any failure of an optional accelerator means: the plain Keras path
         warnings.warn(f"fast TFLite inference unavailable, using Keras ({type(exc).__name__}: {exc})", stacklevel=2)
         return None
