@@ -480,7 +480,12 @@ def main() -> None:
 
     import tensorflow as tf
 
-    log(f"# deep-features featurization benchmark{' (quick)' if args.quick else ''}: {platform.processor() or ''} "
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    log(f"# deep-features featurization benchmark{' (quick)' if args.quick else ''}: {cpu}, "
         f"{os.cpu_count()} cores, load average {load_average():.2f}; tensorflow {tf.__version__}, numpy "
         f"{np.__version__}; cache {os.environ.get('DEEP_FEATURES_CACHE', '(default)')}")
     images = course_images()
