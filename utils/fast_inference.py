@@ -86,9 +86,15 @@ def convert_to_tflite(backbone: "Backbone", input_hw: tuple[int, int]) -> bytes:
     model = keras.Model(inputs, backbone.feature_model(x, training=False))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = []  # float32 only: features must stay the same
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # keras prints its export
-        warnings.simplefilter("ignore")
-        return converter.convert()
+    logger = tf.get_logger()  # the export logs "INFO:tensorflow:Assets written to ..." into every notebook
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # keras prints its export
+            warnings.simplefilter("ignore")
+            return converter.convert()
+    finally:
+        logger.setLevel(level)
 
 
 class TFLiteRunner:
