@@ -128,7 +128,7 @@ def test_navigation_links_resolve(browser, base_url: str, site: Path) -> None:
             position < len(lessons) - 1)
         targets.update({href: page for href in rels.values()})
     _load(browser, base_url + "index.html")
-    for a in browser.find_elements(By.CSS_SELECTOR, "ol.lessons a, nav.course-nav a"):
+    for a in browser.find_elements(By.CSS_SELECTOR, "ul.lessons a, nav.course-nav a"):
         targets[a.get_attribute("href")] = "index.html"
     for href, source in targets.items():
         assert href.startswith(base_url), f"{source} links outside the site: {href}"
@@ -143,7 +143,7 @@ def test_index_has_results_table(browser, base_url: str) -> None:
     assert tables, "index has no results table"
     headline = tables[0].text
     assert "Classic course" in headline and "0.788" in headline and "678/1000" in headline
-    lessons = browser.find_elements(By.CSS_SELECTOR, "ol.lessons > li")
+    lessons = browser.find_elements(By.CSS_SELECTOR, "ul.lessons > li")
     assert len(lessons) == 3 and "Load a tiny array" in lessons[0].text
     browser.save_screenshot(str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 0

@@ -571,7 +571,7 @@ table.results { border-collapse: collapse; margin: .5rem 0 1.5rem; }
 table.results th, table.results td { border: 1px solid #bbb; padding: .3rem .7rem;
   text-align: left; }
 table.results th { background: #eef2f6; }
-ol.lessons > li { margin-bottom: 1rem; }
+ul.lessons > li { margin-bottom: 1rem; }
 .jp-Notebook { padding-top: 0; }
 """
 
@@ -592,14 +592,14 @@ _INDEX_TEMPLATE: Final = """<!DOCTYPE html>
 <p>Recognise and retrieve images with pretrained deep features. Each lesson below is a
 notebook executed for this site; open it in Jupyter to run it yourself.</p>
 <h2>Lessons</h2>
-<ol class="lessons">
+<ul class="lessons">
 {%- for lesson in lessons %}
-<li value="{{ lesson.number }}"><a href="{{ lesson.href }}">{{ lesson.title }}</a>
+<li><a href="{{ lesson.href }}">{{ lesson.title }}</a>
 {%- if lesson.objectives %}
 <ul>{% for objective in lesson.objectives %}<li>{{ objective }}</li>{% endfor %}</ul>
 {%- endif %}</li>
 {%- endfor %}
-</ol>
+</ul>
 <h2>Results</h2>
 {%- if results_html %}
 <p>This run beside the classic course
@@ -652,6 +652,17 @@ def _nav(lessons: list[Lesson], index: int) -> str:
             + "</nav>")
 
 
+def _inline_markdown(text: str) -> Markup:
+    """The inline markdown of an objective (`code`, **strong**, *em*) as escaped HTML."""
+    from markupsafe import Markup, escape
+
+    out = str(escape(text))
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+    out = re.sub(r"\*([^*]+)\*", r"<em>\1</em>", out)
+    return Markup(out)
+
+
 def build_site(build_dir: str | os.PathLike[str]) -> Path:
     """Render ``build_dir/notebooks/*.ipynb`` and the results into ``build_dir/site/``.
 
@@ -698,7 +709,8 @@ def build_site(build_dir: str | os.PathLike[str]) -> Path:
         title=results.get("course", COURSE_TITLE),
         css=Markup(SITE_CSS),
         lessons=[{"number": l.number, "title": l.title, "label": l.label,
-                  "objectives": l.objectives, "href": f"{l.stem}.html"} for l in lessons],
+                  "objectives": [_inline_markdown(o) for o in l.objectives],
+                  "href": f"{l.stem}.html"} for l in lessons],
         results_html=Markup(tables_html(results_tables(results)))
         if results else "",
     )
