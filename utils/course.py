@@ -478,6 +478,11 @@ def results_tables(results: Mapping[str, Any]) -> list[Table]:
         tables.append(("Backbone comparison", ["Backbone", "Deep-feature accuracy"],
                        [[name, _fmt(acc)] for name, acc in backbones.items()]))
 
+    sizes = _mapping(_metric(results, "image_size_comparison", prefer=[3]))
+    if sizes:
+        tables.append(("Input size comparison (main backbone)", ["Image size (px)", "Deep-feature accuracy"],
+                       [[str(size), _fmt(acc)] for size, acc in sizes.items()]))
+
     run = _mapping(results.get("run"))
     info = [[key.replace("_", " "), _fmt(_metric(results, key))] for key in RUN_KEYS]
     info.append(["total seconds", _fmt_seconds(run.get("total_seconds"))])
