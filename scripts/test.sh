@@ -4,4 +4,5 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$ROOT"
 python -m utils clean-notebooks --check
+python -m pyflakes utils tests benchmarks
 python -m pytest "$@"

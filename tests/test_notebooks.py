@@ -6,7 +6,6 @@ independent recomputations where that is cheap.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import nbformat
 import numpy as np

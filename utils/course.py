@@ -657,7 +657,7 @@ def _nav(lessons: list[Lesson], index: int) -> str:
             + "</nav>")
 
 
-def _inline_markdown(text: str) -> Markup:
+def _inline_markdown(text: str) -> str:
     """The inline markdown of an objective (`code`, **strong**, *em*) as escaped HTML."""
     from markupsafe import Markup, escape
 

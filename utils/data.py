@@ -18,7 +18,7 @@ import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -394,8 +394,3 @@ def take_per_class(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
         pool = np.flatnonzero(labels == c)
         picks.append(np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False)))
     return np.concatenate(picks)
-
-
-def describe_counts(sets: Iterable[ImageSet]) -> str:
-    """One line per split: its per-class counts."""
-    return "\n".join(f"{s.source}: {s.counts()}" for s in sets)

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,17 +183,3 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
                      skipped=np.asarray([i for i, _ in skipped], dtype=np.int64),
                      reasons=np.asarray([r for _, r in skipped], dtype=str))
     return FileFeatures(features, [paths[i] for i in kept_idx], [(paths[i], r) for i, r in skipped])
-
-
-def time_featurization(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
-                       batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, float]:
-    """Cold (uncached, model built and warm) vs cached featurization time of ``images``, in seconds."""
-    load_backbone(backbone, image_size)  # model build is not featurization
-    featurize_images(images[:batch_size], backbone, image_size, batch_size, use_cache=False)  # warm-up trace
-    start = time.perf_counter()
-    featurize_images(images, backbone, image_size, batch_size, use_cache=True)
-    cold = time.perf_counter() - start
-    start = time.perf_counter()
-    featurize_images(images, backbone, image_size, batch_size, use_cache=True)
-    warm = time.perf_counter() - start
-    return {"cold_seconds": cold, "warm_seconds": warm, "images_per_second": len(images) / cold}
