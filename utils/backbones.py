@@ -355,6 +355,32 @@ def _keras_weights_cached(name: str) -> bool:
     return models.is_dir() and any(p.name.startswith(stem) for p in models.iterdir())
 
 
+@functools.lru_cache(maxsize=1)
+def import_tensorflow_quietly() -> Any:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probing, oneDNN notices) kept out of the notebooks.
+
+    TensorFlow prints these lines to file descriptor 2 before its logging is configured, so neither
+    ``TF_CPP_MIN_LOG_LEVEL`` nor Python's logging can hide them; errors still surface as Python exceptions.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.constant(0)  # device discovery (the CUDA probe) happens at the first op
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tf
+
+
 @functools.lru_cache(maxsize=8)
 def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> Backbone:
     """Build (once per process) the backbone ``name`` for square images of ``image_size`` pixels.
@@ -365,6 +391,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -
     size = int(image_size or spec.input_size)
     if size < 32:
         raise ValueError(f"image_size must be at least 32 pixels, got {size}")
+    import_tensorflow_quietly()
     return spec.build(size)
 
 

@@ -286,6 +286,9 @@ def _read_python_batches(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], t
 
 def _download_cifar10() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     try:
+        from .backbones import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
         import keras
 
         (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()

@@ -68,7 +68,9 @@ def _progress(total: int, description: str, enabled: bool | None):
     from tqdm import tqdm
 
     show = enabled if enabled is not None else total >= 512
-    return tqdm(total=total, desc=description, unit="img", disable=not show, file=sys.stderr, mininterval=1.0)
+    # In a notebook every update is a new output line: update rarely there, often in a terminal.
+    interval = 1.0 if sys.stderr.isatty() else 10.0
+    return tqdm(total=total, desc=description, unit="img", disable=not show, file=sys.stderr, mininterval=interval)
 
 
 def _cache_path(kind: str, content_hash: str, backbone: str, size: int) -> Path:
