@@ -12,14 +12,16 @@ Every backbone takes float32 RGB images in [0, 255] of shape (N, size, size, 3);
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -355,29 +357,31 @@ def _keras_weights_cached(name: str) -> bool:
     return models.is_dir() and any(p.name.startswith(stem) for p in models.iterdir())
 
 
-@functools.lru_cache(maxsize=1)
-def import_tensorflow_quietly() -> Any:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probing, oneDNN notices) kept out of the notebooks.
-
-    TensorFlow prints these lines to file descriptor 2 before its logging is configured, so neither
-    ``TF_CPP_MIN_LOG_LEVEL`` nor Python's logging can hide them; errors still surface as Python exceptions.
-    """
-    import sys
-
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Silence file descriptor 2 for native (C++) code: TensorFlow and TFLite print start-up notices there
+    (CUDA probing, oneDNN, XNNPACK) before any logging setting applies. Python exceptions still propagate."""
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        tf.constant(0)  # device discovery (the CUDA probe) happens at the first op
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+@functools.lru_cache(maxsize=1)
+def import_tensorflow_quietly() -> Any:
+    """Import TensorFlow without its C++ start-up chatter in notebooks and commands."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    with native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.constant(0)  # device discovery (the CUDA probe) happens at the first op
     return tf
 
 

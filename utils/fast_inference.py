@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .backbones import cache_root
+from .backbones import cache_root, native_stderr_silenced
 
 if TYPE_CHECKING:
     from .backbones import Backbone
@@ -114,7 +114,8 @@ class TFLiteRunner:
     def _invoke(self, x: np.ndarray) -> np.ndarray:
         if len(x) != self._batch:
             self._interpreter.resize_tensor_input(self._input, list(x.shape), strict=False)
-            self._interpreter.allocate_tensors()
+            with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self._interpreter.allocate_tensors()
             self._batch = len(x)
         self._interpreter.set_tensor(self._input, np.ascontiguousarray(x))
         self._interpreter.invoke()
