@@ -25,7 +25,7 @@ from utils import course
 # the backbone and the image size.
 REQUIRED_PARAMETERS = {"n_train_per_class", "n_test_per_class", "seed", "data_dir", "metrics_path"}
 NETWORK_PARAMETERS = {"backbone", "image_size"}
-NETWORK_FREE_LESSONS = {"01_explore_data", "02_raw_pixel_classifier"}
+NETWORK_FREE_LESSONS = {"02_raw_pixel_classifier"}  # raw pixels: no network, nothing to size for one
 EXPECTED_NOTEBOOKS = ["01_explore_data", "02_raw_pixel_classifier",
                       "03_deep_features_classifier", "04_image_retrieval",
                       "05_per_class_distances", "06_few_shot_recognizer"]
