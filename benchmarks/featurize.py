@@ -133,9 +133,9 @@ def ours_step(backbone) -> tuple[Callable, float, str]:
     """utils.features' own step (the TFLite fast path when it works), its set-up time, and which path it is."""
     from utils import features
 
-    backbone.__dict__.pop("_steps", None)
+    backbone.__dict__.pop("_step", None)
     start = time.perf_counter()
-    step = features._inference_step(backbone, resize=True)
+    step = features._inference_step(backbone)
     setup = time.perf_counter() - start
     kind = "tflite-xnnpack" if type(step).__name__ == "TFLiteFeaturizer" else "keras-tf.function"
     return (lambda batch: np.asarray(step(batch))), setup, kind

@@ -170,10 +170,10 @@ class TFLiteFeaturizer:
         except Exception as exc:  # this input size will not convert: the plain Keras path for it
             warnings.warn(f"fast TFLite inference unavailable for {input_hw} images, using Keras "
                           f"({type(exc).__name__}: {exc})", stacklevel=3)
-            keras_step = _keras_step(self._backbone)
+            fallback = keras_step(self._backbone)
             with self._lock:
-                self._runners[input_hw] = keras_step
-            return keras_step
+                self._runners[input_hw] = fallback
+            return fallback
 
     def __call__(self, images) -> np.ndarray:
         images = np.asarray(images)
@@ -182,8 +182,10 @@ class TFLiteFeaturizer:
         return self._runner_or_keras((int(images.shape[1]), int(images.shape[2])))(images)
 
 
-def _keras_step(backbone: "Backbone") -> Callable[[np.ndarray], np.ndarray]:
-    """The Keras path (a tf.function: cast, resize, model), for input sizes the converter cannot take."""
+def keras_step(backbone: "Backbone") -> Callable[[np.ndarray], np.ndarray]:
+    """The plain Keras path: a tf.function (cast, bilinear resize to the model's size, model) -> numpy features.
+
+    Used when the fast path is off or fails; resizing an image already at the model's size changes nothing."""
     import tensorflow as tf
 
     size, model = backbone.input_size, backbone.feature_model
@@ -195,16 +197,13 @@ def _keras_step(backbone: "Backbone") -> Callable[[np.ndarray], np.ndarray]:
     return lambda images: step(images).numpy()
 
 
-def tflite_featurizer(backbone: "Backbone", resize: bool) -> TFLiteFeaturizer | None:
+def tflite_featurizer(backbone: "Backbone") -> TFLiteFeaturizer | None:
     """A :class:`TFLiteFeaturizer` for ``backbone``, or ``None`` (use Keras) when the fast path is off or fails."""
     if not fast_path_enabled():
         return None
     try:
         _interpreter_class()  # no interpreter, no conversion
-        featurizer = TFLiteFeaturizer(backbone)
-        if not resize:  # images come at the model's size (featurize_files): convert now, so failures fall back
-            featurizer.runner((backbone.input_size, backbone.input_size))
-        return featurizer
+        return TFLiteFeaturizer(backbone)  # converts per input size on first use; a failed size falls back to Keras
     except Exception as exc:  # any failure of an optional accelerator means: the plain Keras path
         warnings.warn(f"fast TFLite inference unavailable, using Keras ({type(exc).__name__}: {exc})", stacklevel=2)
         return None

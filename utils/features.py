@@ -34,34 +34,17 @@ class FileFeatures:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _inference_step(backbone: Backbone, resize: bool) -> Callable:
-    """A step: uint8 images -> features (an array, or a tensor: read it with ``np.asarray``); resizes when asked.
+def _inference_step(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
+    """The step uint8 images (N, h, w, 3) -> features (N, dim), resizing to the model's size when needed.
 
     The fast path is the model converted to float32 TFLite and run by XNNPACK (:mod:`utils.fast_inference`, about
     twice TensorFlow's speed on a small CPU, same features to ~1e-5); the fallback a tf.function around the model.
     """
-    cache = backbone.__dict__.setdefault("_steps", {})
-    if resize not in cache:
-        from .fast_inference import tflite_featurizer
+    if "_step" not in backbone.__dict__:
+        from .fast_inference import keras_step, tflite_featurizer
 
-        fast = tflite_featurizer(backbone, resize)
-        if fast is not None:
-            cache[resize] = fast
-            return fast
-        import tensorflow as tf
-
-        size = backbone.input_size
-        model = backbone.feature_model
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)], reduce_retracing=True)
-        def step(images):
-            x = tf.cast(images, tf.float32)
-            if resize:
-                x = tf.image.resize(x, (size, size), method="bilinear")
-            return model(x, training=False)
-
-        cache[resize] = step
-    return cache[resize]
+        backbone.__dict__["_step"] = tflite_featurizer(backbone) or keras_step(backbone)
+    return backbone.__dict__["_step"]
 
 
 def _progress(total: int, description: str, enabled: bool | None):
@@ -116,7 +99,7 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image
     if path is not None and path.exists():
         return np.load(path)["features"]
     bb = load_backbone(spec.name, size)
-    step = _inference_step(bb, resize=images.shape[1:3] != (size, size))
+    step = _inference_step(bb)
     out = np.empty((len(images), bb.feature_dim), dtype=np.float32)
     with _progress(len(images), f"{spec.name} {size}px", progress) as bar:
         for start in range(0, len(images), batch_size):
@@ -165,7 +148,7 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
             skipped = [(paths[i], str(r)) for i, r in zip(cached["skipped"], cached["reasons"])]
             return FileFeatures(cached["features"], kept, skipped)
     bb = load_backbone(spec.name, size)
-    step = _inference_step(bb, resize=False)
+    step = _inference_step(bb)
     features = np.empty((len(paths), bb.feature_dim), dtype=np.float32)
     kept_idx: list[int] = []
     skipped: list[tuple[int, str]] = []
