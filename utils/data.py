@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 COURSE_CLASSES: tuple[str, ...] = ("automobile", "bird", "cat", "dog")
 # The classic course's training split (2005 images) and its test split (all 4000 CIFAR-10 test images).
@@ -105,6 +106,37 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def _open_image(path: Path) -> Image.Image:
+    """Open an image file lazily (header only), refusing more than :data:`MAX_IMAGE_PIXELS` pixels.
+
+    Pillow's own decompression-bomb limit is one process-wide setting: it is switched off for the ``open`` alone,
+    under a lock (files are opened from several threads), and replaced by our check of the header's size.
+    """
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{path}: empty file (0 bytes)")
+    try:
+        with _PILLOW_LIMIT_LOCK:
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(f"{path}: not an image file (or a format Pillow cannot read)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise ImageLoadError(f"{path}: image too large ({image.width}x{image.height} pixels, "
+                             f"limit {MAX_IMAGE_PIXELS:,})")
+    return image
+
+
 def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
     """Read an image file as a uint8 RGB array (H, W, 3), upright (EXIF orientation applied).
 
@@ -112,29 +144,15 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
     featurizer does with CIFAR images). Raises :class:`ImageLoadError` with the reason for anything unreadable.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageLoadError(f"{path}: empty file (0 bytes)")
-    previous_limit, previous_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = MAX_IMAGE_PIXELS, False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if size is not None and image.format == "JPEG":
-                    image.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale: much faster
-                image = ImageOps.exif_transpose(image)
-                image.load()
-                rgb = _to_rgb(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"{path}: image too large ({exc})") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageLoadError(f"{path}: not an image file (or a format Pillow cannot read)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+        with _open_image(path) as image:
+            if size is not None and image.format == "JPEG":
+                image.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale: much faster
+            image = ImageOps.exif_transpose(image)
+            image.load()
+            rgb = _to_rgb(image)
+    except (OSError, SyntaxError, ValueError) as exc:  # raised while decoding
         raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
-    finally:
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = previous_limit, previous_truncated
     if min(rgb.size) < 1:
         raise ImageLoadError(f"{path}: image has no pixels")
     if size is not None and rgb.size != (size, size):
@@ -222,27 +240,12 @@ def load_image_folder(root: str | Path, min_classes: int = 1, check_images: bool
 
 
 def _verify_image(path: Path) -> None:
-    """Cheap validity check: header + size limit (full decoding happens at featurization)."""
-    if path.stat().st_size == 0:
-        raise ImageLoadError(f"{path}: empty file (0 bytes)")
-    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own limit below, as load_image
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise ImageLoadError(f"{path}: image too large ({image.width}x{image.height} pixels)")
-                image.verify()
-    except ImageLoadError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"{path}: image too large ({exc})") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageLoadError(f"{path}: not an image file (or a format Pillow cannot read)") from exc
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
-        raise ImageLoadError(f"{path}: corrupt image ({exc})") from exc
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit
+    """Cheap validity check: header, size limit and file structure (full decoding happens at featurization)."""
+    with _open_image(path) as image:
+        try:
+            image.verify()
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
+            raise ImageLoadError(f"{path}: corrupt image ({exc})") from exc
 
 
 # ----------------------------------------------------------------------------------------------------------------
