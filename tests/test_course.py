@@ -124,7 +124,9 @@ def test_results_json_has_run_info(built: dict) -> None:
     run = saved["run"]
     assert run["status"] == "ok" and run["parameters"]["image_size"] == 96
     assert set(run["notebook_seconds"]) == {"01_first_look", "02_raw_fake", "05_distances_fake"}
-    assert run["total_seconds"] >= sum(run["notebook_seconds"].values()) > 0
+    # Each figure is rounded to 0.01 s on its own, so the parts may add up to a little more than the total.
+    parts = run["notebook_seconds"].values()
+    assert run["total_seconds"] >= sum(parts) - 0.005 * (len(parts) + 1) and sum(parts) > 0
     for package in ("python", "tensorflow", "keras", "numpy", "scikit-learn"):
         assert package in run["versions"]
     assert run["platform"] and run["date"]
