@@ -48,7 +48,7 @@ def make_notebook(directory: Path, name: str, title: str, objectives: list[str],
     body = f"""\
 import numpy as np
 import matplotlib.pyplot as plt  # run_course makes the backend inline and utils importable
-from utils.course import save_metrics
+from utils.notebook import save_metrics
 fig, ax = plt.subplots(figsize=(3, 2))
 ax.plot(np.arange(image_size % 7 + 3))
 ax.set_title({title!r})

@@ -20,6 +20,7 @@ import pytest
 
 from _course_fixtures import REPO, built_course, make_course, make_notebook
 from utils import course
+from utils.notebook import save_metrics
 
 # Every lesson is sized, seeded and located by the same parameters; lessons that use a network also take
 # the backbone and the image size.
@@ -36,7 +37,7 @@ EXPECTED_NOTEBOOKS = ["01_explore_data", "02_raw_pixel_classifier",
 
 def test_save_metrics_makes_numpy_json_safe(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "m.json"
-    clean = course.save_metrics(path, {
+    clean = save_metrics(path, {
         "acc": np.float32(0.5), "n": np.int64(3), "cm": np.eye(2, dtype=int),
         "per_class": {np.str_("cat"): np.float64(0.25)}, "shape": (96, 96, 3),
         "bad": float("nan"), "where": tmp_path, "ok": np.bool_(True),
@@ -52,14 +53,14 @@ def test_save_metrics_makes_numpy_json_safe(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", ["", None])
 def test_save_metrics_without_path_only_cleans(path, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert course.save_metrics(path, {"x": np.int8(1)}) == {"x": 1}
+    assert save_metrics(path, {"x": np.int8(1)}) == {"x": 1}
     assert list(tmp_path.iterdir()) == []
 
 
 def test_save_metrics_replaces_atomically(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
-    course.save_metrics(path, {"a": 1})
-    course.save_metrics(path, {"b": 2})
+    save_metrics(path, {"a": 1})
+    save_metrics(path, {"b": 2})
     assert json.loads(path.read_text()) == {"b": 2}
 
 

@@ -12,18 +12,19 @@ Every backbone takes float32 RGB images in [0, 255] of shape (N, size, size, 3);
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+from .data import resize_batch
+from .runtime import atomic_write, cache_root, import_tensorflow_quietly
 
 if TYPE_CHECKING:  # keep `import utils` light: TensorFlow is imported only when a model is built
     import keras
@@ -40,11 +41,6 @@ class UnknownBackboneError(KeyError):
 
 class BackboneUnavailableError(RuntimeError):
     """A backbone whose weights cannot be had here (not installed, or a download failed)."""
-
-
-def cache_root() -> Path:
-    """Where converted weights and features are cached: ``$DEEP_FEATURES_CACHE`` or ``~/.cache/deep-features``."""
-    return Path(os.environ.get("DEEP_FEATURES_CACHE") or Path.home() / ".cache" / "deep-features")
 
 
 @dataclass
@@ -245,10 +241,10 @@ def _build_lite(name: str, input_size: int) -> Backbone:
         model = build_efficientnet_lite(blocks, input_size, name=name)
         load_lite_state_dict(model, state)
         converted.parent.mkdir(parents=True, exist_ok=True)
-        tmp = converted.with_name(f"tmp-{os.getpid()}-{converted.name}")
+        tmp = converted.with_name(f".tmp-{os.getpid()}-{converted.name}")  # keras needs a .weights.h5 name
         model.save_weights(tmp)
         os.replace(tmp, converted)
-        architecture.write_text(json.dumps([b.__dict__ for b in blocks]))
+        atomic_write(architecture, json.dumps([b.__dict__ for b in blocks]))
     features = model.get_layer("avg_pool").output
     feature_model = keras.Model(model.input, features, name=f"{name}_features")
     probabilities = keras.layers.Softmax(name="probabilities")(model.output)
@@ -357,34 +353,6 @@ def _keras_weights_cached(name: str) -> bool:
     return models.is_dir() and any(p.name.startswith(stem) for p in models.iterdir())
 
 
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Silence file descriptor 2 for native (C++) code: TensorFlow and TFLite print start-up notices there
-    (CUDA probing, oneDNN, XNNPACK) before any logging setting applies. Python exceptions still propagate."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-@functools.lru_cache(maxsize=1)
-def import_tensorflow_quietly() -> Any:
-    """Import TensorFlow without its C++ start-up chatter in notebooks and commands."""
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    with native_stderr_silenced():
-        import tensorflow as tf
-
-        tf.constant(0)  # device discovery (the CUDA probe) happens at the first op
-    return tf
-
-
 @functools.lru_cache(maxsize=8)
 def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> Backbone:
     """Build (once per process) the backbone ``name`` for square images of ``image_size`` pixels.
@@ -417,8 +385,6 @@ def predict_imagenet(images: Any, backbone: str = DEFAULT_BACKBONE, top: int = 5
     bb = load_backbone(backbone)
     if bb.classifier is None:
         raise ValueError(f"{backbone} has no ImageNet classifier at this image size")
-    from .data import resize_batch
-
     batch = resize_batch(images, bb.input_size).astype("float32")
     probabilities = np.asarray(bb.classifier(batch, training=False))
     names = imagenet_class_names()

@@ -23,13 +23,11 @@ import contextlib
 import datetime as _dt
 import html
 import json
-import math
 import os
 import platform
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +36,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import nbformat
+
+from .notebook import to_jsonable
+from .runtime import atomic_write
 
 COURSE_TITLE: Final = "Deep features: recognise and retrieve images"
 
@@ -169,52 +170,8 @@ def discover_lessons(notebook_dir: str | os.PathLike[str] = NOTEBOOK_DIR) -> lis
 # --------------------------------------------------------------------------- metrics
 
 
-def to_jsonable(value: Any) -> Any:
-    """Convert numpy scalars/arrays, paths, tuples and sets to plain JSON values.
-
-    Non-finite floats become ``None`` so the file stays strict JSON.
-    """
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
-        return [to_jsonable(v) for v in items]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars
-        return to_jsonable(value.tolist())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if hasattr(value, "item") and callable(value.item):
-        return to_jsonable(value.item())
-    return str(value)
-
-
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_metrics(path: str | os.PathLike[str] | None, metrics: Mapping[str, Any]) -> dict:
-    """Write a notebook's metrics as JSON (atomically) and return the JSON-safe dict.
-
-    Does nothing but clean the dict when ``path`` is empty or ``None``, so a notebook can
-    always call ``save_metrics(metrics_path, {...})``.
-    """
-    clean = to_jsonable(dict(metrics))
-    if path:
-        text = json.dumps(clean, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-        _write_atomic(Path(path), text)
-    return clean
+    atomic_write(path, text)
 
 
 # --------------------------------------------------------------------------- running

@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .runtime import import_tensorflow_quietly
+
 COURSE_CLASSES: tuple[str, ...] = ("automobile", "bird", "cat", "dog")
 # The classic course's training split (2005 images) and its test split (all 4000 CIFAR-10 test images).
 COURSE_TRAIN_COUNTS: dict[str, int] = {"automobile": 509, "bird": 478, "cat": 509, "dog": 509}
@@ -289,8 +291,6 @@ def _read_python_batches(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], t
 
 def _download_cifar10() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     try:
-        from .backbones import import_tensorflow_quietly
-
         import_tensorflow_quietly()
         import keras
 

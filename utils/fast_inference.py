@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .backbones import cache_root, native_stderr_silenced
+from .runtime import atomic_write, cache_root, native_stderr_silenced
 
 if TYPE_CHECKING:
     from .backbones import Backbone
@@ -137,10 +137,7 @@ def load_or_convert(backbone: "Backbone", input_hw: tuple[int, int]) -> bytes:
     diff = float(np.abs(TFLiteRunner(flatbuffer)(x) - _keras_reference(backbone, x)).max())
     if not diff <= MAX_ABS_DIFF:
         raise ValueError(f"TFLite features differ from the Keras model's by {diff:g} (> {MAX_ABS_DIFF})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
-    tmp.write_bytes(flatbuffer)
-    os.replace(tmp, path)
+    atomic_write(path, flatbuffer)
     return flatbuffer
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,8 +17,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, Backbone, cache_root, get_spec, load_backbone, weights_fingerprint
+from .backbones import DEFAULT_BACKBONE, Backbone, get_spec, load_backbone, weights_fingerprint
 from .data import ImageLoadError, load_image
+from .fast_inference import keras_step, tflite_featurizer
+from .runtime import atomic_write, cache_root
 
 FEATURE_FORMAT = 1  # bump when preprocessing or resizing changes, to invalidate every cached feature
 DEFAULT_BATCH_SIZE = 64
@@ -41,8 +42,6 @@ def _inference_step(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
     twice TensorFlow's speed on a small CPU, same features to ~1e-5); the fallback a tf.function around the model.
     """
     if "_step" not in backbone.__dict__:
-        from .fast_inference import keras_step, tflite_featurizer
-
         backbone.__dict__["_step"] = tflite_featurizer(backbone) or keras_step(backbone)
     return backbone.__dict__["_step"]
 
@@ -64,11 +63,7 @@ def _cache_path(kind: str, content_hash: str, backbone: str, size: int) -> Path:
 
 
 def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with tmp.open("wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def array_hash(images: np.ndarray) -> str:

@@ -2,13 +2,55 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .runtime import atomic_write
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays, paths, tuples and sets to plain JSON values.
+
+    Non-finite floats become ``None`` so the file stays strict JSON.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return [to_jsonable(v) for v in items]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars
+        return to_jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if hasattr(value, "item") and callable(value.item):
+        return to_jsonable(value.item())
+    return str(value)
+
+
+def save_metrics(path: str | os.PathLike[str] | None, metrics: Mapping[str, Any]) -> dict:
+    """Write a notebook's metrics as JSON (atomically) and return the JSON-safe dict.
+
+    Does nothing but clean the dict when ``path`` is empty or ``None``, so a notebook can
+    always call ``save_metrics(metrics_path, {...})``.
+    """
+    clean = to_jsonable(dict(metrics))
+    if path:
+        text = json.dumps(clean, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        atomic_write(path, text)
+    return clean
 
 
 @dataclass
@@ -26,8 +68,6 @@ class Lesson:
 
     def finish(self, metrics_path: str | Path | None = None, **metrics: Any) -> dict[str, Any]:
         """Record final metrics (plus parameters and run time); write them as JSON when ``metrics_path`` is set."""
-        from .course import save_metrics
-
         self.metrics.update(metrics)
         self.metrics.update({k: v for k, v in self.parameters.items() if k not in {"metrics_path", "data_dir"}})
         self.metrics["seconds"] = round(self.elapsed(), 2)
