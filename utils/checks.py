@@ -1,14 +1,57 @@
-"""Exercise self-checks: say whether a student's answer is right without printing the right answer.
+"""Exercise self-checks: say whether a student's answer is right without showing the right answer.
 
-The expected value is computed from the data (it changes with the notebook's parameters), so checks compare
-the student's answer with a recomputation rather than with a typed-in number.
+Each exercise registers a function that computes its expected answer from the run's own objects (the data,
+the fitted models), so the expected value follows the notebook's parameters and never sits on screen beside
+``answer = ...``. A check cell holds only the student's answer and the objects the check needs::
+
+    answer = ...
+    checks.check("3.2", answer, deep_accuracy=deep_accuracy, raw_accuracy=raw_accuracy, n_test=len(test))
+
+Register an exercise next to the others with::
+
+    @exercise("3.2", tolerance=0, hint="count images, not a fraction")
+    def _(deep_accuracy, raw_accuracy, n_test):
+        return round((deep_accuracy - raw_accuracy) * n_test)
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One registered exercise: how to compute its expected answer and how close an answer must be."""
+
+    exercise_id: str
+    expected: Callable[..., Any]
+    tolerance: float
+    hint: str
+
+
+EXERCISES: dict[str, Exercise] = {}
+
+
+def exercise(exercise_id: str, tolerance: float = 1e-6, hint: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``function(**objects) -> expected answer`` as the check of ``exercise_id``."""
+    def register(function: Callable[..., Any]) -> Callable[..., Any]:
+        if exercise_id in EXERCISES:
+            raise ValueError(f"exercise {exercise_id!r} is registered twice")
+        EXERCISES[exercise_id] = Exercise(exercise_id, function, tolerance, hint)
+        return function
+    return register
+
+
+def expected_answer(exercise_id: str, **objects: Any) -> Any:
+    """The expected answer of ``exercise_id`` for these objects (for tests and instructors, not for cells)."""
+    try:
+        registered = EXERCISES[exercise_id]
+    except KeyError:
+        raise KeyError(f"unknown exercise {exercise_id!r}; registered: {', '.join(sorted(EXERCISES))}") from None
+    return registered.expected(**objects)
 
 
 def _same(answer: Any, expected: Any, tolerance: float) -> bool:
@@ -21,13 +64,22 @@ def _same(answer: Any, expected: Any, tolerance: float) -> bool:
         return False
 
 
-def check(name: str, answer: Any, expected: Any, tolerance: float = 1e-6, hint: str = "") -> bool | None:
-    """Print whether ``answer`` matches ``expected`` (never printing ``expected``); None if not answered yet."""
+def check(exercise_id: str, answer: Any, *legacy_expected: Any, **objects: Any) -> bool | None:
+    """Print whether ``answer`` is right (never printing the expected value); None while it is still ``...``/None."""
     if answer is None or answer is Ellipsis:
-        print(f"[{name}] not answered yet: replace the ... / None with your answer and run the cell again.")
+        print(f"[{exercise_id}] not answered yet: replace the ... with your answer and run the cell again.")
         return None
-    if _same(answer, expected, tolerance):
-        print(f"[{name}] correct. Well done!")
+    if legacy_expected:  # TEMPORARY: the old check(name, answer, expected) form, until every lesson is registered
+        registered = Exercise(exercise_id, lambda **_: legacy_expected[0], objects.pop("tolerance", 1e-6), "")
+    else:
+        registered = EXERCISES.get(exercise_id)
+    if registered is None:
+        raise KeyError(f"unknown exercise {exercise_id!r}; registered: {', '.join(sorted(EXERCISES))}")
+    if _same(answer, registered.expected(**objects), registered.tolerance):
+        print(f"[{exercise_id}] correct. Well done!")
         return True
-    print(f"[{name}] not quite, try again." + (f" Hint: {hint}" if hint else ""))
+    print(f"[{exercise_id}] not quite, try again." + (f" Hint: {registered.hint}" if registered.hint else ""))
     return False
+
+
+# ---- Exercises, one block per lesson (lesson 7's block goes at the end). ----
