@@ -66,11 +66,14 @@ def _keras_reference(backbone: "Backbone", images: np.ndarray) -> np.ndarray:
     return np.asarray(backbone.feature_model(x, training=False))
 
 
-def convert_to_tflite(backbone: "Backbone", input_hw: tuple[int, int]) -> bytes:
-    """A float32 TFLite flatbuffer: uint8 (N, h, w, 3) -> cast -> bilinear resize to the model's size -> features.
+def convert_to_tflite(backbone: "Backbone", input_hw: tuple[int, int], quantization: str = "none",
+                      calibration: np.ndarray | None = None) -> bytes:
+    """A TFLite flatbuffer: uint8 (N, h, w, 3) -> cast -> bilinear resize to the model's size -> features.
 
     The resize is inside the model, as in the Keras step, so only the small uint8 images cross into the
-    interpreter; the weights are frozen in, no quantization.
+    interpreter. ``quantization="none"`` (the default) freezes the float32 weights in as they are; ``"int8"`` is
+    post-training quantization of weights and activations, calibrated on ``calibration`` images (uint8, shaped
+    like the input; features stay float32); ``"float16"`` stores float16 weights.
     """
     import contextlib
     import io
@@ -85,7 +88,17 @@ def convert_to_tflite(backbone: "Backbone", input_hw: tuple[int, int]) -> bytes:
         x = keras.layers.Lambda(lambda t: tf.image.resize(t, (size, size), method="bilinear"), name="resize")(x)
     model = keras.Model(inputs, backbone.feature_model(x, training=False))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = []  # float32 only: features must stay the same
+    converter.optimizations = []  # float32: features must stay the same
+    if quantization == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise ValueError("int8 quantization needs calibration images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
+    elif quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization != "none":
+        raise ValueError(f"quantization must be 'none', 'int8' or 'float16', got {quantization!r}")
     logger = tf.get_logger()  # the export logs "INFO:tensorflow:Assets written to ..." into every notebook
     level = logger.level
     logger.setLevel("ERROR")
