@@ -6,7 +6,8 @@ Every variant runs the same EfficientNet-Lite0 network (uint8 32x32 course image
 224 px inside the model, 1280 features out):
 
 - ``tflite-f32``: our float32 path (``utils.fast_inference``: the Keras model converted to TFLite, run by XNNPACK);
-- ``tflite-int8``: TFLite post-training int8 quantization (weights and activations, calibrated on 256 training
+- ``tflite-int8``: TFLite post-training int8 quantization (weights and activations; calibrated on the 64 fixed
+  sample-photo crops that ``utils.fast_inference`` ships, or with ``--calibration course`` on 256 course training
   images), run by XNNPACK (its int8 kernels use AVX512-VNNI where the CPU has it);
 - ``tflite-f16w``: TFLite with float16 weights (XNNPACK widens them to float32 unless forced to fp16);
 - ``ov-f32`` / ``ov-bf16``: OpenVINO reading the SAME float32 flatbuffer, compiled with
@@ -101,19 +102,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="images per call for OpenVINO / ONNX Runtime")
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
     parser.add_argument("--no-accuracy", action="store_true")
+    parser.add_argument("--calibration", choices=("shipped", "course"), default="shipped",
+                        help="int8 calibration images: the shipped sample-photo crops, or 256 course training images")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     from utils.backbones import load_backbone
     from utils.data import load_course_data
-    from utils.fast_inference import TFLiteRunner, convert_to_tflite
+    from utils.fast_inference import TFLiteRunner, calibration_images, convert_to_tflite
 
     train, test = load_course_data(DATA_DIR)
     images = np.concatenate([train.images, test.images])
     backbone = load_backbone("efficientnet_lite0")
     work = Path(tempfile.mkdtemp(prefix="precision-"))
     paths = {}
-    calib = train.images[np.random.default_rng(0).choice(len(train.images), 256, replace=False)]
+    if args.calibration == "course":
+        calib = train.images[np.random.default_rng(0).choice(len(train.images), 256, replace=False)]
+    else:  # what utils.fast_inference ships: fixed crops of scikit-image's sample photos
+        calib = calibration_images((32, 32))
     for q in ("none", "int8", "float16"):
         t = time.perf_counter()
         paths[q] = work / f"lite0-{q}.tflite"
@@ -185,7 +191,7 @@ def main() -> None:
         caps = None
     flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "avx512_fp16")
              if f in Path("/proc/cpuinfo").read_text().split()]
-    doc = {"threads": thr, "images_per_pass": len(sample), "repeats": args.repeats, "batch": args.batch,
+    doc = {"threads": thr, "calibration": args.calibration, "images_per_pass": len(sample), "repeats": args.repeats, "batch": args.batch,
            "cpu_flags": flags, "openvino_capabilities": caps, "variants": rows, "skipped": skipped,
            "load_average": os.getloadavg()[0]}
     print(json.dumps(doc, indent=1))

@@ -266,4 +266,4 @@ def test_int8_features_are_close_to_float32(photo_files: list[Path]) -> None:
     f32 = featurize_files(photo_files, image_size=SIZE, precision="float32")
     i8 = featurize_files(photo_files, image_size=SIZE, precision="int8")
     rel = np.linalg.norm(i8.features - f32.features) / np.linalg.norm(f32.features)
-    assert i8.features.shape == f32.features.shape and 0 < rel < 0.25, rel
+    assert i8.features.shape == f32.features.shape and 0 < rel < 0.5, rel

@@ -33,7 +33,7 @@ PRECISION_ENV_VAR = "DEEP_FEATURES_PRECISION"
 PRECISIONS = ("float32", "int8")
 # CPU features that give int8 convolutions their speed (dot-product instructions); without them int8 is no faster.
 INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
-INT8_MAX_REL_DIFF = 0.25  # an int8 model further than this from the Keras features (relative L2) is rejected
+INT8_MAX_REL_DIFF = 0.5  # an int8 model further than this from the Keras features (relative L2) is broken
 TFLITE_FORMAT = 2  # bump when the conversion changes, to invalidate cached flatbuffers
 CHUNK_SIZE = 8  # images per interpreter call: XNNPACK is fastest on small batches (cache-resident activations)
 NUM_THREADS = min(os.cpu_count() or 1, 4)

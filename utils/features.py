@@ -228,6 +228,7 @@ def _prepare_chunk(cache: _ChunkCache | None, paths: Sequence[Path], start: int,
     """Find a chunk in the cache (by stat, then by content), else read and decode its files."""
     stat_key = cache.stat_key(paths) if cache is not None else ""
     index_file = cache.index_file(stat_key) if cache is not None else Path()
+    indexed_key = ""  # the content key the stat index pointed to, already tried
     if cache is not None and index_file.exists():
         try:
             content_key = index_file.read_text().strip()
@@ -236,10 +237,11 @@ def _prepare_chunk(cache: _ChunkCache | None, paths: Sequence[Path], start: int,
         cached = cache.read(content_key, len(paths), dim) if content_key else None
         if cached is not None:
             return _Chunk(start, len(paths), content_key, index_file, cached=cached)
+        indexed_key = content_key
     contents = [_read_file(p) for p in paths]
     digests = [hashlib.sha256(c).hexdigest() if isinstance(c, bytes) else f"unreadable:{c}" for c in contents]
     content_key = cache.content_key(digests) if cache is not None else ""
-    if cache is not None:
+    if cache is not None and content_key != indexed_key:  # a corrupt entry is reported once, not twice
         cached = cache.read(content_key, len(paths), dim)
         if cached is not None:
             atomic_write(index_file, content_key)
