@@ -170,6 +170,10 @@ def main() -> None:
         best = len(sample) / min(times[name])
         row = {"images_per_s": best, "median_images_per_s": len(sample) / float(np.median(times[name])),
                "ratio_to_tflite_f32": best / base,
+               # the same ratio round by round (each round times every variant back to back), then the median:
+               # less sensitive to other processes' load than the ratio of the best passes
+               "median_round_ratio": float(np.median(np.asarray(times["tflite-f32"]) / np.asarray(times[name]))),
+               "cpu_ratio": min(cpu["tflite-f32"]) / min(cpu[name]),
                "cpu_s_per_1000": 1000 * min(cpu[name]) / len(sample)}
         if reference is not None:
             feats = reference if name == "tflite-f32" else run(images)
