@@ -11,6 +11,11 @@ is cached under ``cache_root()/tflite`` with the weights id in its name, written
 Keras model when it is made. Whenever TFLite is unavailable or a conversion fails, the Keras path is used instead
 (:func:`tflite_featurizer` returns ``None``, or the featurizer falls back for that input size, with a warning);
 ``DEEP_FEATURES_FAST=0`` asks for the Keras path explicitly.
+
+Reduced precision is an explicit choice (:func:`resolve_precision`: an argument, ``$DEEP_FEATURES_PRECISION``, or
+the commands' ``--precision``): ``"int8"`` converts the same network with post-training int8 quantization,
+calibrated on fixed crops of scikit-image's sample photos, and runs it with XNNPACK, whose int8 kernels use the
+CPU's VNNI dot products. Where the CPU lacks them it falls back to float32 with one warning.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ PRECISION_ENV_VAR = "DEEP_FEATURES_PRECISION"
 PRECISIONS = ("float32", "int8")
 # CPU features that give int8 convolutions their speed (dot-product instructions); without them int8 is no faster.
 INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+CALIBRATION_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 INT8_MAX_REL_DIFF = 0.5  # an int8 model further than this from the Keras features (relative L2) is broken
 TFLITE_FORMAT = 2  # bump when the conversion changes, to invalidate cached flatbuffers
 CHUNK_SIZE = 8  # images per interpreter call: XNNPACK is fastest on small batches (cache-resident activations)
@@ -95,8 +101,7 @@ def calibration_images(input_hw: tuple[int, int], count: int = 64) -> np.ndarray
     from PIL import Image
     from skimage import data as samples
 
-    photos = [getattr(samples, name)() for name in ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry")
-              if hasattr(samples, name)]
+    photos = [getattr(samples, name)() for name in CALIBRATION_PHOTOS]  # RGB photos shipped inside scikit-image
     rng = np.random.default_rng(0)
     out = np.empty((count, *input_hw, 3), dtype=np.uint8)
     for i in range(count):
@@ -301,7 +306,8 @@ def tflite_featurizer(backbone: "Backbone", precision: str = "float32") -> TFLit
         return None
     try:
         _interpreter_class()  # no interpreter, no conversion
-        return TFLiteFeaturizer(backbone, precision=precision)  # converts per input size on first use; a failed size falls back to Keras
+        # converts per input size on first use; a failed float32 size falls back to Keras
+        return TFLiteFeaturizer(backbone, precision=precision)
     except Exception as exc:  # any failure of an optional accelerator means: the plain Keras path
         warnings.warn(f"fast TFLite inference unavailable, using Keras ({type(exc).__name__}: {exc})", stacklevel=2)
         return None
