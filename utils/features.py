@@ -323,7 +323,8 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
     size = int(image_size or spec.input_size)
     precision = resolve_precision(precision)
     cache = _ChunkCache(spec.name, size, precision) if use_cache else None
-    parts: list[np.ndarray] = []
+    # One output matrix filled in place (concatenating chunks at the end would hold every feature twice).
+    out = np.empty((len(paths), spec.feature_dim), dtype=np.float32)
     kept_idx: list[int] = []
     skipped: list[tuple[int, str]] = []
     step = None
@@ -356,13 +357,13 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
                               "reasons": np.asarray([r for _, r in chunk.skipped], dtype=str)}
             if chunk.cached is not None:
                 bar.update(chunk.count)
-            parts.append(arrays["features"])
+            n_kept = len(kept_idx)
+            out[n_kept : n_kept + len(arrays["kept"])] = arrays["features"]
             kept_idx += [chunk.start + int(i) for i in arrays["kept"]]
             skipped += [(chunk.start + int(i), str(r)) for i, r in zip(arrays["skipped"], arrays["reasons"])]
             if on_chunk is not None:
                 on_chunk(chunk.start + chunk.count, len(paths))
-    dims = {p.shape[1] for p in parts if len(p)}
-    features = np.concatenate([p for p in parts if len(p)]) if dims else np.empty((0, spec.feature_dim), np.float32)
+    features = out[: len(kept_idx)]  # a view: no copy when files were skipped
     result = FileFeatures(features, [paths[i] for i in kept_idx], [(paths[i], r) for i, r in skipped])
     if report:
         report_skipped(result.skipped)
