@@ -348,7 +348,7 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
                     bar.update(len(batch))
                 bar.update(len(chunk.skipped))
                 kept = [i for i, _ in good]
-                chunk.images = []  # free the pixels before the next chunk
+                chunk.images = good = []  # free the pixels before the next chunk is taken
                 if cache is not None:
                     arrays = cache.write(chunk, features, kept)
                 else:
