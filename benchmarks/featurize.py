@@ -3,6 +3,7 @@
     python benchmarks/featurize.py            # full run (~10 min on 2 cores)
     python benchmarks/featurize.py --quick    # EfficientNet-Lite0 only, fewer sizes and repeats (~3 min)
     python benchmarks/featurize.py --json     # tables on stderr, one JSON document on stdout
+    python benchmarks/featurize.py --sections 6,7,8,9   # precision, bf16 peak, scale, resume (~25 min)
 
 Sections (see benchmarks/README.md for the rules and the latest figures):
 
@@ -18,7 +19,14 @@ Sections (see benchmarks/README.md for the rules and the latest figures):
 4. end to end: ``featurize_images`` over the 6005-image course split in a fresh process with an empty cache dir:
    cold (includes converting the weights and the TFLite model), warm (served from the feature cache), and
    recomputed with the converted model cached;
-5. what else was tried for the Keras path: XLA, batch sizes, thread settings, oneDNN off, resize before the graph.
+5. what else was tried for the Keras path: XLA, batch sizes, thread settings, oneDNN off, resize before the graph;
+6. reduced precision and the float32 peers on identical weights (``benchmarks/precision.py``): TFLite int8 and
+   float16-weight models with XNNPACK, OpenVINO f32 / bf16 / int8, ONNX Runtime f32; images/s and ratio to our
+   float32 TFLite path, CPU time, feature difference and linear-probe accuracy on the course split (optional
+   packages: ``pip install -e '.[bench]'``; a variant whose package is absent is listed as skipped);
+7. the bfloat16 matmul peak beside the float32 one (``benchmarks/matmul_peak.py --dtype bfloat16``);
+8. scale (``benchmarks/scale.py scale``): images/s and peak memory featurizing 1k, 4k and 16k files;
+9. resume after a kill (``benchmarks/scale.py resume``): 4000 files plus 3 broken ones, SIGKILLed at 70 %, rerun.
 
 Timings are wall-clock on whatever else the machine is doing: the load average is printed with each section.
 Variants compared with each other are timed round-robin in one loop, so background load hits them alike.
@@ -466,12 +474,74 @@ def section_variants(images: np.ndarray, quick: bool) -> dict:
     return result
 
 
+def run_json(script: str, *args: str, timeout: float = 3600) -> dict:
+    """Run ``benchmarks/<script> args --json FILE`` (or, for matmul_peak, read its stdout) and return the JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.json"
+        cmd = [sys.executable, str(Path(__file__).with_name(script)), *args]
+        if script != "matmul_peak.py":
+            cmd += ["--json", str(out)]
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+        env["PYTHONPATH"] = str(REPO)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"{script} failed: {done.stderr[-2000:]}")
+        return json.loads(out.read_text() if out.exists() else done.stdout.strip().splitlines()[-1])
+
+
+def section_precision(quick: bool) -> dict:
+    doc = run_json("precision.py", "--repeats", "2" if quick else "5", "--images", "256" if quick else "512",
+                   *(["--no-accuracy"] if quick else []))
+    rows = [[name, v["images_per_s"], v["ratio_to_tflite_f32"], v["cpu_s_per_1000"], v.get("max_abs_diff", ""),
+             v.get("rel_diff", ""), v.get("accuracy", ""), v.get("accuracy_change_points", "")]
+            for name, v in doc["variants"].items()]
+    rows += [[name, f"skipped: {why}", "", "", "", "", "", ""] for name, why in doc["skipped"].items()]
+    table(f"Reduced precision and float32 peers on identical weights ({doc['threads']} threads, best of "
+          f"{doc['repeats']} interleaved passes of {doc['images_per_pass']} images)",
+          ["variant", "images/s", "x tflite-f32", "CPU s/1000", "max |diff|", "rel diff", "probe acc", "acc change"],
+          rows)
+    return doc
+
+
+def section_bf16_peak(quick: bool) -> dict:
+    sizes = ["1024", "2048"] if quick else ["1024", "2048", "3072"]
+    doc = run_json("matmul_peak.py", "--dtype", "bfloat16", "--sizes", *sizes, "--repeats", "3" if quick else "5")
+    numpy_f32 = run_json("matmul_peak.py", "--sizes", *sizes, "--repeats", "3" if quick else "5")
+    doc["numpy_float32_gflops"] = numpy_f32["gflops"]
+    table("Matmul peak: bfloat16 beside float32 (GFLOP/s)", ["kernel", "GFLOP/s"],
+          [["numpy float32 (BLAS)", numpy_f32["gflops"]], ["tf.matmul float32 (oneDNN)", doc["float32_gflops"]],
+           ["tf.matmul bfloat16 (oneDNN)", doc["gflops"]], ["bf16 / f32 (tf)", doc["ratio"]]])
+    return doc
+
+
+def section_scale(quick: bool) -> dict:
+    doc = run_json("scale.py", "scale", "--sizes", *(["500", "2000"] if quick else ["1000", "4000", "16000"]))
+    table("Scale: featurize_files on N course JPEGs, fresh process, empty feature cache",
+          ["files", "images/s", "featurize s", "CPU s", "process wall s", "peak RSS MB"],
+          [[r["files"], r["images_per_s"], r["seconds"], r["cpu_seconds"], r["wall_seconds"], r["peak_rss_mb"]]
+           for r in doc["rows"]])
+    if "peak_rss_16k_over_4k" in doc:
+        log(f"peak RSS 16k / 4k = {doc['peak_rss_16k_over_4k']:.3f}")
+    return doc
+
+
+def section_resume(quick: bool) -> dict:
+    doc = run_json("scale.py", "resume", "--files", "1000" if quick else "4000")
+    table("Resume after kill", ["measure", "value"], [
+        ["files (incl. 3 broken)", doc["files"]], ["full run, process wall s", doc["full"]["wall_seconds"]],
+        ["killed after files", doc["killed"]["killed_at_files"]], ["rerun, process wall s", doc["rerun"]["wall_seconds"]],
+        ["rerun / full (wall)", doc["rerun_over_full_wall"]], ["rerun / full (featurize)", doc["rerun_over_full_featurize"]],
+        ["identical features", doc["identical_features"]],
+        ["skipped files named", "; ".join(f"{Path(p).name}: {r}" for p, r in doc["skipped_named_by_rerun"])]])
+    return doc
+
+
 def main() -> None:
     global _log_stream
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Lite0 only, fewer sizes and repeats")
     parser.add_argument("--json", action="store_true", help="tables on stderr, a JSON document on stdout")
-    parser.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset of 1,2,3,4,5")
+    parser.add_argument("--sections", default="1,2,3,4,5,6,7,8,9", help="comma-separated subset of 1-9")
     args = parser.parse_args()
     if args.json:
         _log_stream = sys.stderr
@@ -503,6 +573,14 @@ def main() -> None:
         report["end_to_end"] = section_end_to_end(args.quick)
     if 5 in sections:
         report["variants"] = section_variants(images, args.quick)
+    if 6 in sections:
+        report["precision"] = section_precision(args.quick)
+    if 7 in sections:
+        report["bf16_peak"] = section_bf16_peak(args.quick)
+    if 8 in sections:
+        report["scale"] = section_scale(args.quick)
+    if 9 in sections:
+        report["resume"] = section_resume(args.quick)
 
     goals = []
     lite0 = [r for r in throughput if r["backbone"] == "efficientnet_lite0" and r["size"] == 224]
@@ -523,6 +601,21 @@ def main() -> None:
         goals.append([f"{e['images']} images >= 120 images/s (first call, incl. conversion)",
                       f"{e['images'] / e['cold_s']:.0f}", e["images"] / e["cold_s"] >= GOAL_E2E_IMAGES_PER_S])
         goals.append(["second (cached) call < 2 s", f"{e['warm_s']:.2f} s", e["warm_s"] < GOAL_WARM_SECONDS])
+    if "precision" in report and "tflite-int8" in report["precision"]["variants"]:
+        v = report["precision"]["variants"]["tflite-int8"]
+        goals.append(["int8 >= 2x float32 (images/s)", f"{v['ratio_to_tflite_f32']:.2f}x", v["ratio_to_tflite_f32"] >= 2])
+        if "accuracy_change_points" in v:
+            goals.append(["int8 probe accuracy within 0.5 points", f"{v['accuracy_change_points']:+.2f}",
+                          abs(v["accuracy_change_points"]) <= 0.5])
+    if "scale" in report and "peak_rss_16k_over_4k" in report["scale"]:
+        r = report["scale"]["peak_rss_16k_over_4k"]
+        goals.append(["peak memory 16k files within 10 % of 4k", f"{r:.3f}", r <= 1.10])
+    if "resume" in report:
+        r = report["resume"]
+        goals.append([f"rerun after kill at 70 % < 60 % of a full run ({r['files']} files)",
+                      f"{r['rerun_over_full_wall']:.2f}",
+                      r["rerun_over_full_wall"] < 0.6])
+        goals.append(["rerun gives the same features", str(r["identical_features"]), r["identical_features"]])
     if lite0:
         report["lite0_224_best_images_per_s"] = max(r["images_per_s"] for r in lite0)
     if goals:

@@ -1,10 +1,14 @@
-"""Measured single-precision matmul peak of this machine (numpy float32 sgemm), as a roofline for the featurizer.
+"""Measured matmul peak of this machine, as a roofline for the featurizer: float32 (numpy sgemm) or bfloat16.
 
 Run by ``benchmarks/featurize.py`` in a subprocess whose environment lacks ``OPENBLAS_CORETYPE`` and
 ``OPENBLAS_L2_SIZE`` (they can force a slower OpenBLAS kernel), so the peak is the BLAS's best on this CPU.
 Prints one JSON object: ``{"gflops": best, "sizes": {n: gflops}, "blas": threadpoolctl info or null}``.
 
-    python benchmarks/matmul_peak.py [--sizes 2048 3072 4096] [--repeats 5]
+``--dtype bfloat16``: numpy has no bfloat16 BLAS, so both dtypes are timed with TensorFlow's ``tf.matmul`` (oneDNN,
+which uses AVX512-BF16 / AMX where the CPU has them) in the same run: ``{"gflops": bf16 best, "float32_gflops":
+TensorFlow's float32 best, "ratio": ...}``.
+
+    python benchmarks/matmul_peak.py [--sizes 2048 3072 4096] [--repeats 5] [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -31,6 +35,22 @@ def sgemm_gflops(n: int, repeats: int) -> float:
     return 2.0 * n**3 / best / 1e9
 
 
+def tf_gflops(n: int, repeats: int, dtype: str) -> float:
+    """Best-of-``repeats`` GFLOP/s of an n x n ``tf.matmul`` in ``dtype`` (inputs made outside the timing)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    a = tf.constant(rng.standard_normal((n, n), dtype=np.float32), dtype=dtype)
+    b = tf.constant(rng.standard_normal((n, n), dtype=np.float32), dtype=dtype)
+    tf.matmul(a, b).numpy()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best / 1e9
+
+
 def blas_info() -> list[dict] | None:
     try:
         from threadpoolctl import threadpool_info
@@ -44,7 +64,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 3072, 4096])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args()
+    if args.dtype == "bfloat16":
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        bf16, f32 = {}, {}
+        for n in args.sizes:  # interleaved: background load hits both alike
+            f32[n] = tf_gflops(n, args.repeats, "float32")
+            bf16[n] = tf_gflops(n, args.repeats, "bfloat16")
+        print(json.dumps({"gflops": max(bf16.values()), "sizes": bf16, "float32_gflops": max(f32.values()),
+                          "float32_sizes": f32, "ratio": max(bf16.values()) / max(f32.values())}))
+        return
     sizes = {n: sgemm_gflops(n, args.repeats) for n in args.sizes}
     print(json.dumps({"gflops": max(sizes.values()), "sizes": sizes, "blas": blas_info()}))
 

@@ -49,7 +49,7 @@ def test_similar_finds_the_copy_first_then_serves_from_cache(search_folder, feat
     rows = _results(result.stdout)
     assert len(rows) == 3 and rows[0][1].name == "copy_of_query.jpg" and rows[0][0] < 1e-3
     assert rows[0][0] <= rows[1][0] <= rows[2][0] and rows[1][0] > 0.1
-    cached = sorted((feature_cache / "features").glob("*-files-*.npz"))
+    cached = sorted((feature_cache / "features" / "chunks").glob("*.npz"))
     stamps = {p: p.stat().st_mtime_ns for p in cached}
 
     # Second search against the same folder: in-process (no second TensorFlow start-up), same answer,
@@ -58,7 +58,7 @@ def test_similar_finds_the_copy_first_then_serves_from_cache(search_folder, feat
     again = _results(capsys.readouterr().out)
     assert [p for _, p in again] == [p for _, p in rows]
     assert [d for d, _ in again] == pytest.approx([d for d, _ in rows], abs=2e-3)
-    assert sorted((feature_cache / "features").glob("*-files-*.npz")) == cached
+    assert sorted((feature_cache / "features" / "chunks").glob("*.npz")) == cached
     assert {p: p.stat().st_mtime_ns for p in cached} == stamps
 
 
@@ -99,3 +99,38 @@ def test_backbones_command_lists_the_registry(capsys) -> None:
     out = capsys.readouterr().out
     assert re.search(r"^efficientnet_lite0\s+224px\s+1280-d\s+ready", out, flags=re.M), out
     assert "vgg16" in out and "4096-d" in out
+
+
+def test_featurize_names_every_skipped_file_on_stderr(search_folder, tmp_path: Path) -> None:
+    _, photos = search_folder
+    folder = tmp_path / "with-broken"
+    shutil.copytree(photos, folder)
+    (folder / "cat" / "empty.jpg").write_bytes(b"")
+    (folder / "cat" / "text.png").write_text("hello")
+    good = next((folder / "dog").glob("*.jpg"))
+    (folder / "dog" / "cut.jpg").write_bytes(good.read_bytes()[:300])
+    out = tmp_path / "f.npz"
+    result = _run("featurize", str(folder), "--output", str(out), "--image-size", SIZE, "--precision", "float32")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert sorted(lines) == sorted([f"skipped {folder / 'cat' / 'empty.jpg'}: empty file (0 bytes)",
+                                    *[line for line in lines if "text.png" in line or "cut.jpg" in line]])
+    assert len(lines) == 3 and "3 file(s) skipped" in result.stderr
+    assert any("text.png: not an image" in line for line in lines)
+    assert any("cut.jpg: truncated/corrupt image" in line for line in lines)
+    import numpy as np
+
+    saved = np.load(out)
+    assert saved["features"].shape == (9, 1280) and len(saved["paths"]) == 9
+
+
+def test_ctrl_c_exits_130_and_says_rerun_resumes(search_folder, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import utils.features
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(utils.features, "featurize_files", interrupted)
+    _, folder = search_folder
+    assert main(["featurize", str(folder), "--image-size", SIZE]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err

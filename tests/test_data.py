@@ -162,6 +162,48 @@ def test_missing_file(tmp_path: Path) -> None:
         load_image(tmp_path / "nope.png")
 
 
+@pytest.mark.parametrize("name, content, words", [
+    ("gone.png", None, data.NO_SUCH_FILE),
+    ("empty.png", b"", data.EMPTY_FILE),
+    ("text.jpg", b"a text file\n", data.NOT_AN_IMAGE),
+    ("cut.jpg", _jpeg_bytes()[:600], data.CORRUPT),
+    ("bomb.png", _png_claiming(30000, 30000), data.TOO_LARGE),
+])
+def test_reasons_start_with_the_words_of_the_cause(tmp_path: Path, name: str, content: bytes | None,
+                                                   words: str) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ImageLoadError) as info:
+        load_image(path)
+    assert info.value.path == path and info.value.reason.startswith(words), info.value.reason
+    assert str(info.value) == f"{path}: {info.value.reason}"
+    if content is not None:  # the same reason from the bytes
+        with pytest.raises(ImageLoadError) as from_bytes:
+            load_image(data=content)
+        assert from_bytes.value.reason.split(" (")[0].split(":")[0] == info.value.reason.split(" (")[0].split(":")[0]
+
+
+def test_unsupported_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.fromarray(_gradient()).save(tmp_path / "a.png")
+
+    def no_conversion(image: Image.Image) -> Image.Image:
+        raise ValueError(f"conversion from {image.mode} to RGB not supported")
+
+    monkeypatch.setattr(data, "_to_rgb", no_conversion)
+    with pytest.raises(ImageLoadError, match="unsupported mode 'RGB'"):
+        load_image(tmp_path / "a.png")
+
+
+def test_load_image_from_bytes_matches_the_file(tmp_path: Path) -> None:
+    Image.fromarray(_gradient()).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(load_image(data=(tmp_path / "a.png").read_bytes(), size=8),
+                                  load_image(tmp_path / "a.png", size=8))
+    with pytest.raises(TypeError):
+        load_image()
+    assert str(ImageLoadError("a whole message")) == "a whole message"  # the one-argument form still works
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # load_image_folder
 # ----------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +14,7 @@ from PIL import Image
 
 import utils.features as features
 from utils.data import load_image
-from utils.features import _cache_path, featurize_files, featurize_images
+from utils.features import _cache_path, featurize_files, featurize_images, report_skipped
 
 SIZE = 64
 
@@ -25,6 +29,40 @@ def crops(skimage_data: Path) -> np.ndarray:
 
 def _feature_files(cache: Path) -> set[Path]:
     return set((cache / "features").glob("*.npz")) if (cache / "features").is_dir() else set()
+
+
+def _chunk_files(cache: Path) -> set[Path]:
+    return set((cache / "features" / "chunks").glob("*.npz"))
+
+
+@pytest.fixture()
+def photo_files(crops: np.ndarray, tmp_path: Path) -> list[Path]:
+    """The 8 crops as PNG files."""
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    paths = []
+    for i, crop in enumerate(crops):
+        Image.fromarray(crop).save(folder / f"crop{i}.png")
+        paths.append(folder / f"crop{i}.png")
+    return paths
+
+
+class _Counting:
+    """Wraps features._inference_step: counts the images the model really sees."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.images = 0
+        original = features._inference_step
+
+        def counted(backbone, precision="float32"):
+            step = original(backbone, precision)
+
+            def run(x):
+                self.images += len(x)
+                return step(x)
+            return run
+
+        monkeypatch.setattr(features, "_inference_step", counted)
 
 
 def test_shape_dtype_and_batching_does_not_change_results(crops: np.ndarray) -> None:
@@ -111,3 +149,121 @@ def test_bad_arguments(images: np.ndarray, match: str) -> None:
 def test_bad_batch_size() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         featurize_images(np.zeros((1, 8, 8, 3), np.uint8), image_size=SIZE, batch_size=0)
+
+
+def test_interrupted_run_resumes_with_the_same_features(photo_files: list[Path],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = featurize_files(photo_files, image_size=SIZE, use_cache=False)
+
+    def stop_after_two_chunks(done: int, total: int) -> None:
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    counting = _Counting(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        featurize_files(photo_files, image_size=SIZE, chunk_files=2, on_chunk=stop_after_two_chunks)
+    assert counting.images == 4
+    progress: list[tuple[int, int]] = []
+    resumed = featurize_files(photo_files, image_size=SIZE, chunk_files=2,
+                              on_chunk=lambda done, total: progress.append((done, total)))
+    assert counting.images == 8  # only the last two chunks were computed
+    assert progress == [(2, 8), (4, 8), (6, 8), (8, 8)]  # resumed chunks count as done
+    assert resumed.paths == photo_files and not resumed.skipped
+    np.testing.assert_allclose(resumed.features, reference.features, rtol=1e-5, atol=1e-5)
+
+
+def test_rerun_on_unchanged_files_reads_no_file(photo_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    first = featurize_files(photo_files[:5], image_size=SIZE, chunk_files=2)
+
+    def no_read(path: Path):
+        raise AssertionError(f"{path} was read although its features are cached")
+
+    monkeypatch.setattr(features, "_read_file", no_read)
+    again = featurize_files(photo_files[:5], image_size=SIZE, chunk_files=2)
+    np.testing.assert_array_equal(again.features, first.features)
+    os.utime(photo_files[0], ns=(1, 1))  # a touched file is read again (and found by its content)
+    with pytest.raises(AssertionError, match="was read"):
+        featurize_files(photo_files[:5], image_size=SIZE, chunk_files=2)
+
+
+def test_corrupt_cache_file_warns_once_and_is_recomputed(photo_files: list[Path], feature_cache: Path) -> None:
+    before = _chunk_files(feature_cache)
+    first = featurize_files(photo_files[5:8], image_size=SIZE, chunk_files=8)
+    (chunk,) = _chunk_files(feature_cache) - before
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])  # a truncated write, e.g. a full disk
+    with pytest.warns(UserWarning, match="unreadable.*recomputing") as caught:
+        again = featurize_files(photo_files[5:8], image_size=SIZE, chunk_files=8)
+    assert len([w for w in caught if "feature cache" in str(w.message)]) == 1
+    np.testing.assert_allclose(again.features, first.features, rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # repaired: no warning any more
+        third = featurize_files(photo_files[5:8], image_size=SIZE, chunk_files=8)
+    np.testing.assert_array_equal(third.features, again.features)
+
+
+_CONCURRENT = """
+import sys, numpy as np
+from utils.features import featurize_files
+paths = sys.argv[2:]
+result = featurize_files(paths, image_size=64, chunk_files=2)
+np.save(sys.argv[1], result.features)
+"""
+
+
+def test_two_processes_on_one_cache_both_succeed_with_identical_features(photo_files: list[Path],
+                                                                         tmp_path: Path) -> None:
+    env = {**os.environ, "DEEP_FEATURES_CACHE": str(tmp_path / "shared-cache"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    outputs = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, str(out), *map(str, photo_files)], env=env,
+                              stderr=subprocess.PIPE, text=True) for out in outputs]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    a, b = (np.load(out) for out in outputs)
+    assert a.shape == (8, 1280)
+    np.testing.assert_array_equal(a, b)
+    assert not list((tmp_path / "shared-cache").rglob(".tmp-*"))  # no half-written file left behind
+
+
+def test_every_skipped_file_is_named_with_its_reason(photo_files: list[Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not a picture")
+    (tmp_path / "cut.png").write_bytes(photo_files[0].read_bytes()[:200])
+    paths = [tmp_path / "empty.png", photo_files[0], tmp_path / "gone.png", tmp_path / "text.jpg",
+             tmp_path / "cut.png"]
+    result = featurize_files(paths, image_size=SIZE, chunk_files=2, report=True)
+    assert result.paths == [photo_files[0]]
+    reasons = dict(result.skipped)
+    assert [p for p, _ in result.skipped] == [paths[0], paths[2], paths[3], paths[4]]  # in input order
+    assert reasons[paths[0]].startswith("empty file") and reasons[paths[2]] == "no such file"
+    assert reasons[paths[3]].startswith("not an image") and reasons[paths[4]].startswith("truncated/corrupt")
+    err = capsys.readouterr().err.splitlines()
+    assert f"skipped {paths[2]}: no such file" in err and err[-1] == "4 file(s) skipped"
+    report_skipped([])
+    assert capsys.readouterr().err == ""
+
+
+def test_int8_has_its_own_cache_key_and_falls_back_without_vnni(photo_files: list[Path], feature_cache: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import utils.fast_inference as fast
+
+    monkeypatch.setattr(fast, "int8_supported", lambda: False)
+    monkeypatch.setattr(fast, "_warned_fallback", set())
+    with pytest.warns(UserWarning, match="int8.*using float32"):
+        assert fast.resolve_precision("int8") == "float32"
+    monkeypatch.setenv("DEEP_FEATURES_PRECISION", "int8")
+    assert fast.resolve_precision() == "float32"  # the environment variable, warned once only
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fast.resolve_precision("bf17")
+    assert _cache_path("array", "h", "efficientnet_lite0", SIZE, "int8") != _cache_path(
+        "array", "h", "efficientnet_lite0", SIZE)
+
+
+@pytest.mark.skipif(not __import__("utils.fast_inference").fast_inference.int8_supported(),
+                    reason="no int8 dot-product instructions on this CPU: int8 falls back to float32")
+def test_int8_features_are_close_to_float32(photo_files: list[Path]) -> None:
+    f32 = featurize_files(photo_files, image_size=SIZE, precision="float32")
+    i8 = featurize_files(photo_files, image_size=SIZE, precision="int8")
+    rel = np.linalg.norm(i8.features - f32.features) / np.linalg.norm(f32.features)
+    assert i8.features.shape == f32.features.shape and 0 < rel < 0.5, rel

@@ -13,6 +13,7 @@ CIFAR-10 Python batches (``data_batch_1`` ... ``data_batch_5``, ``test_batch``, 
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import threading
@@ -45,7 +46,27 @@ class DataNotFoundError(FileNotFoundError):
 
 
 class ImageLoadError(ValueError):
-    """A file that cannot be read as an image (corrupt, truncated, not an image, too large)."""
+    """A file that cannot be read as an image: ``path`` and a ``reason`` that starts with one of :data:`REASONS`.
+
+    ``str(error)`` is ``"<path>: <reason>"``. ``ImageLoadError(message)`` (no reason) is still accepted.
+    """
+
+    def __init__(self, path: str | Path | None, reason: str | None = None) -> None:
+        if reason is None:  # the one-argument form: a whole message
+            path, reason = None, str(path)
+        self.path = Path(path) if path is not None else None
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+
+# The first words of every ImageLoadError reason: what went wrong, in the user's terms.
+NO_SUCH_FILE = "no such file"
+EMPTY_FILE = "empty file"
+NOT_AN_IMAGE = "not an image"
+CORRUPT = "truncated/corrupt image"
+TOO_LARGE = "too large (decompression-bomb limit)"
+UNSUPPORTED_MODE = "unsupported mode"
+REASONS = (NO_SUCH_FILE, EMPTY_FILE, NOT_AN_IMAGE, CORRUPT, TOO_LARGE, UNSUPPORTED_MODE)
 
 
 @dataclass
@@ -111,52 +132,76 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
-def _open_image(path: Path) -> Image.Image:
-    """Open an image file lazily (header only), refusing more than :data:`MAX_IMAGE_PIXELS` pixels.
+def _open_image(source: Path | bytes, name: str | Path | None = None) -> Image.Image:
+    """Open an image file (or its bytes) lazily, header only, refusing more than :data:`MAX_IMAGE_PIXELS` pixels.
 
     Pillow's own decompression-bomb limit is one process-wide setting: it is switched off for the ``open`` alone,
     under a lock (files are opened from several threads), and replaced by our check of the header's size.
     """
-    if not path.is_file():
-        raise ImageLoadError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageLoadError(f"{path}: empty file (0 bytes)")
+    where = name if name is not None else (source if isinstance(source, Path) else "<bytes>")
+    if isinstance(source, Path):
+        if not source.is_file():
+            raise ImageLoadError(where, NO_SUCH_FILE)
+        if source.stat().st_size == 0:
+            raise ImageLoadError(where, f"{EMPTY_FILE} (0 bytes)")
+        opened: Path | io.BytesIO = source
+    else:
+        if len(source) == 0:
+            raise ImageLoadError(where, f"{EMPTY_FILE} (0 bytes)")
+        opened = io.BytesIO(source)
     try:
         with _PILLOW_LIMIT_LOCK:
             previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                image = Image.open(path)
+                image = Image.open(opened)
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except UnidentifiedImageError as exc:
-        raise ImageLoadError(f"{path}: not an image file (or a format Pillow cannot read)") from exc
+        raise ImageLoadError(where, f"{NOT_AN_IMAGE} (no image format Pillow can read)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
+        raise _decode_error(where, exc) from exc
     if image.width * image.height > MAX_IMAGE_PIXELS:
         image.close()
-        raise ImageLoadError(f"{path}: image too large ({image.width}x{image.height} pixels, "
-                             f"limit {MAX_IMAGE_PIXELS:,})")
+        raise ImageLoadError(where, f"{TOO_LARGE}: {image.width}x{image.height} pixels, "
+                                    f"limit {MAX_IMAGE_PIXELS:,}")
     return image
 
 
-def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Read an image file as a uint8 RGB array (H, W, 3), upright (EXIF orientation applied).
+def _decode_error(where: str | Path, exc: BaseException) -> ImageLoadError:
+    """The ImageLoadError for an exception raised while Pillow reads a file."""
+    text = str(exc)
+    if isinstance(exc, Image.DecompressionBombError) or "too large" in text.lower():
+        return ImageLoadError(where, f"{TOO_LARGE}: {text}")
+    return ImageLoadError(where, f"{CORRUPT} ({text})")
+
+
+def load_image(path: str | Path | None = None, size: int | None = None, *, data: bytes | None = None) -> np.ndarray:
+    """Read an image file (or its bytes, ``data=``) as a uint8 RGB array (H, W, 3), upright (EXIF orientation).
 
     With ``size``, the image is resized to ``size`` x ``size`` (the whole image, aspect not kept, as the
     featurizer does with CIFAR images). Raises :class:`ImageLoadError` with the reason for anything unreadable.
     """
-    path = Path(path)
+    if (path is None) == (data is None):
+        raise TypeError("load_image needs a path or data=bytes (not both)")
+    source: Path | bytes = Path(path) if path is not None else bytes(data)  # type: ignore[arg-type]
+    where = source if isinstance(source, Path) else "<bytes>"
     try:
-        with _open_image(path) as image:
+        with _open_image(source) as image:
             if size is not None and image.format == "JPEG":
                 image.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale: much faster
             image = ImageOps.exif_transpose(image)
             image.load()
-            rgb = _to_rgb(image)
+            mode = image.mode
+            try:
+                rgb = _to_rgb(image)
+            except (ValueError, OSError) as exc:  # e.g. LAB, HSV or CMYK-with-alpha: no conversion to RGB
+                raise ImageLoadError(where, f"{UNSUPPORTED_MODE} {mode!r} ({exc})") from exc
+    except ImageLoadError:
+        raise
     except (OSError, SyntaxError, ValueError) as exc:  # raised while decoding
-        raise ImageLoadError(f"{path}: corrupt or truncated image ({exc})") from exc
+        raise _decode_error(where, exc) from exc
     if min(rgb.size) < 1:
-        raise ImageLoadError(f"{path}: image has no pixels")
+        raise ImageLoadError(where, f"{CORRUPT} (no pixels)")
     if size is not None and rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(rgb, dtype=np.uint8)
@@ -221,7 +266,7 @@ def load_image_folder(root: str | Path, min_classes: int = 1, check_images: bool
                 try:
                     _verify_image(f)
                 except ImageLoadError as exc:
-                    skipped.append((f, str(exc)))
+                    skipped.append((f, exc.reason))
                     continue
             good.append(f)
         if not good:
@@ -247,7 +292,7 @@ def _verify_image(path: Path) -> None:
         try:
             image.verify()
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
-            raise ImageLoadError(f"{path}: corrupt image ({exc})") from exc
+            raise _decode_error(path, exc) from exc
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,11 @@ is cached under ``cache_root()/tflite`` with the weights id in its name, written
 Keras model when it is made. Whenever TFLite is unavailable or a conversion fails, the Keras path is used instead
 (:func:`tflite_featurizer` returns ``None``, or the featurizer falls back for that input size, with a warning);
 ``DEEP_FEATURES_FAST=0`` asks for the Keras path explicitly.
+
+Reduced precision is an explicit choice (:func:`resolve_precision`: an argument, ``$DEEP_FEATURES_PRECISION``, or
+the commands' ``--precision``): ``"int8"`` converts the same network with post-training int8 quantization,
+calibrated on fixed crops of scikit-image's sample photos, and runs it with XNNPACK, whose int8 kernels use the
+CPU's VNNI dot products. Where the CPU lacks them it falls back to float32 with one warning.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ if TYPE_CHECKING:
     from .backbones import Backbone
 
 FAST_ENV_VAR = "DEEP_FEATURES_FAST"
+PRECISION_ENV_VAR = "DEEP_FEATURES_PRECISION"
+PRECISIONS = ("float32", "int8")
+# CPU features that give int8 convolutions their speed (dot-product instructions); without them int8 is no faster.
+INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+CALIBRATION_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+INT8_MAX_REL_DIFF = 0.5  # an int8 model further than this from the Keras features (relative L2) is broken
 TFLITE_FORMAT = 2  # bump when the conversion changes, to invalidate cached flatbuffers
 CHUNK_SIZE = 8  # images per interpreter call: XNNPACK is fastest on small batches (cache-resident activations)
 NUM_THREADS = min(os.cpu_count() or 1, 4)
@@ -37,6 +48,70 @@ MAX_ABS_DIFF = 1e-3  # a converted model whose features differ more from the Ker
 
 def fast_path_enabled() -> bool:
     return os.environ.get(FAST_ENV_VAR, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def int8_supported() -> bool:
+    """Whether int8 inference is faster than float32 here: the CPU has dot-product instructions (e.g. VNNI)."""
+    return bool(cpu_flags() & INT8_CPU_FLAGS)
+
+
+_warned_fallback: set[str] = set()
+
+
+def resolve_precision(precision: str | None = None) -> str:
+    """The inference precision to use: ``precision``, else ``$DEEP_FEATURES_PRECISION``, else ``"float32"``.
+
+    ``"int8"`` is the reduced-precision fast path (post-training quantization, run by XNNPACK): about 2-3x the
+    float32 speed on CPUs with VNNI dot products, linear-probe accuracy within half a point (benchmarks/README.md).
+    Where the CPU lacks those instructions, or the float32 fast path is off, it falls back to ``"float32"`` with
+    one warning. Features of each precision are cached under their own key.
+    """
+    chosen = (precision or os.environ.get(PRECISION_ENV_VAR) or "float32").strip().lower()
+    chosen = {"fp32": "float32", "f32": "float32", "i8": "int8"}.get(chosen, chosen)
+    if chosen not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if chosen == "int8":
+        why = ("this CPU has no int8 dot-product instructions (VNNI)" if not int8_supported()
+               else f"the TFLite fast path is off ({FAST_ENV_VAR}=0)" if not fast_path_enabled() else None)
+        if why:
+            if why not in _warned_fallback:
+                _warned_fallback.add(why)
+                warnings.warn(f"int8 inference would not be faster here: {why}; using float32", stacklevel=2)
+            return "float32"
+    return chosen
+
+
+def calibration_images(input_hw: tuple[int, int], count: int = 64) -> np.ndarray:
+    """Fixed natural images for int8 calibration: crops of scikit-image's sample photos, resized to ``input_hw``.
+
+    The same images on every machine, so the int8 model (and its cached features) depends on the weights alone.
+    """
+    from PIL import Image
+    from skimage import data as samples
+
+    photos = [getattr(samples, name)() for name in CALIBRATION_PHOTOS]  # RGB photos shipped inside scikit-image
+    rng = np.random.default_rng(0)
+    out = np.empty((count, *input_hw, 3), dtype=np.uint8)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        side = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(np.ascontiguousarray(photo[y : y + side, x : x + side, :3]))
+        out[i] = np.asarray(crop.resize((input_hw[1], input_hw[0]), Image.Resampling.BILINEAR))
+    return out
 
 
 def _interpreter_class():
@@ -49,11 +124,12 @@ def _interpreter_class():
     return Interpreter
 
 
-def tflite_path(backbone: "Backbone", input_hw: tuple[int, int]) -> Path:
+def tflite_path(backbone: "Backbone", input_hw: tuple[int, int], precision: str = "float32") -> Path:
     import tensorflow as tf
 
     h, w = input_hw
-    name = (f"{backbone.weights_id}-{backbone.input_size}px-in{h}x{w}-tf{tf.__version__}-f{TFLITE_FORMAT}.tflite")
+    tag = "" if precision == "float32" else f"-{precision}"
+    name = (f"{backbone.weights_id}-{backbone.input_size}px-in{h}x{w}{tag}-tf{tf.__version__}-f{TFLITE_FORMAT}.tflite")
     return cache_root() / "tflite" / name
 
 
@@ -66,11 +142,14 @@ def _keras_reference(backbone: "Backbone", images: np.ndarray) -> np.ndarray:
     return np.asarray(backbone.feature_model(x, training=False))
 
 
-def convert_to_tflite(backbone: "Backbone", input_hw: tuple[int, int]) -> bytes:
-    """A float32 TFLite flatbuffer: uint8 (N, h, w, 3) -> cast -> bilinear resize to the model's size -> features.
+def convert_to_tflite(backbone: "Backbone", input_hw: tuple[int, int], quantization: str = "none",
+                      calibration: np.ndarray | None = None) -> bytes:
+    """A TFLite flatbuffer: uint8 (N, h, w, 3) -> cast -> bilinear resize to the model's size -> features.
 
     The resize is inside the model, as in the Keras step, so only the small uint8 images cross into the
-    interpreter; the weights are frozen in, no quantization.
+    interpreter. ``quantization="none"`` (the default) freezes the float32 weights in as they are; ``"int8"`` is
+    post-training quantization of weights and activations, calibrated on ``calibration`` images (uint8, shaped
+    like the input; features stay float32); ``"float16"`` stores float16 weights.
     """
     import contextlib
     import io
@@ -85,7 +164,17 @@ def convert_to_tflite(backbone: "Backbone", input_hw: tuple[int, int]) -> bytes:
         x = keras.layers.Lambda(lambda t: tf.image.resize(t, (size, size), method="bilinear"), name="resize")(x)
     model = keras.Model(inputs, backbone.feature_model(x, training=False))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = []  # float32 only: features must stay the same
+    converter.optimizations = []  # float32: features must stay the same
+    if quantization == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise ValueError("int8 quantization needs calibration images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
+    elif quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization != "none":
+        raise ValueError(f"quantization must be 'none', 'int8' or 'float16', got {quantization!r}")
     logger = tf.get_logger()  # the export logs "INFO:tensorflow:Assets written to ..." into every notebook
     level = logger.level
     logger.setLevel("ERROR")
@@ -127,16 +216,29 @@ class TFLiteRunner:
         return np.concatenate(parts) if parts else np.empty((0, self.feature_dim), np.float32)
 
 
-def load_or_convert(backbone: "Backbone", input_hw: tuple[int, int]) -> bytes:
-    """The cached flatbuffer of ``backbone`` for uint8 inputs of ``input_hw``, converted and checked on first use."""
-    path = tflite_path(backbone, input_hw)
+def load_or_convert(backbone: "Backbone", input_hw: tuple[int, int], precision: str = "float32") -> bytes:
+    """The cached flatbuffer of ``backbone`` for uint8 inputs of ``input_hw``, converted and checked on first use.
+
+    float32 must give the Keras model's features to :data:`MAX_ABS_DIFF`; int8 to :data:`INT8_MAX_REL_DIFF`
+    (relative L2 distance, on natural images)."""
+    path = tflite_path(backbone, input_hw, precision)
     if path.exists():
         return path.read_bytes()
-    flatbuffer = convert_to_tflite(backbone, input_hw)
-    x = np.random.default_rng(0).integers(0, 256, (2, *input_hw, 3), dtype=np.uint8)
-    diff = float(np.abs(TFLiteRunner(flatbuffer)(x) - _keras_reference(backbone, x)).max())
-    if not diff <= MAX_ABS_DIFF:
-        raise ValueError(f"TFLite features differ from the Keras model's by {diff:g} (> {MAX_ABS_DIFF})")
+    if precision == "int8":
+        calibration = calibration_images(input_hw)
+        flatbuffer = convert_to_tflite(backbone, input_hw, "int8", calibration=calibration)
+        x = calibration[:8]
+        got, want = TFLiteRunner(flatbuffer)(x), _keras_reference(backbone, x)
+        rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+        if not rel <= INT8_MAX_REL_DIFF:
+            raise ValueError(f"int8 TFLite features differ from the Keras model's by {rel:.3f} relative "
+                             f"(> {INT8_MAX_REL_DIFF})")
+    else:
+        flatbuffer = convert_to_tflite(backbone, input_hw)
+        x = np.random.default_rng(0).integers(0, 256, (2, *input_hw, 3), dtype=np.uint8)
+        diff = float(np.abs(TFLiteRunner(flatbuffer)(x) - _keras_reference(backbone, x)).max())
+        if not diff <= MAX_ABS_DIFF:
+            raise ValueError(f"TFLite features differ from the Keras model's by {diff:g} (> {MAX_ABS_DIFF})")
     atomic_write(path, flatbuffer)
     return flatbuffer
 
@@ -147,8 +249,10 @@ class TFLiteFeaturizer:
     One converted model (and interpreter) per input image size, made on first sight of that size.
     """
 
-    def __init__(self, backbone: "Backbone", chunk_size: int = CHUNK_SIZE, num_threads: int = NUM_THREADS) -> None:
+    def __init__(self, backbone: "Backbone", chunk_size: int = CHUNK_SIZE, num_threads: int = NUM_THREADS,
+                 precision: str = "float32") -> None:
         self._backbone = backbone
+        self.precision = precision
         self._runners: dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = {}
         self._lock = threading.Lock()
         self.chunk_size = chunk_size
@@ -157,7 +261,7 @@ class TFLiteFeaturizer:
     def runner(self, input_hw: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
         with self._lock:
             if input_hw not in self._runners:
-                flatbuffer = load_or_convert(self._backbone, input_hw)
+                flatbuffer = load_or_convert(self._backbone, input_hw, self.precision)
                 self._runners[input_hw] = TFLiteRunner(flatbuffer, self.chunk_size, self.num_threads)
             return self._runners[input_hw]
 
@@ -165,6 +269,8 @@ class TFLiteFeaturizer:
         try:
             return self.runner(input_hw)
         except Exception as exc:  # this input size will not convert: the plain Keras path for it
+            if self.precision != "float32":  # never serve float32 features under a reduced-precision cache key
+                raise
             warnings.warn(f"fast TFLite inference unavailable for {input_hw} images, using Keras "
                           f"({type(exc).__name__}: {exc})", stacklevel=3)
             fallback = keras_step(self._backbone)
@@ -194,13 +300,14 @@ def keras_step(backbone: "Backbone") -> Callable[[np.ndarray], np.ndarray]:
     return lambda images: step(images).numpy()
 
 
-def tflite_featurizer(backbone: "Backbone") -> TFLiteFeaturizer | None:
+def tflite_featurizer(backbone: "Backbone", precision: str = "float32") -> TFLiteFeaturizer | None:
     """A :class:`TFLiteFeaturizer` for ``backbone``, or ``None`` (use Keras) when the fast path is off or fails."""
     if not fast_path_enabled():
         return None
     try:
         _interpreter_class()  # no interpreter, no conversion
-        return TFLiteFeaturizer(backbone)  # converts per input size on first use; a failed size falls back to Keras
+        # converts per input size on first use; a failed float32 size falls back to Keras
+        return TFLiteFeaturizer(backbone, precision=precision)
     except Exception as exc:  # any failure of an optional accelerator means: the plain Keras path
         warnings.warn(f"fast TFLite inference unavailable, using Keras ({type(exc).__name__}: {exc})", stacklevel=2)
         return None

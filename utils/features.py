@@ -1,29 +1,41 @@
 """Batched featurization with a disk cache: images -> float32 deep-feature matrix.
 
 The cache key is a hash of the images' content (pixels, or file bytes), the backbone and its weights, the image
-size and :data:`FEATURE_FORMAT`; entries are written atomically, so a re-run or another notebook pays nothing and a
-changed parameter never reads stale features.
+size, the inference precision and :data:`FEATURE_FORMAT`; entries are written atomically, so a re-run or another
+notebook pays nothing and a changed parameter never reads stale features.
+
+Files are featurized in chunks of :data:`CHUNK_FILES`, each cached on its own as soon as it is done: a killed or
+interrupted run resumes at the first chunk not yet cached and gives the same features. A small stat index (path,
+size, modification time -> content key) lets a rerun skip reading files it has already seen. Decoding runs in a
+background thread at most :data:`MAX_CHUNKS_AHEAD` chunks ahead of the model, so memory stays flat in the number
+of files (see :func:`featurize_files`). Two processes featurizing into one cache both succeed: every file is written
+whole under a temporary name and renamed into place, and they compute the same features.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, Backbone, get_spec, load_backbone, weights_fingerprint
-from .data import ImageLoadError, load_image
-from .fast_inference import keras_step, tflite_featurizer
+from .data import NO_SUCH_FILE, ImageLoadError, load_image
+from .fast_inference import keras_step, resolve_precision, tflite_featurizer
 from .runtime import atomic_write, cache_root
 
-FEATURE_FORMAT = 1  # bump when preprocessing or resizing changes, to invalidate every cached feature
+FEATURE_FORMAT = 2  # bump when preprocessing, resizing or the cache layout changes: invalidates every entry
 DEFAULT_BATCH_SIZE = 64
+CHUNK_FILES = 256  # files per cached chunk: what a kill can lose at most
+MAX_CHUNKS_AHEAD = 2  # decoded chunks waiting for the model (plus one being decoded and one being featurized)
 
 
 @dataclass
@@ -35,15 +47,21 @@ class FileFeatures:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _inference_step(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
+def _inference_step(backbone: Backbone, precision: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
     """The step uint8 images (N, h, w, 3) -> features (N, dim), resizing to the model's size when needed.
 
-    The fast path is the model converted to float32 TFLite and run by XNNPACK (:mod:`utils.fast_inference`, about
-    twice TensorFlow's speed on a small CPU, same features to ~1e-5); the fallback a tf.function around the model.
+    The fast path is the model converted to TFLite and run by XNNPACK (:mod:`utils.fast_inference`; float32: about
+    twice TensorFlow's speed on a small CPU, same features to ~1e-5); the fallback a tf.function around the model
+    (always float32: ``precision`` must come from :func:`~utils.fast_inference.resolve_precision`).
     """
-    if "_step" not in backbone.__dict__:
-        backbone.__dict__["_step"] = tflite_featurizer(backbone) or keras_step(backbone)
-    return backbone.__dict__["_step"]
+    key = f"_step_{precision}"
+    if key not in backbone.__dict__:
+        fast = tflite_featurizer(backbone, precision=precision)
+        if fast is None and precision != "float32":
+            raise RuntimeError(f"{precision} inference needs the TFLite fast path (DEEP_FEATURES_FAST is off "
+                               "or TFLite is unavailable): use precision='float32'")
+        backbone.__dict__[key] = fast or keras_step(backbone)
+    return backbone.__dict__[key]
 
 
 def _progress(total: int, description: str, enabled: bool | None):
@@ -55,11 +73,12 @@ def _progress(total: int, description: str, enabled: bool | None):
     return tqdm(total=total, desc=description, unit="img", disable=not show, file=sys.stderr, mininterval=interval)
 
 
-def _cache_path(kind: str, content_hash: str, backbone: str, size: int) -> Path:
+def _cache_path(kind: str, content_hash: str, backbone: str, size: int, precision: str = "float32") -> Path:
     key = hashlib.sha256(
-        json.dumps([FEATURE_FORMAT, kind, content_hash, weights_fingerprint(backbone), size]).encode()
+        json.dumps([FEATURE_FORMAT, kind, content_hash, weights_fingerprint(backbone), size, precision]).encode()
     ).hexdigest()[:24]
-    return cache_root() / "features" / f"{get_spec(backbone).name}-{size}px-{kind}-{key}.npz"
+    tag = "" if precision == "float32" else f"-{precision}"
+    return cache_root() / "features" / f"{get_spec(backbone).name}-{size}px{tag}-{kind}-{key}.npz"
 
 
 def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
@@ -75,11 +94,12 @@ def array_hash(images: np.ndarray) -> str:
 
 def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
                      batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True,
-                     progress: bool | None = None) -> np.ndarray:
+                     progress: bool | None = None, precision: str | None = None) -> np.ndarray:
     """Deep features of RGB images (N, H, W, 3) uint8 -> (N, feature_dim) float32, resized on the fly.
 
     ``image_size`` defaults to the backbone's native size. Served from the disk cache when the same images were
-    featurized before with the same backbone, weights and size.
+    featurized before with the same backbone, weights, size and precision. ``precision`` (default
+    ``$DEEP_FEATURES_PRECISION`` or ``"float32"``): see :func:`utils.fast_inference.resolve_precision`.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -90,11 +110,14 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     spec = get_spec(backbone)
     size = int(image_size or spec.input_size)
-    path = _cache_path("array", array_hash(images), spec.name, size) if use_cache else None
+    precision = resolve_precision(precision)
+    path = _cache_path("array", array_hash(images), spec.name, size, precision) if use_cache else None
     if path is not None and path.exists():
-        return np.load(path)["features"]
+        cached = _read_npz(path, ("features",))
+        if cached is not None and cached["features"].shape[0] == len(images):
+            return cached["features"]
     bb = load_backbone(spec.name, size)
-    step = _inference_step(bb)
+    step = _inference_step(bb, precision)
     out = np.empty((len(images), bb.feature_dim), dtype=np.float32)
     with _progress(len(images), f"{spec.name} {size}px", progress) as bar:
         for start in range(0, len(images), batch_size):
@@ -106,60 +129,252 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image
     return out
 
 
-def _load_batches(paths: Sequence[Path], size: int, batch_size: int) -> Iterator[list[tuple[int, np.ndarray | str]]]:
-    """Decode images in a background thread while the model runs; yields (index, pixels-or-error) lists."""
-    def load(i: int) -> tuple[int, np.ndarray | str]:
-        try:
-            return i, load_image(paths[i], size=size)
-        except ImageLoadError as exc:
-            return i, str(exc)
+def _read_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache file, or ``None`` (with one warning) when it is truncated or corrupt."""
+    try:
+        with np.load(path) as npz:
+            return {k: npz[k] for k in keys}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        warnings.warn(f"feature cache file {path} is unreadable ({type(exc).__name__}: {exc}); recomputing it",
+                      stacklevel=3)
+        return None
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        chunks = [range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size)]
-        pending = pool.map(lambda chunk: [load(i) for i in chunk], chunks)
-        yield from pending
+
+@dataclass
+class _Chunk:
+    """One chunk of files on its way through the pipeline: cached results, or decoded images to featurize."""
+
+    start: int
+    count: int
+    content_key: str
+    index_file: Path
+    cached: dict[str, np.ndarray] | None = None
+    images: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (position in chunk, pixels)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (position in chunk, reason)
+
+
+class _ChunkCache:
+    """Where chunks live: ``features/chunks/<content key>.npz`` and the stat index ``features/index/<key>``."""
+
+    def __init__(self, backbone: str, size: int, precision: str) -> None:
+        self.prefix = json.dumps([FEATURE_FORMAT, "files", weights_fingerprint(backbone), size, precision])
+        tag = "" if precision == "float32" else f"-{precision}"
+        self.name = f"{get_spec(backbone).name}-{size}px{tag}"
+        self.root = cache_root() / "features"
+
+    def _key(self, parts: Sequence[object]) -> str:
+        return hashlib.sha256(json.dumps([self.prefix, *parts]).encode()).hexdigest()[:32]
+
+    def stat_key(self, paths: Sequence[Path]) -> str:
+        stats: list[object] = []
+        for p in paths:
+            try:
+                st = p.stat()
+                stats.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+            except OSError:
+                stats.append([str(p), None])
+        return self._key(stats)
+
+    def content_key(self, digests: Sequence[str]) -> str:
+        return self._key(digests)
+
+    def index_file(self, stat_key: str) -> Path:
+        return self.root / "index" / f"{self.name}-{stat_key}.txt"
+
+    def chunk_file(self, content_key: str) -> Path:
+        return self.root / "chunks" / f"{self.name}-{content_key}.npz"
+
+    def read(self, content_key: str, count: int, dim: int | None) -> dict[str, np.ndarray] | None:
+        path = self.chunk_file(content_key)
+        if not path.exists():
+            return None
+        arrays = _read_npz(path, ("features", "kept", "skipped", "reasons"))
+        if arrays is None:
+            return None
+        n_kept = len(arrays["kept"])
+        consistent = (arrays["features"].ndim == 2 and arrays["features"].shape[0] == n_kept
+                      and n_kept + len(arrays["skipped"]) == count
+                      and (dim is None or arrays["features"].shape[1] == dim))
+        if not consistent:
+            warnings.warn(f"feature cache file {path} does not match its files; recomputing it", stacklevel=2)
+            return None
+        return arrays
+
+    def write(self, chunk: _Chunk, features: np.ndarray, kept: list[int]) -> dict[str, np.ndarray]:
+        arrays = {"features": features, "kept": np.asarray(kept, dtype=np.int64),
+                  "skipped": np.asarray([i for i, _ in chunk.skipped], dtype=np.int64),
+                  "reasons": np.asarray([r for _, r in chunk.skipped], dtype=str)}
+        atomic_write(self.chunk_file(chunk.content_key), lambda f: np.savez(f, **arrays))
+        atomic_write(chunk.index_file, chunk.content_key)
+        return arrays
+
+
+def _read_file(path: Path) -> bytes | str:
+    """A file's bytes, or the reason it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return NO_SUCH_FILE
+    except IsADirectoryError:
+        return "not an image (a folder)"
+    except OSError as exc:
+        return f"unreadable file ({exc.strerror or exc})"
+
+
+def _prepare_chunk(cache: _ChunkCache | None, paths: Sequence[Path], start: int, size: int,
+                   dim: int | None) -> _Chunk:
+    """Find a chunk in the cache (by stat, then by content), else read and decode its files."""
+    stat_key = cache.stat_key(paths) if cache is not None else ""
+    index_file = cache.index_file(stat_key) if cache is not None else Path()
+    indexed_key = ""  # the content key the stat index pointed to, already tried
+    if cache is not None and index_file.exists():
+        try:
+            content_key = index_file.read_text().strip()
+        except OSError:
+            content_key = ""
+        cached = cache.read(content_key, len(paths), dim) if content_key else None
+        if cached is not None:
+            return _Chunk(start, len(paths), content_key, index_file, cached=cached)
+        indexed_key = content_key
+    contents = [_read_file(p) for p in paths]
+    digests = [hashlib.sha256(c).hexdigest() if isinstance(c, bytes) else f"unreadable:{c}" for c in contents]
+    content_key = cache.content_key(digests) if cache is not None else ""
+    if cache is not None and content_key != indexed_key:  # a corrupt entry is reported once, not twice
+        cached = cache.read(content_key, len(paths), dim)
+        if cached is not None:
+            atomic_write(index_file, content_key)
+            return _Chunk(start, len(paths), content_key, index_file, cached=cached)
+    chunk = _Chunk(start, len(paths), content_key, index_file)
+    for i, (path, content) in enumerate(zip(paths, contents)):
+        if isinstance(content, str):
+            chunk.skipped.append((i, content))
+            continue
+        try:
+            chunk.images.append((i, load_image(data=content, size=size)))
+        except ImageLoadError as exc:
+            chunk.skipped.append((i, exc.reason))
+    return chunk
+
+
+def _chunks_ahead(cache: _ChunkCache | None, paths: Sequence[Path], size: int, dim: int | None,
+                  chunk_files: int) -> Iterator[_Chunk]:
+    """Chunks decoded in a background thread, at most :data:`MAX_CHUNKS_AHEAD` ahead of the consumer."""
+    ready: queue.Queue = queue.Queue(maxsize=MAX_CHUNKS_AHEAD)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for start in range(0, len(paths), chunk_files):
+                if not put(_prepare_chunk(cache, paths[start : start + chunk_files], start, size, dim)):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="featurize-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
 
 
 def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
                     batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True,
-                    progress: bool | None = None) -> FileFeatures:
-    """Deep features of image files. Unreadable files are skipped and reported, never fatal.
+                    progress: bool | None = None, precision: str | None = None,
+                    on_chunk: Callable[[int, int], None] | None = None, report: bool = False,
+                    chunk_files: int = CHUNK_FILES) -> FileFeatures:
+    """Deep features of image files. Unreadable files are skipped and listed with the reason, never fatal.
 
     Images are loaded upright, converted to RGB and resized to ``image_size`` (default: the backbone's own).
+    Work is done and cached in chunks of ``chunk_files`` files: an interrupted run resumes where it stopped (the
+    progress bar counts the resumed files), and a rerun on unchanged files (same path, size and modification time)
+    reads no image. Memory is bounded: at most ``MAX_CHUNKS_AHEAD + 2`` chunks of decoded images exist at once,
+    ``4 x 256 x 224 x 224 x 3`` bytes = 154 MB at 224 px, whatever the number of files (plus the output matrix,
+    5 kB per file for 1280 features).
+
+    ``precision``: ``"float32"`` (default) or ``"int8"``, see :func:`utils.fast_inference.resolve_precision`.
+    ``on_chunk(done, total)`` is called after every chunk (files done so far, including resumed ones).
+    Skipped files are in the result's ``skipped`` list; ``report=True`` also prints them on stderr
+    (:func:`report_skipped`), as the command line does.
     """
     paths = [Path(p) for p in paths]
+    if batch_size < 1 or chunk_files < 1:
+        raise ValueError(f"batch_size and chunk_files must be positive, got {batch_size} and {chunk_files}")
     spec = get_spec(backbone)
     size = int(image_size or spec.input_size)
-    cache_file = None
-    if use_cache:
-        digest = hashlib.sha256()
-        for p in paths:
-            digest.update(str(p.name).encode())
-            digest.update(hashlib.sha256(p.read_bytes()).digest() if p.is_file() else b"missing")
-        cache_file = _cache_path("files", digest.hexdigest(), spec.name, size)
-        if cache_file.exists():
-            cached = np.load(cache_file)
-            kept = [paths[i] for i in cached["kept"]]
-            skipped = [(paths[i], str(r)) for i, r in zip(cached["skipped"], cached["reasons"])]
-            return FileFeatures(cached["features"], kept, skipped)
-    bb = load_backbone(spec.name, size)
-    step = _inference_step(bb)
-    features = np.empty((len(paths), bb.feature_dim), dtype=np.float32)
+    precision = resolve_precision(precision)
+    cache = _ChunkCache(spec.name, size, precision) if use_cache else None
+    # One output matrix filled in place (concatenating chunks at the end would hold every feature twice).
+    out = np.empty((len(paths), spec.feature_dim), dtype=np.float32)
     kept_idx: list[int] = []
     skipped: list[tuple[int, str]] = []
+    step = None
+    dim = spec.feature_dim
+    resumed = 0
     with _progress(len(paths), f"{spec.name} {size}px", progress) as bar:
-        for chunk in _load_batches(paths, size, batch_size):
-            good = [(i, x) for i, x in chunk if isinstance(x, np.ndarray)]
-            skipped += [(i, x) for i, x in chunk if isinstance(x, str)]
-            if good:
-                features[len(kept_idx) : len(kept_idx) + len(good)] = np.asarray(step(np.stack([x for _, x in good])))
-                kept_idx += [i for i, _ in good]
-            bar.update(len(chunk))
-    features = features[: len(kept_idx)]
-    for i, reason in skipped:
-        print(f"skipped {reason}", file=sys.stderr)
-    if cache_file is not None:
-        _atomic_save(cache_file, features=features, kept=np.asarray(kept_idx, dtype=np.int64),
-                     skipped=np.asarray([i for i, _ in skipped], dtype=np.int64),
-                     reasons=np.asarray([r for _, r in skipped], dtype=str))
-    return FileFeatures(features, [paths[i] for i in kept_idx], [(paths[i], r) for i, r in skipped])
+        for chunk in _chunks_ahead(cache, paths, size, dim, chunk_files):
+            if chunk.cached is not None:
+                arrays = chunk.cached
+                resumed += chunk.count
+                bar.set_postfix_str(f"{resumed} from cache", refresh=False)
+            else:
+                if step is None:
+                    bb = load_backbone(spec.name, size)
+                    step, dim = _inference_step(bb, precision), bb.feature_dim
+                good = chunk.images
+                features = np.empty((len(good), dim), dtype=np.float32)
+                for s in range(0, len(good), batch_size):
+                    batch = np.stack([x for _, x in good[s : s + batch_size]])
+                    features[s : s + len(batch)] = np.asarray(step(batch))
+                    bar.update(len(batch))
+                bar.update(len(chunk.skipped))
+                kept = [i for i, _ in good]
+                chunk.images = good = []  # free the pixels before the next chunk is taken
+                if cache is not None:
+                    arrays = cache.write(chunk, features, kept)
+                else:
+                    arrays = {"features": features, "kept": np.asarray(kept, dtype=np.int64),
+                              "skipped": np.asarray([i for i, _ in chunk.skipped], dtype=np.int64),
+                              "reasons": np.asarray([r for _, r in chunk.skipped], dtype=str)}
+            if chunk.cached is not None:
+                bar.update(chunk.count)
+            n_kept = len(kept_idx)
+            out[n_kept : n_kept + len(arrays["kept"])] = arrays["features"]
+            kept_idx += [chunk.start + int(i) for i in arrays["kept"]]
+            skipped += [(chunk.start + int(i), str(r)) for i, r in zip(arrays["skipped"], arrays["reasons"])]
+            if on_chunk is not None:
+                on_chunk(chunk.start + chunk.count, len(paths))
+    features = out[: len(kept_idx)]  # a view: no copy when files were skipped
+    result = FileFeatures(features, [paths[i] for i in kept_idx], [(paths[i], r) for i, r in skipped])
+    if report:
+        report_skipped(result.skipped)
+    return result
+
+
+def report_skipped(skipped: Sequence[tuple[Path, str]], file: TextIO | None = None) -> None:
+    """Print every skipped file with its reason, one per line, then the count (nothing when none was skipped)."""
+    if not skipped:
+        return
+    out = file or sys.stderr
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=out)
+    print(f"{len(skipped)} file(s) skipped", file=out, flush=True)

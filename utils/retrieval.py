@@ -90,7 +90,7 @@ def find_similar(query: str | Path, folder: str | Path, top: int = 5, backbone: 
         raise ValueError(f"{folder}: none of the {len(files)} image files could be read")
     found = featurize_files([query], backbone, image_size, use_cache=False, progress=False)
     if found.skipped:
-        raise ImageLoadError(found.skipped[0][1])
+        raise ImageLoadError(*found.skipped[0])
     distances, indices = nearest_neighbors(found.features, collection.features, k=top)
     results = [SimilarImage(collection.paths[i], float(d)) for d, i in zip(distances[0], indices[0])]
     return results, collection.skipped

@@ -1,0 +1,190 @@
+"""Featurization at scale: images/s and peak memory for 1k / 4k / 16k files, and the resume-after-kill time.
+
+    python benchmarks/scale.py scale  [--sizes 1000 4000 16000] [--json out.json]
+    python benchmarks/scale.py resume [--files 4000] [--kill-at 0.7] [--json out.json]
+
+Every run is a fresh Python process featurizing a folder of real course JPEGs (symlinks to distinct files of
+``$DEEP_FEATURES_DATA``: test images first, then training images) with ``utils.features.featurize_files`` at the
+backbone's 224 px, into an empty feature cache (the converted weights and TFLite model are copied in beforehand,
+so no run pays the one-time conversion). A run reports its featurization seconds, process CPU seconds and peak
+resident memory (``ru_maxrss``), and the wall time of the whole process (start-up included, as a user waits).
+
+``resume``: the same folder plus three broken files (empty, text, truncated JPEG); a full run; then, into another
+empty cache, a run SIGKILLed as soon as it reports ``--kill-at`` of the files done, and its rerun. The rerun's
+time is given as a fraction of the full run's, its features are compared with the full run's, and the skipped
+files it names are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("DEEP_FEATURES_DATA", "/work/shared/data/cifar10-4class"))
+
+
+def child(list_file: Path, output: Path) -> None:
+    """Featurize the files listed in ``list_file``; progress lines on stdout, a JSON summary line at the end."""
+    sys.path.insert(0, str(REPO))
+    from utils.features import featurize_files
+
+    paths = list_file.read_text().splitlines()
+    start_cpu, start = time.process_time(), time.perf_counter()
+    result = featurize_files(paths, progress=False,
+                             on_chunk=lambda done, total: print(f"progress {done} {total}", flush=True))
+    seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    np.save(output, result.features)
+    print("result " + json.dumps({
+        "files": len(paths), "kept": len(result.paths), "seconds": seconds, "cpu_seconds": cpu,
+        "images_per_s": len(paths) / seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "skipped": [[str(p), r] for p, r in result.skipped]}), flush=True)
+
+
+def course_files(n: int) -> list[Path]:
+    files = sorted((DATA_DIR / "test").glob("*/*.jpg")) + sorted((DATA_DIR / "train").glob("*/*.jpg"))
+    if n > len(files):
+        raise SystemExit(f"only {len(files)} course images, asked for {n}")
+    return files[:n]
+
+
+def make_folder(root: Path, n: int, broken: bool = False) -> list[Path]:
+    folder = root / f"images-{n}"
+    folder.mkdir(parents=True)
+    paths = []
+    for i, src in enumerate(course_files(n)):
+        link = folder / f"{i:05d}-{src.parent.name}.jpg"
+        link.symlink_to(src)
+        paths.append(link)
+    if broken:
+        (folder / "00000-empty.jpg").write_bytes(b"")
+        (folder / "02000-notes.jpg").write_text("not an image")
+        (folder / "03999-cut.jpg").write_bytes(course_files(1)[0].read_bytes()[:300])
+        paths += [folder / "00000-empty.jpg", folder / "02000-notes.jpg", folder / "03999-cut.jpg"]
+    return sorted(paths)
+
+
+def fresh_cache(root: Path, warm: Path, name: str) -> Path:
+    cache = root / name
+    for sub in ("weights", "tflite"):
+        if (warm / sub).is_dir():
+            shutil.copytree(warm / sub, cache / sub)
+    return cache
+
+
+def run_child(paths: list[Path], cache: Path, work: Path, kill_at: float | None = None) -> dict:
+    list_file = work / f"list-{len(paths)}.txt"
+    list_file.write_text("\n".join(map(str, paths)))
+    output = work / f"features-{cache.name}.npy"
+    env = {**os.environ, "DEEP_FEATURES_CACHE": str(cache), "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "child", str(list_file), str(output)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    summary: dict = {}
+    for line in proc.stdout:  # type: ignore[union-attr]
+        if line.startswith("progress ") and kill_at is not None:
+            done, total = map(int, line.split()[1:])
+            if done >= kill_at * total:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return {"killed_at_files": done, "of": total, "wall_seconds": time.perf_counter() - start}
+        elif line.startswith("result "):
+            summary = json.loads(line[len("result "):])
+    proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"featurization child failed with exit code {proc.returncode}")
+    summary["wall_seconds"] = time.perf_counter() - start
+    summary["features"] = str(output)
+    return summary
+
+
+def warm_cache() -> Path:
+    """A cache with the converted weights and the 224 px TFLite model (made once here if missing)."""
+    sys.path.insert(0, str(REPO))
+    from utils.runtime import cache_root
+
+    warm = cache_root()
+    list_file = Path(tempfile.mkstemp(suffix=".txt")[1])
+    list_file.write_text(str(course_files(1)[0]))
+    subprocess.run([sys.executable, __file__, "child", str(list_file), str(list_file) + ".npy"], check=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return warm
+
+
+def scale(args: argparse.Namespace) -> dict:
+    warm = warm_cache()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+        work = Path(tmp)
+        for n in args.sizes:
+            paths = make_folder(work, n)
+            row = run_child(paths, fresh_cache(work, warm, f"cache-{n}"), work)
+            row.pop("skipped"), row.pop("features")
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            shutil.rmtree(work / f"cache-{n}")
+    by_n = {r["files"]: r for r in rows}
+    doc = {"rows": rows, "load_average": os.getloadavg()[0]}
+    if 4000 in by_n and 16000 in by_n:
+        doc["peak_rss_16k_over_4k"] = by_n[16000]["peak_rss_mb"] / by_n[4000]["peak_rss_mb"]
+    return doc
+
+
+def resume(args: argparse.Namespace) -> dict:
+    warm = warm_cache()
+    with tempfile.TemporaryDirectory(prefix="resume-") as tmp:
+        work = Path(tmp)
+        paths = make_folder(work, args.files, broken=True)
+        full = run_child(paths, fresh_cache(work, warm, "cache-full"), work)
+        print("full", json.dumps({k: v for k, v in full.items() if k != "skipped"}), file=sys.stderr, flush=True)
+        cache = fresh_cache(work, warm, "cache-killed")
+        killed = run_child(paths, cache, work, kill_at=args.kill_at)
+        print("killed", json.dumps(killed), file=sys.stderr, flush=True)
+        rerun = run_child(paths, cache, work)
+        a, b = np.load(full["features"]), np.load(rerun["features"])
+        doc = {
+            "files": len(paths), "full": {k: v for k, v in full.items() if k not in ("features", "skipped")},
+            "killed": killed, "rerun": {k: v for k, v in rerun.items() if k not in ("features", "skipped")},
+            "rerun_over_full_wall": rerun["wall_seconds"] / full["wall_seconds"],
+            "rerun_over_full_featurize": rerun["seconds"] / full["seconds"],
+            "identical_features": bool(a.shape == b.shape and np.array_equal(a, b)),
+            "max_abs_diff": float(np.abs(a - b).max()) if a.shape == b.shape else None,
+            "skipped_named_by_rerun": rerun["skipped"], "load_average": os.getloadavg()[0],
+        }
+    return doc
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        child(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("scale")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
+    p.add_argument("--json", type=Path)
+    p = sub.add_parser("resume")
+    p.add_argument("--files", type=int, default=4000)
+    p.add_argument("--kill-at", type=float, default=0.7)
+    p.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    doc = scale(args) if args.what == "scale" else resume(args)
+    print(json.dumps(doc, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    main()
