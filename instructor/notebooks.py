@@ -32,7 +32,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: Metadata nbstripout removes beyond its defaults (keep in step with .pre-commit-config.yaml).
+#: What nbstripout's command line strips by default (its ``strip_output`` function alone does not).
+NBSTRIPOUT_DEFAULT_KEYS: Final = (
+    "metadata.signature", "metadata.widgets", "cell.metadata.collapsed", "cell.metadata.ExecuteTime",
+    "cell.metadata.execution", "cell.metadata.heading_collapsed", "cell.metadata.hidden", "cell.metadata.scrolled",
+)
+#: Metadata stripped beyond nbstripout's defaults (the pre-commit hook passes the same --extra-keys).
 EXTRA_KEYS: Final = (
     "metadata.papermill", "metadata.execution", "metadata.vscode", "metadata.colab", "metadata.kernelspec.language",
     "metadata.language_info.codemirror_mode", "metadata.language_info.file_extension",
@@ -60,7 +65,7 @@ def clean_notebook(path: str | os.PathLike[str], check_only: bool = False) -> bo
     path = Path(path)
     nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
     original = copy.deepcopy(nb)
-    strip_output(nb, keep_output=False, keep_count=False, keep_id=True, extra_keys=list(EXTRA_KEYS))
+    strip_output(nb, keep_output=False, keep_count=False, keep_id=True, extra_keys=[*NBSTRIPOUT_DEFAULT_KEYS, *EXTRA_KEYS])
     dirty = nb != original
     if dirty and not check_only:
         _write(nb, path)
@@ -83,7 +88,7 @@ def write_student_copies(out_dir: str | os.PathLike[str], folder: str | os.PathL
     written = []
     for lesson in discover_lessons(folder):
         nb, _ = remover.preprocess(nbformat.read(lesson.path, as_version=4), {})
-        strip_output(nb, keep_output=False, keep_count=False, keep_id=True, extra_keys=list(EXTRA_KEYS))
+        strip_output(nb, keep_output=False, keep_count=False, keep_id=True, extra_keys=[*NBSTRIPOUT_DEFAULT_KEYS, *EXTRA_KEYS])
         _write(nb, out / lesson.path.name)
         written.append(out / lesson.path.name)
     return written

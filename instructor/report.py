@@ -149,7 +149,7 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
 
 def tables_markdown(tables: Mapping[str, pd.DataFrame], level: int = 2) -> str:
     """The tables as GitHub-flavoured markdown, each under a heading."""
-    return "\n".join(f"{'#' * level} {heading}\n\n{table.to_markdown(index=False)}\n"
+    return "\n".join(f"{'#' * level} {heading}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n"
                      for heading, table in tables.items())
 
 
