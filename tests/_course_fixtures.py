@@ -46,8 +46,10 @@ def make_notebook(directory: Path, name: str, title: str, objectives: list[str],
     parameters = new_code_cell(PARAMETERS)
     parameters.metadata["tags"] = ["parameters"]
     body = f"""\
+import sys
 import numpy as np
 import matplotlib.pyplot as plt  # run_course makes the backend inline and utils importable
+print("fake " + "progress 50%", file=sys.stderr)  # a progress bar: the site drops stderr outputs
 from utils.notebook import save_metrics
 fig, ax = plt.subplots(figsize=(3, 2))
 ax.plot(np.arange(image_size % 7 + 3))
@@ -58,7 +60,11 @@ save_metrics(metrics_path, dict({metrics_source}, seconds=0.1, backbone=backbone
              image_size=image_size, n_train=n_train_per_class, n_test=n_test_per_class,
              seed=seed))
 """
-    nb = new_notebook(cells=[new_markdown_cell(intro), parameters, new_code_cell(body),
+    from instructor.notebooks import install_cell_source
+
+    install = new_code_cell(install_cell_source(None))
+    install.metadata["tags"] = ["install"]
+    nb = new_notebook(cells=[new_markdown_cell(intro), install, parameters, new_code_cell(body),
                              new_markdown_cell("## The end\n\n$x^2$ stays as text.")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}

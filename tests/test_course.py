@@ -94,6 +94,7 @@ def test_run_course_executes_in_order_and_logs(built: dict) -> None:
     for name in ("01_first_look", "02_raw_fake", "05_distances_fake"):
         executed = nbformat.read(built["build"] / "notebooks" / f"{name}.ipynb", as_version=4)
         assert any(c.get("outputs") for c in executed.cells)
+        assert any(o.get("name") == "stderr" for c in executed.cells for o in c.get("outputs", []))  # the site drops it
         assert (built["build"] / "metrics" / f"{name}.json").is_file()
 
 
