@@ -34,7 +34,7 @@ CONFIG: dict[str, Any] = {
     "html": {"use_repository_button": False, "use_issues_button": False, "use_edit_page_button": False,
              "home_page_in_navbar": True},
     "launch_buttons": {"binderhub_url": "", "jupyterhub_url": "", "colab_url": "", "thebe": False},
-    "sphinx": {"config": {"html_show_copyright": False, "html_show_sphinx": False,
+    "sphinx": {"config": {"html_show_copyright": False, "html_show_sphinx": False, "smartquotes": False,
                           "suppress_warnings": ["misc.highlighting_failure"]}},
 }
 
