@@ -217,6 +217,15 @@ def test_student_copies_drop_solution_cells(tmp_path: Path) -> None:
     assert papermill.inspect_notebook(str(written[0]))  # still a parameterised lesson
 
 
+def test_student_copies_of_the_course_keep_everything_but_solutions(tmp_path: Path) -> None:
+    written = notebooks.write_student_copies(tmp_path)
+    assert [p.name for p in written] == [l.path.name for l in lessons.discover_lessons()]
+    for path in written:
+        source = nbformat.read(NOTEBOOK_DIR / path.name, as_version=4)
+        kept = [c.source for c in source.cells if "solution" not in c.metadata.get("tags", [])]
+        assert [c.source for c in nbformat.read(path, as_version=4).cells] == kept
+
+
 # --------------------------------------------------------------------------- cleaning
 
 
