@@ -143,7 +143,8 @@ def install_cell_source(url: str | None) -> str:
     )
 
 
-def _install_cell_index(nb: nbformat.NotebookNode) -> int | None:
+def install_cell_index(nb: nbformat.NotebookNode) -> int | None:
+    """Index of the install cell: the cell tagged ``install``, else an old untagged one (first code cell)."""
     for index, cell in enumerate(nb.cells):
         if INSTALL_TAG in cell.metadata.get("tags", []):
             return index
@@ -156,7 +157,7 @@ def _install_cell_index(nb: nbformat.NotebookNode) -> int | None:
 def sync_notebook(path: Path, source: str, check_only: bool = False) -> bool:
     """Make the notebook's install cell (its first code cell, tagged ``install``) read ``source``."""
     nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
-    index = _install_cell_index(nb)
+    index = install_cell_index(nb)
     if index is None:
         cell = new_code_cell(source)
         if nb.nbformat_minor < 5:  # cell ids came with nbformat 4.5

@@ -22,7 +22,7 @@ import yaml
 
 from . import COURSE_TITLE
 from .lessons import discover_lessons
-from .notebooks import _install_cell_index
+from .notebooks import install_cell_index
 from .report import report_markdown
 
 CONFIG: dict[str, Any] = {
@@ -63,7 +63,7 @@ def prepare_book(build_dir: str | os.PathLike[str]) -> Path:
     title = results.get("course") or COURSE_TITLE
     for lesson in lessons:
         nb = nbformat.read(lesson.path, as_version=4)
-        index = _install_cell_index(nb)
+        index = install_cell_index(nb)
         if index is not None:  # the install cell means nothing on the site
             tags = nb.cells[index].metadata.setdefault("tags", [])
             tags.append("remove-cell")
