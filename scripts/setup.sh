@@ -15,7 +15,7 @@ want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "== installing the course and its dependencies (first time: a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test,more-backbones]"
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test,instructor,more-backbones]"
   echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

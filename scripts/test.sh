@@ -3,6 +3,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$ROOT"
-python -m utils clean-notebooks --check
-python -m pyflakes utils tests benchmarks
+python -m instructor clean-notebooks --check   # committed notebooks carry no outputs (nbstripout)
+python -m instructor sync-notebooks --check    # install cells and README launch links match pyproject.toml
+python -m pyflakes utils tests benchmarks instructor
 python -m pytest "$@"

@@ -1,4 +1,4 @@
-"""Tiny stand-in notebooks for testing utils.course's runner and site mechanics.
+"""Tiny stand-in notebooks for testing the instructor tooling (runner, report, site, student copies).
 
 They are not the course: each has a ``# Title`` + "Learning objectives" first cell, a
 ``parameters`` cell, a small matplotlib figure and a ``save_metrics`` call with fake
@@ -46,8 +46,10 @@ def make_notebook(directory: Path, name: str, title: str, objectives: list[str],
     parameters = new_code_cell(PARAMETERS)
     parameters.metadata["tags"] = ["parameters"]
     body = f"""\
+import sys
 import numpy as np
 import matplotlib.pyplot as plt  # run_course makes the backend inline and utils importable
+print("fake " + "progress 50%", file=sys.stderr)  # a progress bar: the site drops stderr outputs
 from utils.notebook import save_metrics
 fig, ax = plt.subplots(figsize=(3, 2))
 ax.plot(np.arange(image_size % 7 + 3))
@@ -58,7 +60,11 @@ save_metrics(metrics_path, dict({metrics_source}, seconds=0.1, backbone=backbone
              image_size=image_size, n_train=n_train_per_class, n_test=n_test_per_class,
              seed=seed))
 """
-    nb = new_notebook(cells=[new_markdown_cell(intro), parameters, new_code_cell(body),
+    from instructor.notebooks import install_cell_source
+
+    install = new_code_cell(install_cell_source(None))
+    install.metadata["tags"] = ["install"]
+    nb = new_notebook(cells=[new_markdown_cell(intro), install, parameters, new_code_cell(body),
                              new_markdown_cell("## The end\n\n$x^2$ stays as text.")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
@@ -88,21 +94,21 @@ def built_course(tmp_path_factory: Any) -> dict[str, Any]:
 
     import pytest
 
-    from utils import course
+    from instructor import run, site
 
     root = tmp_path_factory.getbasetemp() / "fixture_course"
     build, log_file = root / "build", root / "log.txt"
     if not (build / "site" / "index.html").is_file():
         make_course(root / "notebooks")
         lines: list[str] = []
-        parameters = dict(course.SMALL_PARAMETERS, seed=3, not_declared=1)
+        parameters = dict(run.SMALL_PARAMETERS, seed=3, not_declared=1)
         with pytest.MonkeyPatch.context() as env:
             env.setenv("MPLBACKEND", "agg")
             env.delenv("PYTHONPATH", raising=False)
-            course.run_course(build, parameters, notebooks=root / "notebooks",
-                              log=lines.append)  # the notebooks' own kernel: python3
+            run.run_course(build, parameters, notebooks=root / "notebooks",
+                           log=lines.append)  # the notebooks' own kernel: python3
             assert os.environ["MPLBACKEND"] == "agg" and "PYTHONPATH" not in os.environ
-        course.build_site(build)
+        site.build_site(build)
         log_file.write_text("\n".join(lines))
     return {"root": root, "build": build, "site": build / "site",
             "log": log_file.read_text().splitlines(),
@@ -110,35 +116,29 @@ def built_course(tmp_path_factory: Any) -> dict[str, Any]:
 
 
 def course_data_dir() -> Path:
-    """The real course images (``../shared/data/cifar10-4class`` beside the checkout), or $DEEP_FEATURES_DATA."""
+    """The course images: ``$DEEP_FEATURES_DATA`` when set (CI: the full images), else the committed fixture
+    ``tests/data/cifar10-4class-small`` (24 train / 12 test real images per class: what ``--small`` reads)."""
     import os
 
-    return Path(os.environ.get("DEEP_FEATURES_DATA") or
-                Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-4class")
+    return Path(os.environ.get("DEEP_FEATURES_DATA") or REPO / "tests" / "data" / "cifar10-4class-small")
 
 
 def built_real_course(tmp_path_factory: Any) -> dict[str, Any]:
-    """Run the six course notebooks once per session at the small size (``SMALL_PARAMETERS``) on the real
-    course images, and build their site; later calls reuse it. Skips outside CI when the data is absent."""
+    """Run the course notebooks once per session at the small size (``SMALL_PARAMETERS``) on the course images
+    (:func:`course_data_dir`), write the student copies and build the site; later calls reuse it."""
     import json
-    import os
 
-    import pytest
-
-    from utils import course
+    from instructor import notebooks, run, site
 
     data = course_data_dir()
-    if not data.is_dir():
-        if os.environ.get("CI"):
-            raise FileNotFoundError(f"course data missing in CI: {data}")
-        pytest.skip(f"course data not found at {data}")
     root = tmp_path_factory.getbasetemp() / "real_course"
     build = root / "build"
     if not (build / "site" / "index.html").is_file():
         lines: list[str] = []
-        parameters = dict(course.SMALL_PARAMETERS, data_dir=str(data))
-        course.run_course(build, parameters, log=lines.append)
-        course.build_site(build)
+        parameters = dict(run.SMALL_PARAMETERS, data_dir=str(data))
+        run.run_course(build, parameters, log=lines.append)
+        notebooks.write_student_copies(build / "student")
+        site.build_site(build)
         (root / "log.txt").write_text("\n".join(lines))
     metrics = {p.stem: json.loads(p.read_text()) for p in sorted((build / "metrics").glob("*.json"))}
     return {"build": build, "site": build / "site", "metrics": metrics, "data_dir": data,

@@ -1,25 +1,27 @@
-"""utils.course: metrics, lesson discovery, the course runner, the report, the site, hygiene.
+"""The instructor tooling: lessons, the papermill runner, the report, student copies, cleaning, install cells.
 
-The runner and site are exercised on tiny fixture notebooks (tests/_course_fixtures.py);
-the hygiene tests check the course's real, committed notebooks.
+The runner and site run on tiny fixture notebooks (tests/_course_fixtures.py); the hygiene tests check the
+course's real, committed notebooks. The site itself is checked in a browser by test_site_browser.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import papermill
 import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
 from _course_fixtures import REPO, built_course, make_course, make_notebook
-from utils import course
+from instructor import NOTEBOOK_DIR, lessons, notebooks, report, run
+from instructor.__main__ import main as instructor_main
 from utils.notebook import save_metrics
 
 # Every lesson is sized, seeded and located by the same parameters; lessons that use a network also take
@@ -27,9 +29,6 @@ from utils.notebook import save_metrics
 REQUIRED_PARAMETERS = {"n_train_per_class", "n_test_per_class", "seed", "data_dir", "metrics_path"}
 NETWORK_PARAMETERS = {"backbone", "image_size"}
 NETWORK_FREE_LESSONS = {"02_raw_pixel_classifier"}  # raw pixels: no network, nothing to size for one
-EXPECTED_NOTEBOOKS = ["01_explore_data", "02_raw_pixel_classifier",
-                      "03_deep_features_classifier", "04_image_retrieval",
-                      "05_per_class_distances", "06_few_shot_recognizer"]
 
 
 # --------------------------------------------------------------------------- metrics
@@ -46,7 +45,6 @@ def test_save_metrics_makes_numpy_json_safe(tmp_path: Path) -> None:
     assert clean["acc"] == 0.5 and clean["n"] == 3 and clean["cm"] == [[1, 0], [0, 1]]
     assert clean["per_class"] == {"cat": 0.25} and clean["shape"] == [96, 96, 3]
     assert clean["bad"] is None and clean["where"] == str(tmp_path) and clean["ok"] is True
-    assert type(clean["n"]) is int
     assert [p.name for p in path.parent.iterdir()] == ["m.json"]  # no temp file left
 
 
@@ -57,34 +55,25 @@ def test_save_metrics_without_path_only_cleans(path, tmp_path, monkeypatch) -> N
     assert list(tmp_path.iterdir()) == []
 
 
-def test_save_metrics_replaces_atomically(tmp_path: Path) -> None:
-    path = tmp_path / "m.json"
-    save_metrics(path, {"a": 1})
-    save_metrics(path, {"b": 2})
-    assert json.loads(path.read_text()) == {"b": 2}
-
-
 # --------------------------------------------------------------------------- lessons
 
 
 def test_parse_intro() -> None:
-    title, objectives = course.parse_intro(
+    title, objectives = lessons.parse_intro(
         "# Explore the data\n\nIntro.\n\n## Learning objectives\n\n"
         "- Load the images\n- Count them per\n  class\n* Plot a grid\n\n## Next\n- not this")
     assert title == "Explore the data"
     assert objectives == ("Load the images", "Count them per class", "Plot a grid")
-    assert course.parse_intro("No heading at all") == (None, ())
+    assert lessons.parse_intro("No heading at all") == (None, ())
 
 
 def test_discover_lessons_orders_by_number(tmp_path: Path) -> None:
     make_course(tmp_path)
     make_notebook(tmp_path, "10_late", "Late", ["Sort numerically"], "{}")
-    lessons = course.discover_lessons(tmp_path)
-    assert [l.stem for l in lessons] == [
-        "01_first_look", "02_raw_fake", "05_distances_fake", "10_late"]  # scratch ignored
-    first = lessons[0]
-    assert (first.number, first.slug, first.title) == (1, "first_look", "First look")
-    assert first.objectives == ("Load a tiny array", "Plot it")
+    found = lessons.discover_lessons(tmp_path)
+    assert [l.stem for l in found] == ["01_first_look", "02_raw_fake", "05_distances_fake", "10_late"]
+    first = found[0]
+    assert (first.number, first.title, first.objectives) == (1, "First look", ("Load a tiny array", "Plot it"))
     assert first.label == "01 · First look"
 
 
@@ -99,14 +88,13 @@ def built(tmp_path_factory) -> dict:
 
 def test_run_course_executes_in_order_and_logs(built: dict) -> None:
     log = "\n".join(built["log"])
-    positions = [log.index(f"{name}.ipynb") for name in
-                 ("01_first_look", "02_raw_fake", "05_distances_fake")]
-    assert positions == sorted(positions)
-    assert log.count("done in") == 3
+    positions = [log.index(f"{name}.ipynb") for name in ("01_first_look", "02_raw_fake", "05_distances_fake")]
+    assert positions == sorted(positions) and log.count("done in") == 3
     assert "not_declared" in log  # warned about, not injected
     for name in ("01_first_look", "02_raw_fake", "05_distances_fake"):
         executed = nbformat.read(built["build"] / "notebooks" / f"{name}.ipynb", as_version=4)
         assert any(c.get("outputs") for c in executed.cells)
+        assert any(o.get("name") == "stderr" for c in executed.cells for o in c.get("outputs", []))  # the site drops it
         assert (built["build"] / "metrics" / f"{name}.json").is_file()
 
 
@@ -119,122 +107,126 @@ def test_run_course_injects_declared_parameters(built: dict) -> None:
     assert metrics["05_distances_fake"]["dog_1nn_correct"] == 9
 
 
+def test_kernels_use_ipc_so_no_tcp_warning(tmp_path: Path, capfd) -> None:
+    """The kernel's stderr reaches this process's fd 2: ipykernel warns there once per kernel over TCP."""
+    path = make_notebook(tmp_path, "01_quiet", "Quiet", ["Say nothing"], "{}")
+    run.run_course(tmp_path / "build", {}, notebooks=[path], log=lambda _: None)
+    assert run.IPCKernelManager().transport == "ipc"
+    assert "without encryption" not in capfd.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["01_quiet.ipynb", "build"]  # no socket files left
+
+
 def test_results_json_has_run_info(built: dict) -> None:
     saved = json.loads((built["build"] / "results.json").read_text())
     assert saved == built["results"]
-    run = saved["run"]
-    assert run["status"] == "ok" and run["parameters"]["image_size"] == 96
-    assert set(run["notebook_seconds"]) == {"01_first_look", "02_raw_fake", "05_distances_fake"}
+    info = saved["run"]
+    assert info["status"] == "ok" and info["parameters"]["image_size"] == 96
+    assert set(info["notebook_seconds"]) == {"01_first_look", "02_raw_fake", "05_distances_fake"}
     # Each figure is rounded to 0.01 s on its own, so the parts may add up to a little more than the total.
-    parts = run["notebook_seconds"].values()
-    assert run["total_seconds"] >= sum(parts) - 0.005 * (len(parts) + 1) and sum(parts) > 0
-    for package in ("python", "tensorflow", "keras", "numpy", "scikit-learn"):
-        assert package in run["versions"]
-    assert run["platform"] and run["date"]
-    assert saved["classic"]["deep_feature_accuracy"] == 0.788
+    parts = info["notebook_seconds"].values()
+    assert info["total_seconds"] >= sum(parts) - 0.005 * (len(parts) + 1) and sum(parts) > 0
+    for package in ("python", "tensorflow", "keras", "numpy", "scikit-learn", "papermill", "jupyter-book"):
+        assert package in info["versions"]
+    assert info["platform"] and info["date"]
+    assert saved["classic"]["deep_feature_accuracy"] == report.CLASSIC_RESULTS["deep_feature_accuracy"]
+
+
+def _rows(markdown: str) -> dict[str, list[str]]:
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in markdown.splitlines() if line.startswith("| ")}
 
 
 def test_results_md_beside_classic(built: dict) -> None:
-    text = (built["build"] / "results.md").read_text()
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in text.splitlines() if line.startswith("| ")}
+    rows = _rows((built["build"] / "results.md").read_text())
     assert rows["Raw-pixel classifier accuracy"] == ["0.500", "0.47–0.48"]
     assert rows["Deep-feature classifier accuracy"] == ["—", "0.788"]  # missing, no crash
     assert rows["Dog test images whose 1-NN is a dog"] == ["9/12", "678/1000"]
     assert rows["cat"] == ["0.250", "—", "0.500"]
     assert rows["backbone"] == ["efficientnet_lite0"] and rows["image size"] == ["96"]
+    assert "Linear probe vs fine-tuned" not in (built["build"] / "results.md").read_text()
+
+
+def test_report_finds_metrics_by_name_not_lesson_number() -> None:
+    """Renumbered lessons, a new lesson 7 and lesson 2/3 both writing per_class_accuracy."""
+    results = {"metrics": {
+        "01_deep": {"deep_feature_accuracy": 0.9, "raw_pixel_accuracy": 0.4, "per_class_accuracy": {"cat": 0.8}},
+        "04_raw": {"raw_pixel_accuracy": 0.4, "per_class_accuracy": {"cat": 0.3}},
+        "09_nn": {"dog_1nn_correct": 3, "dog_test_count": 4, "per_class_1nn_accuracy": {"cat": 0.6}},
+        "12_tune": {"linear_probe_accuracy": 0.81, "fine_tuned_accuracy": 0.86},
+    }}
+    markdown = report.tables_markdown(report.results_tables(results))
+    rows = _rows(markdown)
+    assert rows["Deep-feature classifier accuracy"][0] == "0.900" and rows["Dog 1-NN accuracy"][0] == "0.750"
+    assert rows["cat"] == ["0.300", "0.800", "0.600"]
+    assert "## Linear probe vs fine-tuned" in markdown
+    assert rows["Linear probe (frozen backbone)"] == ["0.810"] and rows["Fine-tuned"] == ["0.860"]
+    only_probe = report.results_tables({"metrics": {"07_x": {"linear_probe_accuracy": 0.5}}})
+    assert only_probe["Linear probe vs fine-tuned"]["Test accuracy"].tolist() == ["0.500", "—"]
 
 
 def test_report_survives_missing_and_odd_metrics() -> None:
     for results in ({}, {"metrics": {"02_x": None, "03_y": {"few_shot": "oops"}}},
-                    {"metrics": {"06_z": {"few_shot": {"shots": [1, 5],
-                                                       "deep_feature_accuracy": [0.5]}}}}):
-        markdown = course.tables_markdown(course.results_tables(results))
+                    {"metrics": {"06_z": {"few_shot": {"shots": [1, 5], "deep_feature_accuracy": [0.5]}}}}):
+        markdown = report.tables_markdown(report.results_tables(results))
         assert "Classic course" in markdown and "—" in markdown
-    assert "| 5 | — | — |" in markdown
+    assert re.search(r"^\|\s*5\s*\|\s*—\s*\|\s*—\s*\|$", markdown, re.M)
 
 
 def test_run_course_stops_at_failing_notebook(tmp_path: Path) -> None:
     broken = make_notebook(tmp_path, "03_broken", "Broken", ["Fail loudly"], "{}",
                            extra='raise ValueError("fixture failure")')
     later = make_notebook(tmp_path, "04_never", "Never", ["Not reached"], "{}")
-    with pytest.raises(course.CourseRunError, match=r"03_broken\.ipynb.*fixture failure"):
-        course.run_course(tmp_path / "build", {}, notebooks=[later, broken],
-                          kernel_name="python3", log=lambda _: None)
+    with pytest.raises(run.CourseRunError, match=r"03_broken\.ipynb.*fixture failure"):
+        run.run_course(tmp_path / "build", {}, notebooks=[later, broken], kernel_name="python3", log=lambda _: None)
     partial = tmp_path / "build" / "notebooks" / "03_broken.ipynb"
     assert partial.is_file() and "fixture failure" in partial.read_text()
     assert not (tmp_path / "build" / "notebooks" / "04_never.ipynb").exists()
     results = json.loads((tmp_path / "build" / "results.json").read_text())
     assert results["run"]["status"] == "failed" and "03_broken" in results["run"]["error"]
-    assert course.discover_lessons(tmp_path / "build" / "notebooks")[0].title == "Broken"
+    assert "Run failed" in (tmp_path / "build" / "results.md").read_text()
 
 
-def test_main_builds_parameters(monkeypatch, tmp_path: Path) -> None:
+def test_course_command_builds_parameters(monkeypatch, tmp_path: Path) -> None:
     calls: dict = {}
-    monkeypatch.setattr(course, "run_course",
-                        lambda out, params, **kw: calls.update(out=out, params=params, **kw))
-    monkeypatch.setattr(course, "build_site", lambda out: calls.setdefault("site", out) and out)
-    parser = argparse.ArgumentParser()
-    course.add_arguments(parser)
-    args = parser.parse_args(["--out", str(tmp_path), "--small", "--no-site", "--data-dir",
-                              "imgs", "-p", "seed", "2", "-p", "backbone", "efficientnet_lite1"])
-    assert course.main(args) == 0
-    assert calls["params"] == dict(course.SMALL_PARAMETERS, seed=2, backbone="efficientnet_lite1",
+    monkeypatch.setattr(run, "run_course", lambda out, params, **kw: calls.update(out=out, params=params, **kw))
+    assert instructor_main(["course", "--out", str(tmp_path), "--small", "--no-site", "--data-dir", "imgs",
+                            "-p", "seed", "2", "-p", "backbone", "efficientnet_lite1"]) == 0
+    assert calls["params"] == dict(run.SMALL_PARAMETERS, seed=2, backbone="efficientnet_lite1",
                                    data_dir=str(Path("imgs").resolve()))
-    assert "site" not in calls
+    assert {p.name for p in (tmp_path / "student").iterdir()} == {p.name for p in NOTEBOOK_DIR.glob("[0-9]*.ipynb")}
+    assert not (tmp_path / "site").exists()
 
 
-# --------------------------------------------------------------------------- site
+# --------------------------------------------------------------------------- student copies
 
 
-def test_site_index_lists_lessons_and_results(built: dict) -> None:
-    index = (built["site"] / "index.html").read_text()
-    for lesson in course.discover_lessons(built["build"] / "notebooks"):
-        assert f'href="{lesson.stem}.html"' in index and lesson.title in index
-        for objective in lesson.objectives:
-            assert objective in index
-    assert '<table class="results">' in index and "678/1000" in index and "0.788" in index
-    assert (built["site"] / "results.json").is_file() and (built["site"] / "results.md").is_file()
+def test_student_copies_drop_solution_cells(tmp_path: Path) -> None:
+    (tmp_path / "nbs").mkdir()
+    path = make_notebook(tmp_path / "nbs", "01_ex", "Exercise", ["Solve it"], "{}")
+    nb = nbformat.read(path, as_version=4)
+    solution = new_code_cell("answer = 42")
+    solution.metadata["tags"] = ["solution"]
+    nb.cells += [new_markdown_cell("## Solutions"), solution]
+    nbformat.write(nb, path)
+    written = notebooks.write_student_copies(tmp_path / "student", tmp_path / "nbs")
+    assert [p.name for p in written] == ["01_ex.ipynb"]
+    student = nbformat.read(written[0], as_version=4)
+    assert len(student.cells) == len(nb.cells) - 1
+    assert all("solution" not in c.metadata.get("tags", []) for c in student.cells)
+    assert "answer = 42" not in written[0].read_text()
+    assert papermill.inspect_notebook(str(written[0]))  # still a parameterised lesson
 
 
-def test_site_pages_are_self_contained(built: dict) -> None:
-    pages = sorted(built["site"].glob("*.html"))
-    assert [p.name for p in pages] == ["01_first_look.html", "02_raw_fake.html",
-                                       "05_distances_fake.html", "index.html"]
-    for page in pages:
-        text = page.read_text()
-        external = re.findall(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text, re.I)
-        assert not external, f"{page.name} references {external}"
-        assert not re.search(r"url\(\s*[\"']?(?:https?:)?//", text), page.name
-        assert "<script src" not in text and "require.js" not in text
-        assert "cdnjs" not in text and "unpkg" not in text and "mathjax.js" not in text.lower()
-        if page.name != "index.html":
-            assert re.search(r'<img [^>]*src="data:image/png;base64,', text), page.name
+def test_student_copies_of_the_course_keep_everything_but_solutions(tmp_path: Path) -> None:
+    written = notebooks.write_student_copies(tmp_path)
+    assert [p.name for p in written] == [l.path.name for l in lessons.discover_lessons()]
+    for path in written:
+        source = nbformat.read(NOTEBOOK_DIR / path.name, as_version=4)
+        kept = [c.source for c in source.cells if "solution" not in c.metadata.get("tags", [])]
+        assert [c.source for c in nbformat.read(path, as_version=4).cells] == kept
 
 
-def test_site_navigation(built: dict) -> None:
-    pages = ["01_first_look.html", "02_raw_fake.html", "05_distances_fake.html"]
-    for i, name in enumerate(pages):
-        text = (built["site"] / name).read_text()
-        assert f"<title>{course.discover_lessons(built['build'] / 'notebooks')[i].label}" in text
-        links = _nav_links(text)
-        assert links["index"] == {"index.html"}
-        assert links.get("prev", set()) == ({pages[i - 1]} if i > 0 else set())
-        assert links.get("next", set()) == ({pages[i + 1]} if i < len(pages) - 1 else set())
-
-
-def _nav_links(text: str) -> dict[str, set[str]]:
-    """rel -> hrefs of the links inside the page's <nav class="course-nav"> bars."""
-    found: dict[str, set[str]] = {}
-    for nav in re.findall(r'<nav class="course-nav">(.*?)</nav>', text, re.S):
-        for tag in re.findall(r"<a\b[^>]*>", nav):
-            rel = re.search(r'rel="([^"]+)"', tag)
-            href = re.search(r'href="([^"]+)"', tag)
-            found.setdefault(rel.group(1), set()).add(href.group(1))
-    return found
-
-
-# --------------------------------------------------------------------------- hygiene
+# --------------------------------------------------------------------------- cleaning
 
 
 def test_clean_notebook_strips_and_is_idempotent(built: dict, tmp_path: Path) -> None:
@@ -245,12 +237,11 @@ def test_clean_notebook_strips_and_is_idempotent(built: dict, tmp_path: Path) ->
     nb.metadata["widgets"] = {"state": {}}
     nbformat.write(nb, dirty)
 
-    assert course.clean_notebook(dirty, check_only=True) is True
-    assert course.clean_notebook(dirty, check_only=True) is True  # check wrote nothing
-    assert course.clean_notebook(dirty) is True
+    assert notebooks.clean_notebook(dirty, check_only=True) is True
+    assert notebooks.clean_notebook(dirty, check_only=True) is True  # check wrote nothing
+    assert notebooks.clean_notebook(dirty) is True
     once = dirty.read_bytes()
-    assert course.clean_notebook(dirty) is False and dirty.read_bytes() == once
-    assert course.clean_notebook(dirty, check_only=True) is False
+    assert notebooks.clean_notebook(dirty) is False and dirty.read_bytes() == once
     assert once.endswith(b"\n")
 
     clean = nbformat.read(dirty, as_version=4)
@@ -265,12 +256,52 @@ def test_clean_notebook_strips_and_is_idempotent(built: dict, tmp_path: Path) ->
     assert papermill.inspect_notebook(str(dirty))  # the parameters tag survived
 
 
-def test_clean_notebooks_cli(built: dict, tmp_path: Path, capsys) -> None:
+def test_clean_notebooks_cli_fails_on_dirty(built: dict, tmp_path: Path, capsys) -> None:
     shutil.copytree(built["build"] / "notebooks", tmp_path / "nbs")
-    assert course._cli(["clean-notebooks", "--check", str(tmp_path / "nbs")]) == 1
-    assert course._cli(["clean-notebooks", str(tmp_path / "nbs")]) == 0
-    assert course._cli(["clean-notebooks", "--check", str(tmp_path / "nbs")]) == 0
+    assert instructor_main(["clean-notebooks", "--check", str(tmp_path / "nbs")]) == 1
+    assert instructor_main(["clean-notebooks", str(tmp_path / "nbs")]) == 0
+    assert instructor_main(["clean-notebooks", "--check", str(tmp_path / "nbs")]) == 0
     assert "notebooks are clean" in capsys.readouterr().out
+
+
+def test_pre_commit_hook_strips_the_same_keys() -> None:
+    config = (REPO / ".pre-commit-config.yaml").read_text()
+    assert "nbstripout" in config and "--keep-id" in config
+    assert all(key in config for key in notebooks.EXTRA_KEYS)
+
+
+# --------------------------------------------------------------------------- install cells and launch links
+
+
+def test_install_cell_and_links_follow_the_repository_url(tmp_path: Path) -> None:
+    make_course(tmp_path / "nbs")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{notebooks.README_START}\nold\n{notebooks.README_END}\n\nrest\n")
+    url = "https://github.com/someone/deep-features"
+    changed = notebooks.sync_notebooks(tmp_path / "nbs", readme=readme, url=url)
+    assert len(changed) == 4 and not notebooks.sync_notebooks(tmp_path / "nbs", readme=readme, url=url,
+                                                              check_only=True)
+    nb = nbformat.read(tmp_path / "nbs" / "01_first_look.ipynb", as_version=4)
+    install = [c for c in nb.cells if "install" in c.metadata.get("tags", [])]
+    assert len(install) == 1 and f"git+{url}" in install[0].source and nb.cells[1] is install[0]
+    text = readme.read_text()
+    assert "colab.research.google.com/github/someone/deep-features/blob/main/notebooks/01_first_look.ipynb" in text
+    assert "mybinder.org/v2/gh/someone/deep-features/main?labpath=notebooks%2F01_first_look.ipynb" in text
+    assert text.endswith("rest\n") and "old" not in text
+    assert notebooks.sync_notebooks(tmp_path / "nbs", readme=readme, url=None, check_only=True)  # now stale
+
+
+def test_committed_install_cells_and_readme_are_in_sync() -> None:
+    url = notebooks.repository_url()
+    assert notebooks.sync_notebooks(check_only=True) == [], "run: python -m instructor sync-notebooks"
+    readme = (REPO / "README.md").read_text()
+    if url is None:  # nothing made up: no launch links, and the cell says how to install instead
+        assert "colab.research.google.com" not in readme and "mybinder.org" not in readme
+        assert "not set" in notebooks.install_cell_source(None)
+        assert "git+" not in notebooks.install_cell_source(None)
+
+
+# --------------------------------------------------------------------------- the committed notebooks
 
 
 def _committed_notebooks() -> list[Path]:
@@ -286,41 +317,35 @@ def _committed_notebooks() -> list[Path]:
 COMMITTED = _committed_notebooks()
 
 
-def _need_notebooks() -> None:
-    if not COMMITTED:
-        pytest.skip("no notebooks committed in notebooks/ yet")
-
-
-@pytest.mark.parametrize("path", COMMITTED or [None], ids=lambda p: p.name if p else "none")
-def test_committed_notebook_is_valid_and_clean(path: Path | None) -> None:
-    _need_notebooks()
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_committed_notebook_is_valid_and_clean(path: Path) -> None:
     nbformat.validate(nbformat.read(path, as_version=4))
-    assert course.clean_notebook(path, check_only=True) is False, (
-        f"{path.name} has outputs or volatile metadata: run `python -m utils clean-notebooks`")
+    assert notebooks.clean_notebook(path, check_only=True) is False, (
+        f"{path.name} has outputs or volatile metadata: run `python -m instructor clean-notebooks`")
 
 
-@pytest.mark.parametrize("path", COMMITTED or [None], ids=lambda p: p.name if p else "none")
-def test_committed_notebook_follows_course_contract(path: Path | None) -> None:
-    _need_notebooks()
-    lesson = course.read_lesson(path)
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+def test_committed_notebook_follows_course_contract(path: Path) -> None:
+    lesson = lessons.read_lesson(path)
     assert lesson.title and lesson.objectives, f"{path.name}: '# Title' + Learning objectives"
     declared = set(papermill.inspect_notebook(str(path)))
     required = REQUIRED_PARAMETERS | (set() if path.stem in NETWORK_FREE_LESSONS else NETWORK_PARAMETERS)
     assert required <= declared, f"{path.name} lacks {required - declared}"
 
 
-def test_cleaning_committed_notebooks_is_idempotent(tmp_path: Path) -> None:
-    _need_notebooks()
-    for path in COMMITTED:
-        copy = tmp_path / path.name
-        shutil.copyfile(path, copy)
-        course.clean_notebook(copy)
-        assert course.clean_notebook(copy) is False
+def test_course_lessons_are_the_numbered_notebooks_in_order() -> None:
+    """Derived from notebooks/, so adding a lesson (07_...) needs no change here."""
+    expected = sorted((p.stem for p in (REPO / "notebooks").glob("*.ipynb") if p.name[:2].isdigit()),
+                      key=lambda s: int(s.split("_")[0]))
+    assert expected and [l.stem for l in lessons.discover_lessons()] == expected
+    assert {p.stem for p in COMMITTED} >= set(expected), "a lesson notebook is not committed"
 
 
-def test_course_notebooks_are_discovered_in_order() -> None:
-    _need_notebooks()
-    stems = [l.stem for l in course.discover_lessons(REPO / "notebooks")]
-    assert stems == sorted(stems, key=lambda s: int(s.split("_")[0]))
-    unknown = [s for s in stems if s not in EXPECTED_NOTEBOOKS]
-    assert not unknown, f"unexpected lesson names {unknown}; update EXPECTED_NOTEBOOKS"
+# --------------------------------------------------------------------------- layering
+
+
+def test_utils_imports_no_instructor_tooling() -> None:
+    code = ("import sys, utils, utils.notebook, utils.data, utils.__main__; "
+            "bad = {'papermill', 'nbconvert', 'nbformat', 'selenium', 'instructor', 'jupyter_book'} & set(sys.modules); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -13,10 +13,10 @@ import pytest
 from sklearn.metrics import pairwise_distances
 
 from _course_fixtures import built_real_course
-from utils import course, data, features
+from instructor.run import SMALL_PARAMETERS as SMALL
+from utils import data, features
 
 pytestmark = pytest.mark.slow
-SMALL = course.SMALL_PARAMETERS
 LESSONS = ["01_explore_data", "02_raw_pixel_classifier", "03_deep_features_classifier", "04_image_retrieval",
            "05_per_class_distances", "06_few_shot_recognizer"]
 

@@ -1,4 +1,7 @@
-"""Command line: ``python -m utils {predict,similar,featurize,backbones,course,clean-notebooks} ...``."""
+"""Command line: ``python -m utils {predict,similar,featurize,backbones} ...``.
+
+Running the whole course, its site and notebook hygiene are instructor tools: ``python -m instructor``.
+"""
 
 from __future__ import annotations
 
@@ -93,14 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("backbones", help="list the backbones and whether they are ready here").set_defaults(run=_backbones)
 
-    from . import course
-
-    p = sub.add_parser("course", help="run every notebook with papermill, collect results, build the HTML site")
-    course.add_arguments(p)
-    p.set_defaults(run=course.main)
-    p = sub.add_parser("clean-notebooks", help="strip outputs and volatile metadata from the notebooks")
-    course.add_clean_arguments(p)
-    p.set_defaults(run=course.clean_main)
     return parser
 
 

@@ -1,0 +1,20 @@
+"""Instructor tooling of the deep-features course, kept apart from the student package ``utils``.
+
+``python -m instructor course | site | student-copies | clean-notebooks | sync-notebooks``:
+
+* :mod:`instructor.lessons` -- the lessons, from the ``NN_name.ipynb`` file names and their first cell;
+* :mod:`instructor.run` -- runs every notebook in order with papermill and collects their metrics;
+* :mod:`instructor.report` -- ``results.md`` / ``results.json``: this run beside the classic course (pandas tables);
+* :mod:`instructor.site` -- the static site, built by Jupyter Book (Sphinx) from the executed notebooks;
+* :mod:`instructor.notebooks` -- nbstripout cleaning, student copies without solutions, the install cell.
+
+Students never import this package; ``utils`` does not import papermill, nbconvert or selenium.
+"""
+
+from pathlib import Path
+from typing import Final
+
+#: The repository root and its lesson notebooks (the default course).
+REPO: Final = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR: Final = REPO / "notebooks"
+COURSE_TITLE: Final = "Deep features: recognise and retrieve images"

@@ -1,0 +1,142 @@
+"""``python -m instructor course | site | student-copies | clean-notebooks | sync-notebooks``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import NOTEBOOK_DIR, REPO
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def course(args: argparse.Namespace) -> int:
+    """Run every notebook, write the report, the student copies and (unless --no-site) the site."""
+    from . import notebooks, run
+
+    parameters: dict[str, Any] = dict(run.SMALL_PARAMETERS) if args.small else {}
+    if args.data_dir is not None:
+        parameters["data_dir"] = str(args.data_dir.resolve())
+    parameters.update({name: _parse_value(value) for name, value in args.parameter})
+    try:
+        run.run_course(args.out, parameters, notebooks=args.notebooks, kernel_name=args.kernel, log=_log)
+    except run.CourseRunError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    student = notebooks.write_student_copies(args.out / "student", args.notebooks)
+    _log(f"Student copies (no solutions): {len(student)} notebooks in {args.out / 'student'}")
+    if not args.no_site:
+        return build_site(args)
+    return 0
+
+
+def build_site(args: argparse.Namespace) -> int:
+    """Build the site from an earlier run's build folder."""
+    from . import site
+
+    tick = time.perf_counter()
+    folder = site.build_site(args.out)
+    _log(f"Site built in {time.perf_counter() - tick:.1f} s: {(folder / 'index.html').resolve().as_uri()}")
+    return 0
+
+
+def student_copies(args: argparse.Namespace) -> int:
+    from .notebooks import write_student_copies
+
+    written = write_student_copies(args.out / "student", args.notebooks)
+    _log(f"{len(written)} student notebooks (cells tagged 'solution' removed) in {args.out / 'student'}")
+    return 0
+
+
+def clean(args: argparse.Namespace) -> int:
+    """Clean (or with --check, check) the notebooks; 1 when --check finds a dirty one."""
+    from .notebooks import clean_notebooks
+
+    dirty = clean_notebooks(args.folder, check_only=args.check)
+    for path in dirty:
+        print(f"{'not clean' if args.check else 'cleaned'}: {path}")
+    if args.check and dirty:
+        print("run: python -m instructor clean-notebooks", file=sys.stderr)
+        return 1
+    if not dirty:
+        print("notebooks are clean")
+    return 0
+
+
+def sync(args: argparse.Namespace) -> int:
+    """Write the install cells and README launch links (with --check, fail when they are stale)."""
+    from .notebooks import repository_url, sync_notebooks
+
+    readme = REPO / "README.md" if args.folder.resolve() == NOTEBOOK_DIR else None  # another folder: its own cells only
+    changed = sync_notebooks(args.folder, readme=readme, check_only=args.check)
+    for path in changed:
+        print(f"{'out of date' if args.check else 'updated'}: {path}")
+    if args.check and changed:
+        print("run: python -m instructor sync-notebooks", file=sys.stderr)
+        return 1
+    if not changed:
+        print(f"install cells and launch links are up to date (repository: {repository_url() or 'not set'})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m instructor", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_out(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--out", type=Path, default=Path("build"), help="build folder (default: build)")
+        return p
+
+    def with_notebooks(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--notebooks", type=Path, default=NOTEBOOK_DIR,
+                       help="folder of the NN_name.ipynb notebooks (default: %(default)s)")
+        return p
+
+    from .run import SMALL_PARAMETERS
+
+    p = with_notebooks(with_out(sub.add_parser(
+        "course", help="run every notebook with papermill; write results, student copies and the site")))
+    p.add_argument("--small", action="store_true",
+                   help="quick run: " + ", ".join(f"{k}={v}" for k, v in SMALL_PARAMETERS.items()))
+    p.add_argument("--no-site", action="store_true", help="skip the site")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder of the course images")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: each notebook's own)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="extra notebook parameter, VALUE parsed as JSON when it can be (e.g. -p seed 1)")
+    p.set_defaults(run=course)
+
+    with_out(sub.add_parser("site", help="build the site from BUILD/notebooks and BUILD/results.json")
+             ).set_defaults(run=build_site)
+    with_notebooks(with_out(sub.add_parser("student-copies", help="notebooks without solution cells, to BUILD/student"))
+                   ).set_defaults(run=student_copies)
+    for name, helptext, function in (
+            ("clean-notebooks", "strip outputs and volatile metadata (nbstripout)", clean),
+            ("sync-notebooks", "write every notebook's install cell and the README's launch links", sync)):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file would change")
+        p.add_argument("folder", nargs="?", type=Path, default=NOTEBOOK_DIR,
+                       help="folder of notebooks (default: %(default)s)")
+        p.set_defaults(run=function)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Run the course: every lesson notebook in order with papermill, each writing its metrics, then the report.
+
+Kernels talk to papermill over IPC (Unix sockets) rather than TCP, so ipykernel prints no "Kernel is running over
+TCP without encryption" warning per notebook, and nothing listens on a network port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+import nbformat
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import CaselessStrEnum
+
+from utils.notebook import to_jsonable
+
+from . import COURSE_TITLE, NOTEBOOK_DIR, REPO
+from .lessons import Lesson, discover_lessons, read_lesson
+from .report import CLASSIC_RESULTS, write_results
+
+#: ``--small``: a quick run for smoke tests and slow machines (also what the tests and the fixture data use).
+SMALL_PARAMETERS: Final[Mapping[str, Any]] = {
+    "n_train_per_class": 24,
+    "n_test_per_class": 12,
+    "image_size": 96,
+    "repeats": 2,  # few-shot draws per shot count
+}
+
+#: Versions recorded in results.json (distribution names).
+VERSION_PACKAGES: Final = ("tensorflow", "keras", "numpy", "scikit-learn", "papermill", "jupyter-book", "matplotlib")
+
+Log = Callable[[str], Any]
+
+
+class CourseRunError(RuntimeError):
+    """A notebook failed while the course was running; the message names it."""
+
+
+class IPCKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernels listen on Unix sockets (no TCP port, no plain-text warning)."""
+
+    transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSION_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _as_lessons(notebooks: str | os.PathLike[str] | Iterable[Any] | None) -> list[Lesson]:
+    if notebooks is None or isinstance(notebooks, (str, os.PathLike)):
+        return discover_lessons(notebooks or NOTEBOOK_DIR)
+    lessons = [nb if isinstance(nb, Lesson) else read_lesson(nb) for nb in notebooks]
+    return sorted(lessons, key=lambda lesson: (lesson.number, lesson.path.name))
+
+
+@contextlib.contextmanager
+def _kernel_environment() -> Iterator[None]:
+    """``import utils`` works in the kernels without an installed package; figures are inline PNGs even where
+    ``MPLBACKEND`` is set (Agg in CI)."""
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "MPLBACKEND")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), saved["PYTHONPATH"]) if p)
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _kernel_of(path: Path, requested: str | None) -> str:
+    spec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
+    return requested or spec.get("name") or "python3"
+
+
+def run_course(build_dir: str | os.PathLike[str], parameters: Mapping[str, Any] | None = None,
+               notebooks: str | os.PathLike[str] | Iterable[Any] | None = None,
+               kernel_name: str | None = None, log: Log = print) -> dict:
+    """Execute the lesson notebooks in order into ``build_dir/notebooks/`` and collect their metrics.
+
+    ``notebooks`` is a folder, a list of notebook paths / lessons, or ``None`` for the course's ``notebooks/``.
+    Each notebook runs in its own folder with ``metrics_path`` pointing into ``build_dir/metrics/`` plus those of
+    ``parameters`` its parameters cell declares. Returns the results also written to ``results.json`` / ``.md``.
+    Raises :class:`CourseRunError` naming the first notebook that fails (its partly executed copy is kept and the
+    results so far are still written).
+    """
+    import papermill  # slow import: only when running
+
+    build = Path(build_dir).resolve()
+    parameters = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in (parameters or {}).items()}
+    lessons = _as_lessons(notebooks)
+    if not lessons:
+        raise CourseRunError(f"no NN_name.ipynb notebooks found in {notebooks or NOTEBOOK_DIR}")
+    for folder in ("notebooks", "metrics"):
+        (build / folder).mkdir(parents=True, exist_ok=True)
+
+    started = dt.datetime.now(dt.timezone.utc)
+    start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    unused = set(parameters)
+    failure: CourseRunError | None = None
+    log(f"Running {len(lessons)} notebooks into {build} with {parameters or 'default parameters'}")
+    for index, lesson in enumerate(lessons, 1):
+        output = build / "notebooks" / lesson.path.name
+        metrics_file = build / "metrics" / f"{lesson.stem}.json"
+        metrics_file.unlink(missing_ok=True)  # never report a previous run's figures
+        declared = papermill.inspect_notebook(str(lesson.path))
+        injected = {k: v for k, v in parameters.items() if k in declared}
+        unused -= set(injected)
+        if "metrics_path" in declared:
+            injected["metrics_path"] = str(metrics_file)
+        else:
+            log(f"  warning: {lesson.path.name} declares no metrics_path parameter")
+        log(f"[{index}/{len(lessons)}] {lesson.path.name} ...")
+        tick = time.perf_counter()
+        try:
+            with _kernel_environment():
+                papermill.execute_notebook(
+                    str(lesson.path), str(output), parameters=injected,
+                    kernel_name=_kernel_of(lesson.path, kernel_name), cwd=str(lesson.path.parent),
+                    progress_bar=False, kernel_manager_class=IPCKernelManager)
+        except Exception as exc:  # papermill's execution error, a dead kernel, ...
+            seconds[lesson.stem] = round(time.perf_counter() - tick, 2)
+            reason = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"
+            failure = CourseRunError(f"notebook {lesson.path.name} failed after {seconds[lesson.stem]:.1f} s "
+                                     f"({reason}); the partially executed notebook is at {output}")
+            failure.__cause__ = exc
+            log(f"  FAILED: {failure}")
+            break
+        seconds[lesson.stem] = round(time.perf_counter() - tick, 2)
+        log(f"  done in {seconds[lesson.stem]:.1f} s")
+    if unused:
+        log(f"  warning: no notebook declares parameter(s): {', '.join(sorted(unused))}")
+
+    total = round(time.perf_counter() - start, 2)
+    results = collect_results(build, lessons, parameters, seconds, total, started, failure)
+    write_results(build, results)
+    if failure is not None:
+        raise failure
+    log(f"Course ran in {total:.1f} s; results in {build / 'results.md'}")
+    return results
+
+
+def collect_results(build: Path, lessons: list[Lesson], parameters: Mapping[str, Any],
+                    seconds: Mapping[str, float], total_seconds: float, started: dt.datetime,
+                    failure: BaseException | None = None) -> dict:
+    """Every notebook's metrics file (``None`` when it wrote none) with the run's information."""
+    metrics: dict[str, Any] = {}
+    for lesson in lessons:
+        try:
+            metrics[lesson.stem] = json.loads((build / "metrics" / f"{lesson.stem}.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            metrics[lesson.stem] = None  # not run, failed, or wrote nothing
+    return to_jsonable({
+        "course": COURSE_TITLE,
+        "run": {
+            "date": started.isoformat(timespec="seconds"),
+            "status": "failed" if failure else "ok",
+            "error": str(failure) if failure else None,
+            "parameters": dict(parameters),
+            "notebook_seconds": dict(seconds),
+            "total_seconds": total_seconds,
+            "versions": _versions(),
+            "platform": platform.platform(),
+        },
+        "lessons": [{"number": l.number, "name": l.stem, "title": l.title, "objectives": list(l.objectives)}
+                    for l in lessons],
+        "classic": dict(CLASSIC_RESULTS),
+        "metrics": metrics,
+    })
