@@ -129,12 +129,12 @@ def _(model, X_test, y_test, class_names):
     return class_names[int(row.argmax())]
 
 
-@exercise("2.3", hint='clone the pipeline, set_params(classify__C=...), fit it and compare; answer "up" or "down"')
+@exercise("2.3", hint='clone the pipeline, set_params(classify__C=C / 100), fit it and compare; answer "up" or "down"')
 def _(model, X_train, y_train, X_test, y_test):
     from sklearn.base import clone
 
-    bigger = clone(model).set_params(classify__C=model.get_params()["classify__C"] * 100).fit(X_train, y_train)
-    return "up" if _accuracy(bigger, X_test, y_test) > _accuracy(model, X_test, y_test) else "down"
+    smaller = clone(model).set_params(classify__C=model.get_params()["classify__C"] / 100).fit(X_train, y_train)
+    return "up" if _accuracy(smaller, X_test, y_test) > _accuracy(model, X_test, y_test) else "down"
 
 
 # Lesson 3: deep features.
