@@ -6,6 +6,7 @@ independent recomputations where that is cheap.
 
 from __future__ import annotations
 
+import re
 
 import nbformat
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from sklearn.metrics import pairwise_distances
 
 from _course_fixtures import built_real_course
+from instructor import NOTEBOOK_DIR
 from instructor.run import SMALL_PARAMETERS as SMALL
 from utils import data, features
 
@@ -44,6 +46,41 @@ def test_every_notebook_ran_without_errors(run) -> None:
         assert images, f"{name} drew no figure"
 
 
+def _stdout(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def test_every_solution_passes_its_check_and_exercises_wait_for_an_answer(run) -> None:
+    for name in LESSONS:
+        nb = nbformat.read(run["build"] / "notebooks" / f"{name}.ipynb", as_version=4)
+        solutions = [c for c in nb.cells if "solution" in c.get("metadata", {}).get("tags", [])]
+        assert solutions, f"{name} has no Solutions section"
+        assert any(c.cell_type == "markdown" and re.search(r"^## Solutions", c.source, re.M) for c in nb.cells)
+        for cell in solutions:
+            out = _stdout(cell)
+            assert "correct. Well done!" in out and "not quite" not in out, f"{name}: {cell.source}\n{out}"
+        asked = [c for c in nb.cells if c.cell_type == "code" and "checks.check(" in c.source and c not in solutions]
+        assert len(asked) == len(solutions)
+        assert all("not answered yet" in _stdout(c) for c in asked)
+
+
+def test_the_lessons_write_the_library_calls_in_their_cells() -> None:
+    """What a student must see done with Keras and scikit-learn (issue 8), in the committed notebooks."""
+    code = {name: "\n".join(c.source for c in nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4).cells
+                            if c.cell_type == "code") for name in LESSONS}
+    required = {"02_raw_pixel_classifier": ["Pipeline(", "StandardScaler(", "LogisticRegression("],
+                "03_deep_features_classifier": ["keras.Model(", ".predict(", "Pipeline(", "DeepFeatures(",
+                                                "GridSearchCV("],
+                "04_image_retrieval": ["NearestNeighbors(", ".kneighbors(", "TSNE(", 'metric="cosine"'],
+                "05_per_class_distances": ["NearestNeighbors(", ".kneighbors(", "KNeighborsClassifier(",
+                                           "ConfusionMatrixDisplay(", "def is_dog(row"],
+                "06_few_shot_recognizer": ["Pipeline(", "DeepFeatures(", "joblib.dump(", "joblib.load("]}
+    for name, calls in required.items():
+        for call in calls:
+            assert call in code[name], f"{name} does not write {call}"
+    assert not any("classify." in source or "retrieval.nearest" in source for source in code.values())
+
+
 def test_explore_counts_match_the_split(run, small_split) -> None:
     m = run["metrics"]["01_explore_data"]
     train, test = small_split
@@ -69,6 +106,42 @@ def test_deep_features_beat_raw_pixels_by_a_clear_margin(run) -> None:
     assert m["deep_feature_accuracy"] >= m["raw_pixel_accuracy"] + 0.15
     assert "efficientnet_lite0" in m["backbone_comparison"]
     assert m["backbone_comparison"]["efficientnet_lite0"] == pytest.approx(m["deep_feature_accuracy"], abs=1e-3)
+    # The cached featurizer is the Keras feature model's computation (the notebook asserts it too).
+    assert 0 <= m["keras_vs_featurizer_max_abs_diff"] < 1e-3
+    # The image size is chosen by cross-validation on the training split, among the grid.
+    assert sorted(int(s) for s in m["image_size_cv_accuracy"]) == sorted(m["size_grid"])
+    best = max(m["image_size_cv_accuracy"], key=m["image_size_cv_accuracy"].get)
+    assert m["best_image_size"] == int(best)
+    assert 0.25 < m["best_image_size_test_accuracy"] <= 1
+
+
+def _retrieval_scores(queries, query_labels, collection, collection_labels, metric):
+    """Precision@1, @5 and mAP from a full pairwise-distance ranking (independent of the notebook's code)."""
+    d = pairwise_distances(queries, collection, metric=metric)
+    right = collection_labels[np.argsort(d, axis=1, kind="stable")] == query_labels[:, None]
+    ranks = np.arange(1, right.shape[1] + 1)
+    ap = [(np.cumsum(r)[r] / ranks[r]).mean() for r in right]
+    return right[:, 0].mean(), right[:, :5].mean(), float(np.mean(ap))
+
+
+def test_retrieval_scores_match_a_recomputation(run, small_split) -> None:
+    m = run["metrics"]["04_image_retrieval"]
+    train, test = small_split
+    f_train = features.featurize_images(train.images, "efficientnet_lite0", SMALL["image_size"])
+    f_test = features.featurize_images(test.images, "efficientnet_lite0", SMALL["image_size"])
+    for metric in ("euclidean", "cosine"):
+        p1, p5, mean_ap = _retrieval_scores(f_test, test.labels, f_train, train.labels, metric)
+        assert m[f"precision_at_1_{metric}"] == pytest.approx(p1, abs=1e-6)
+        assert m[f"precision_at_5_{metric}"] == pytest.approx(p5, abs=1e-6)
+        assert m[f"map_{metric}"] == pytest.approx(mean_ap, abs=1e-4)
+    pixels = lambda s: s.images.reshape(len(s), -1).astype(np.float32) / 255  # noqa: E731
+    assert m["map_raw_pixels"] == pytest.approx(
+        _retrieval_scores(pixels(test), test.labels, pixels(train), train.labels, "euclidean")[2], abs=1e-4)
+    assert m["best_metric"] == max(("euclidean", "cosine"), key=lambda k: m[f"map_{k}"])
+    assert m["cosine_equals_normalized_euclidean"] == 1.0
+    assert min(m["map_euclidean"], m["map_cosine"]) > m["map_raw_pixels"]
+    assert m["tsne_sample"] == min(1000, len(test)) and 0 <= m["tsne_purity_raw_pixels"] <= 1
+    assert 0 <= m["tsne_purity_deep"] <= 1
 
 
 def test_retrieval_finds_same_class_neighbours_and_the_outside_cat(run) -> None:
@@ -88,12 +161,17 @@ def test_dog_distance_table_matches_a_recomputation(run, small_split) -> None:
     f_train = features.featurize_images(train.images, "efficientnet_lite0", SMALL["image_size"])
     f_test = features.featurize_images(test.images, "efficientnet_lite0", SMALL["image_size"])
     dog = train.class_names.index("dog")
-    d = pairwise_distances(f_test[test.labels == dog], f_train)  # every dog test image to every training image
-    nearest_per_class = np.stack([d[:, train.labels == c].min(axis=1) for c in range(4)], axis=1)
-    expected = int((nearest_per_class.argmin(axis=1) == dog).sum())
+    for metric, key in (("euclidean", "dog_1nn_correct"), ("cosine", "dog_1nn_correct_cosine")):
+        d = pairwise_distances(f_test[test.labels == dog], f_train, metric=metric)  # every dog test image to all
+        nearest_per_class = np.stack([d[:, train.labels == c].min(axis=1) for c in range(4)], axis=1)
+        expected = int((nearest_per_class.argmin(axis=1) == dog).sum())
+        assert m[key] == expected, metric
     assert m["dog_test_count"] == SMALL["n_test_per_class"]
-    assert m["dog_1nn_correct"] == expected
-    assert m["per_class_1nn_accuracy"]["dog"] == pytest.approx(expected / m["dog_test_count"])
+    assert m["knn_metric"] in m["knn_cv_accuracy"]
+    assert m["knn_cv_accuracy"][m["knn_metric"]] == max(m["knn_cv_accuracy"].values())  # chosen by CV
+    assert m["per_class_1nn_accuracy"]["dog"] == pytest.approx(m["dog_1nn_correct_chosen"] / m["dog_test_count"])
+    if m["knn_metric"] in ("euclidean", "cosine"):
+        assert m["dog_1nn_correct_chosen"] == m["dog_1nn_correct" + ("_cosine" if m["knn_metric"] == "cosine" else "")]
     nb = nbformat.read(run["build"] / "notebooks" / "05_per_class_distances.ipynb", as_version=4)
     table = next(o["data"]["text/plain"] for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []) if "dog-automobile" in o.get("data", {}).get("text/plain", ""))

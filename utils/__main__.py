@@ -6,7 +6,6 @@ Running the whole course, its site and notebook hygiene are instructor tools: ``
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -27,12 +26,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _similar(args: argparse.Namespace) -> int:
     from .features import report_skipped
-    from .fast_inference import resolve_precision
     from .retrieval import find_similar
 
-    if args.precision:  # find_similar takes no precision argument: it reads the environment variable
-        os.environ[PRECISION_ENV_VAR] = resolve_precision(args.precision)
-    results, skipped = find_similar(args.query, args.folder, args.top, args.backbone, args.image_size)
+    results, skipped = find_similar(args.query, args.folder, args.top, args.backbone, args.image_size,
+                                    precision=args.precision)
     for result in results:
         print(f"{result.distance:8.3f}  {result.path}")
     report_skipped(skipped)

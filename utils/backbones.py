@@ -393,3 +393,14 @@ def predict_imagenet(images: Any, backbone: str = DEFAULT_BACKBONE, top: int = 5
         best = np.argsort(row)[::-1][:top]
         result.append([(int(i), names[i], float(row[i])) for i in best])
     return result
+
+
+def imagenet_model(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> "keras.Model":
+    """The whole pretrained ImageNet classifier as a Keras model: RGB images in [0, 255] -> 1000 probabilities.
+
+    Its weights come from the offline package (converted once, then cached); lesson 3 cuts its output layer off.
+    """
+    bb = load_backbone(name, image_size)
+    if bb.classifier is None:
+        raise BackboneUnavailableError(f"{name} has no ImageNet classifier at {bb.input_size} px")
+    return bb.classifier

@@ -64,17 +64,14 @@ def _same(answer: Any, expected: Any, tolerance: float) -> bool:
         return False
 
 
-def check(exercise_id: str, answer: Any, *legacy_expected: Any, **objects: Any) -> bool | None:
+def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
     """Print whether ``answer`` is right (never printing the expected value); None while it is still ``...``/None."""
+    registered = EXERCISES.get(exercise_id)
+    if registered is None:  # a typo in the id fails loudly, even before the student answers
+        raise KeyError(f"unknown exercise {exercise_id!r}; registered: {', '.join(sorted(EXERCISES))}")
     if answer is None or answer is Ellipsis:
         print(f"[{exercise_id}] not answered yet: replace the ... with your answer and run the cell again.")
         return None
-    if legacy_expected:  # TEMPORARY: the old check(name, answer, expected) form, until every lesson is registered
-        registered = Exercise(exercise_id, lambda **_: legacy_expected[0], objects.pop("tolerance", 1e-6), "")
-    else:
-        registered = EXERCISES.get(exercise_id)
-    if registered is None:
-        raise KeyError(f"unknown exercise {exercise_id!r}; registered: {', '.join(sorted(EXERCISES))}")
     if _same(answer, registered.expected(**objects), registered.tolerance):
         print(f"[{exercise_id}] correct. Well done!")
         return True
@@ -83,3 +80,146 @@ def check(exercise_id: str, answer: Any, *legacy_expected: Any, **objects: Any) 
 
 
 # ---- Exercises, one block per lesson (lesson 7's block goes at the end). ----
+
+
+def _accuracy(model: Any, X: Any, y: np.ndarray) -> float:
+    return float((np.asarray(model.predict(X)) == np.asarray(y)).mean())
+
+
+def _nearest(queries: np.ndarray, collection: np.ndarray, k: int, metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
+    """(distances, indices) of the ``k`` nearest collection rows, nearest first (an independent brute force)."""
+    from sklearn.metrics import pairwise_distances
+
+    d = pairwise_distances(np.atleast_2d(queries), collection, metric=metric)
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, idx, axis=1), idx
+
+
+# Lesson 1: the data.
+@exercise("1.1", tolerance=1e-3, hint="count the bird labels and divide by the number of training images")
+def _(train):
+    return float((train.labels == train.class_names.index("bird")).mean())
+
+
+@exercise("1.2", tolerance=0, hint="every image holds height x width x 3 numbers")
+def _(train):
+    return int(train.images.size)
+
+
+@exercise("1.3", hint="average the pixels of each class's images; answer with a class name")
+def _(train):
+    means = [train.images[train.labels == i].mean() for i in range(len(train.class_names))]
+    return train.class_names[int(np.argmax(means))]
+
+
+# Lesson 2: the raw-pixel classifier.
+@exercise("2.1", tolerance=1e-4, hint="compare the predictions with the true labels and take the mean")
+def _(model, X_test, y_test):
+    return _accuracy(model, X_test, y_test)
+
+
+@exercise("2.2", hint="in the cat row of the confusion matrix, the largest count off the diagonal")
+def _(model, X_test, y_test, class_names):
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(y_test, model.predict(X_test), labels=range(len(class_names)))
+    cat = list(class_names).index("cat")
+    row = matrix[cat].astype(float)
+    row[cat] = -1
+    return class_names[int(row.argmax())]
+
+
+@exercise("2.3", hint='clone the pipeline, set_params(classify__C=C / 100), fit it and compare; answer "up" or "down"')
+def _(model, X_train, y_train, X_test, y_test):
+    from sklearn.base import clone
+
+    smaller = clone(model).set_params(classify__C=model.get_params()["classify__C"] / 100).fit(X_train, y_train)
+    return "up" if _accuracy(smaller, X_test, y_test) > _accuracy(model, X_test, y_test) else "down"
+
+
+# Lesson 3: deep features.
+@exercise("3.1", tolerance=0, hint="look at the shape of feature_model's output")
+def _(feature_model):
+    return int(feature_model.output.shape[-1])
+
+
+@exercise("3.2", tolerance=0, hint="count the right predictions of each model, then subtract")
+def _(deep_predicted, raw_predicted, y_test):
+    y = np.asarray(y_test)
+    return int((np.asarray(deep_predicted) == y).sum() - (np.asarray(raw_predicted) == y).sum())
+
+
+@exercise("3.3", hint="per class: the fraction of its test images predicted right, deep minus raw")
+def _(deep_predicted, raw_predicted, y_test, class_names):
+    y = np.asarray(y_test)
+    gain = [((np.asarray(deep_predicted) == y) & (y == c)).sum() - ((np.asarray(raw_predicted) == y) & (y == c)).sum()
+            for c in range(len(class_names))]
+    return class_names[int(np.argmax(gain))]
+
+
+@exercise("3.4", tolerance=1e-3, hint="train_test_split(..., test_size=0.2, random_state=seed, stratify=labels), "
+                                      "fit a clone of the model on the 80%, score it on the 20%")
+def _(model, X_train, y_train, seed):
+    from sklearn.base import clone
+    from sklearn.model_selection import train_test_split
+
+    fit_x, val_x, fit_y, val_y = train_test_split(X_train, y_train, test_size=0.2, random_state=seed, stratify=y_train)
+    return _accuracy(clone(model).fit(fit_x, fit_y), val_x, val_y)
+
+
+# Lesson 4: retrieval.
+@exercise("4.1", tolerance=1e-3, hint="kneighbors returns the distances first, nearest first")
+def _(query, collection):
+    return float(_nearest(query, collection, 1)[0][0, 0])
+
+
+@exercise("4.2", tolerance=0, hint="kneighbors(..., n_neighbors=5), then compare the neighbours' labels")
+def _(query, query_label, collection, collection_labels):
+    _, idx = _nearest(query, collection, 5)
+    return int((np.asarray(collection_labels)[idx[0]] == query_label).sum())
+
+
+@exercise("4.3", tolerance=1e-3, hint="precision@10: the fraction of the 10 nearest with the query's class, "
+                                      "averaged over all queries; use metric='cosine'")
+def _(queries, query_labels, collection, collection_labels):
+    _, idx = _nearest(queries, collection, 10, metric="cosine")
+    return float((np.asarray(collection_labels)[idx] == np.asarray(query_labels)[:, None]).mean())
+
+
+# Lesson 5: per-class distances.
+@exercise("5.1", tolerance=0, hint="the cat test images whose nearest training image (any class) is a cat")
+def _(f_test, y_test, f_train, y_train, class_names):
+    cat = list(class_names).index("cat")
+    _, idx = _nearest(f_test[np.asarray(y_test) == cat], f_train, 1)
+    return int((np.asarray(y_train)[idx[:, 0]] == cat).sum())
+
+
+@exercise("5.2", tolerance=1e-3, hint="the distance of each dog test image to its nearest training cat, averaged")
+def _(dog_queries, cat_collection):
+    return float(_nearest(dog_queries, cat_collection, 1)[0][:, 0].mean())
+
+
+@exercise("5.3", tolerance=0, hint="kneighbors(n_neighbors=5) on each class's model; average each row's 5 distances")
+def _(dog_queries, f_train, y_train, class_names):
+    y_train = np.asarray(y_train)
+    means = np.stack([_nearest(dog_queries, f_train[y_train == c], 5)[0].mean(axis=1)
+                      for c in range(len(class_names))], axis=1)
+    return int((means.argmin(axis=1) == list(class_names).index("dog")).sum())
+
+
+# Lesson 6: few shots.
+@exercise("6.1", tolerance=1e-3, hint="idx = data.take_per_class(y_train, 10, seed=seed); fit a clone on those rows")
+def _(model, X_train, y_train, X_test, y_test, seed):
+    from sklearn.base import clone
+
+    from .data import take_per_class
+
+    idx = take_per_class(np.asarray(y_train), 10, seed=seed)
+    return _accuracy(clone(model).fit(X_train[idx], np.asarray(y_train)[idx]), X_test, y_test)
+
+
+@exercise("6.2", tolerance=0, hint="the first row of the curve where raw pixels reach deep features' 1-shot value")
+def _(curve):
+    target = curve["deep features"].iloc[0]
+    reached = [s for s in curve.index if curve.loc[s, "raw pixels"] >= target]
+    return int(reached[0]) if reached else 0

@@ -72,3 +72,30 @@ def plot_curves(x: Sequence[float], curves: Mapping[str, Sequence[float]], title
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_embeddings(maps: Mapping[str, np.ndarray], labels: np.ndarray, class_names: Sequence[str],
+                    images: np.ndarray | None = None, thumbnails: int = 12, seed: int = 0,
+                    title: str | None = None) -> plt.Figure:
+    """2-D maps (e.g. t-SNE) side by side, points coloured by class, with a few images drawn at their points."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(6 * len(maps), 5.4), squeeze=False)
+    picks = np.random.default_rng(seed).choice(len(labels), size=min(thumbnails, len(labels)), replace=False)
+    for ax, (name, points) in zip(axes[0], maps.items()):
+        for c, class_name in enumerate(class_names):
+            member = np.asarray(labels) == c
+            ax.scatter(points[member, 0], points[member, 1], s=6, alpha=0.6, label=class_name)
+        if images is not None:
+            for i in picks:  # the same images on every map, so you can follow them
+                thumb = OffsetImage(images[i], zoom=0.9)
+                ax.add_artist(AnnotationBbox(thumb, points[i], frameon=True, pad=0.1,
+                                             bboxprops={"edgecolor": f"C{int(labels[i])}", "linewidth": 2}))
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(markerscale=3, loc="best", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,120 @@
+"""utils.checks: every exercise the notebooks use is registered; right answers pass, wrong ones fail, and the
+expected value is never printed. (The notebooks' Solutions sections, run by test_notebooks, check the rest.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from utils import checks
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+CHECK_CALL = re.compile(r"""checks\.check\(\s*["'](\d+\.\d+)["']""")
+CLASSES = ["automobile", "bird", "cat", "dog"]
+
+
+def ids_in(cells) -> list[str]:
+    return [i for cell in cells if cell.cell_type == "code" for i in CHECK_CALL.findall(cell.source)]
+
+
+@pytest.mark.parametrize("lesson", range(1, 7))
+def test_every_check_of_lessons_1_to_6_is_registered_and_has_a_solution(lesson: int) -> None:
+    path = next(NOTEBOOKS.glob(f"{lesson:02d}_*.ipynb"))
+    nb = nbformat.read(path, as_version=4)
+    solutions = [c for c in nb.cells if "solution" in c.get("metadata", {}).get("tags", [])]
+    exercises = [c for c in nb.cells if c not in solutions]
+    asked, solved = ids_in(exercises), ids_in(solutions)
+    assert asked, f"{path.name} has no exercise"
+    assert all(i.startswith(f"{lesson}.") for i in asked), asked
+    assert set(asked) <= set(checks.EXERCISES), f"not registered: {set(asked) - set(checks.EXERCISES)}"
+    assert sorted(asked) == sorted(solved), f"{path.name}: exercises {asked} vs solutions {solved}"
+    registered = sorted(i for i in checks.EXERCISES if i.startswith(f"{lesson}."))
+    assert registered == sorted(asked), f"registered but unused: {set(registered) - set(asked)}"
+    for cell in exercises:  # an exercise cell holds the answer slot and the check, never the expected value
+        if CHECK_CALL.search(cell.source):
+            assert re.search(r"^answer = \.\.\.$", cell.source, re.M), cell.source
+
+
+def test_unknown_id_raises_even_before_an_answer() -> None:
+    with pytest.raises(KeyError, match="unknown exercise '9.9'"):
+        checks.check("9.9", 1)
+    with pytest.raises(KeyError, match="unknown exercise"):
+        checks.check("9.9", ...)
+    with pytest.raises(KeyError, match="unknown exercise"):
+        checks.expected_answer("9.9")
+
+
+def test_registering_twice_is_an_error() -> None:
+    with pytest.raises(ValueError, match="registered twice"):
+        checks.exercise("1.1")(lambda: 0)
+
+
+@pytest.fixture
+def toy() -> SimpleNamespace:
+    """A 4-class toy run: 8 'images' per class, with features that separate the classes."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 8)
+    images = (rng.integers(0, 200, (32, 4, 4, 3)) + 10 * labels[:, None, None, None]).astype(np.uint8)
+    feats = rng.normal(size=(32, 6)) + 3 * np.eye(4, 6)[labels]
+    queries = rng.normal(size=(12, 6)) + 3 * np.eye(4, 6)[np.repeat(np.arange(4), 3)]
+    train = SimpleNamespace(images=images, labels=labels, class_names=CLASSES)
+    model = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(C=1.0, max_iter=500))])
+    return SimpleNamespace(train=train, labels=labels, feats=feats, queries=queries,
+                           query_labels=np.repeat(np.arange(4), 3), model=model.fit(feats, labels))
+
+
+def cases(t: SimpleNamespace) -> list[tuple[str, dict, object, object]]:
+    """(id, objects, a right answer computed independently, a wrong answer)."""
+    bright = [t.train.images[t.labels == c].mean() for c in range(4)]
+    d = np.linalg.norm(t.queries[:, None] - t.feats[None], axis=2)
+    dog_q, cats = t.queries[t.query_labels == 3], t.feats[t.labels == 2]
+    accuracy = float((t.model.predict(t.queries) == t.query_labels).mean())
+    curve = pd.DataFrame({"deep features": [0.6, 0.7, 0.8], "raw pixels": [0.3, 0.5, 0.65]}, index=[1, 2, 5])
+    return [
+        ("1.1", {"train": t.train}, 0.25, 0.3),
+        ("1.2", {"train": t.train}, 32 * 4 * 4 * 3, 32 * 4 * 4),
+        ("1.3", {"train": t.train}, CLASSES[int(np.argmax(bright))], CLASSES[int(np.argmin(bright))]),
+        ("2.1", {"model": t.model, "X_test": t.queries, "y_test": t.query_labels}, accuracy, accuracy - 0.2),
+        ("3.2", {"deep_predicted": np.array([0, 1, 2, 3]), "raw_predicted": np.array([0, 0, 0, 0]),
+                 "y_test": np.array([0, 1, 2, 2])}, 2, 3),
+        ("4.1", {"query": t.queries[0], "collection": t.feats}, d[0].min(), d[0].min() + 0.01),
+        ("4.2", {"query": t.queries[0], "query_label": 0, "collection": t.feats, "collection_labels": t.labels},
+         int((t.labels[np.argsort(d[0])[:5]] == 0).sum()), 6),
+        ("5.2", {"dog_queries": dog_q, "cat_collection": cats},
+         np.linalg.norm(dog_q[:, None] - cats[None], axis=2).min(axis=1).mean(), 0.0),
+        ("6.2", {"curve": curve}, 5, 2),
+    ]
+
+
+def test_right_answers_pass_and_wrong_ones_fail_without_revealing(toy, capsys) -> None:
+    for exercise_id, objects, right, wrong in cases(toy):
+        assert checks.check(exercise_id, right, **objects) is True, exercise_id
+        assert checks.check(exercise_id, wrong, **objects) is False, exercise_id
+        out = capsys.readouterr().out
+        assert "correct" in out and "not quite" in out and "Hint:" in out
+        if not isinstance(right, str):
+            assert f"{float(right):.3f}" not in out.replace(f"[{exercise_id}]", "")
+        assert checks.check(exercise_id, ..., **objects) is None
+        assert checks.check(exercise_id, None, **objects) is None
+        assert "not answered" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("answer, verdict", [("  Dog ", True), ("dog", True), ("cat", False), (3, False),
+                                             ([1, 2], False)])
+def test_text_answers_ignore_case_and_spaces(answer, verdict) -> None:
+    assert checks._same(answer, "dog", 0) is verdict
+
+
+def test_numeric_tolerance_and_shapes() -> None:
+    assert checks._same(0.81234, 0.8123, 1e-3) and not checks._same(0.7, 0.8123, 1e-3)
+    assert checks._same([1, 2, 3], np.array([1, 2, 3]), 0) and not checks._same([1, 2], np.array([1, 2, 3]), 0)
+    assert not checks._same("lots", 0.8, 1e-3)
