@@ -64,6 +64,14 @@ def metric(results: Mapping[str, Any], key: str, beside: str | None = None, with
     return None
 
 
+def _count(correct: Any, total: Any) -> str:
+    return f"{correct}/{total}" if correct is not None else MISSING
+
+
+def _pair(a: Any, b: Any) -> str:
+    return MISSING if a is None and b is None else f"{_fmt(a)} / {_fmt(b)}"
+
+
 def _ratio(a: Any, b: Any) -> float | None:
     try:
         return float(a) / float(b)
@@ -87,11 +95,19 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
         ["Raw-pixel classifier accuracy", _fmt(metric(results, "raw_pixel_accuracy")), _fmt(raw_classic)],
         ["Deep-feature classifier accuracy", _fmt(metric(results, "deep_feature_accuracy")),
          _fmt(classic.get("deep_feature_accuracy"))],
-        ["Dog test images whose 1-NN is a dog",
-         f"{dog_correct}/{dog_count}" if dog_correct is not None else MISSING, "{}/{}".format(*classic_dog)],
+        ["Dog test images whose 1-NN is a dog (Euclidean)", _count(dog_correct, dog_count),
+         "{}/{}".format(*classic_dog)],
         ["Dog 1-NN accuracy", _fmt(metric(results, "dog_1nn_accuracy") or _ratio(dog_correct, dog_count)),
          _fmt(_ratio(*classic_dog))],
-        ["Retrieval: same-class rate", _fmt(metric(results, "retrieval_same_class_rate")), MISSING],
+        ["Dog test images whose 1-NN is a dog, cosine distance", _count(metric(results, "dog_1nn_correct_cosine"),
+                                                                     dog_count), MISSING],
+        [f"Dog test images whose 1-NN is a dog, {metric(results, 'knn_metric') or 'CV-chosen'} distance "
+         "(chosen by cross-validation on the training images)",
+         _count(metric(results, "dog_1nn_correct_chosen"), dog_count), MISSING],
+        ["Retrieval precision@5, Euclidean / cosine", _pair(metric(results, "precision_at_5_euclidean"),
+                                                             metric(results, "precision_at_5_cosine")), MISSING],
+        ["Retrieval mean average precision, Euclidean / cosine",
+         _pair(metric(results, "map_euclidean"), metric(results, "map_cosine")), MISSING],
         ["Deep feature dimension", _fmt(metric(results, "feature_dim")), MISSING],
     ], columns=["Measure", "This run", "Classic course"])}
 
@@ -111,7 +127,7 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     if classes:
         tables["Per-class accuracy"] = pd.DataFrame(
             [[c, _fmt(raw.get(c)), _fmt(deep.get(c)), _fmt(nn.get(c))] for c in classes],
-            columns=["Class", "Raw pixels", "Deep features", "1-NN"])
+            columns=["Class", "Raw pixels", "Deep features", f"1-NN ({metric(results, 'knn_metric') or 'Euclidean'})"])
 
     few = _mapping(metric(results, "few_shot"))
     shots = few.get("shots")
@@ -121,13 +137,13 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
             [[_fmt(s), _fmt(_at(raw_curve, i)), _fmt(_at(deep_curve, i))] for i, s in enumerate(shots)],
             columns=["Shots per class", "Raw pixels", "Deep features"])
 
-    for key, heading, column in (("backbone_comparison", "Backbone comparison", "Backbone"),
-                                 ("image_size_comparison", "Input size comparison (main backbone)",
-                                  "Image size (px)")):
+    for key, heading, column, value in (
+            ("backbone_comparison", "Backbone comparison", "Backbone", "Deep-feature test accuracy"),
+            ("image_size_cv_accuracy", "Input size (main backbone), chosen on the training images",
+             "Image size (px)", "Mean cross-validation accuracy on the training images")):
         found = _mapping(metric(results, key))
         if found:
-            tables[heading] = pd.DataFrame([[str(k), _fmt(v)] for k, v in found.items()],
-                                           columns=[column, "Deep-feature accuracy"])
+            tables[heading] = pd.DataFrame([[str(k), _fmt(v)] for k, v in found.items()], columns=[column, value])
 
     run = _mapping(results.get("run"))
     info = [[key.replace("_", " "), _fmt(metric(results, key))] for key in RUN_KEYS]

@@ -140,7 +140,8 @@ def test_results_md_beside_classic(built: dict) -> None:
     rows = _rows((built["build"] / "results.md").read_text())
     assert rows["Raw-pixel classifier accuracy"] == ["0.500", "0.47–0.48"]
     assert rows["Deep-feature classifier accuracy"] == ["—", "0.788"]  # missing, no crash
-    assert rows["Dog test images whose 1-NN is a dog"] == ["9/12", "678/1000"]
+    assert rows["Dog test images whose 1-NN is a dog (Euclidean)"] == ["9/12", "678/1000"]
+    assert rows["Retrieval mean average precision, Euclidean / cosine"] == ["—", "—"]  # not in the fake run
     assert rows["cat"] == ["0.250", "—", "0.500"]
     assert rows["backbone"] == ["efficientnet_lite0"] and rows["image size"] == ["96"]
     assert "Linear probe vs fine-tuned" not in (built["build"] / "results.md").read_text()
@@ -153,11 +154,15 @@ def test_report_finds_metrics_by_name_not_lesson_number() -> None:
         "04_raw": {"raw_pixel_accuracy": 0.4, "per_class_accuracy": {"cat": 0.3}},
         "09_nn": {"dog_1nn_correct": 3, "dog_test_count": 4, "per_class_1nn_accuracy": {"cat": 0.6}},
         "12_tune": {"linear_probe_accuracy": 0.81, "fine_tuned_accuracy": 0.86},
+        "10_retrieval": {"map_euclidean": 0.49, "map_cosine": 0.52},
+        "11_size": {"image_size_cv_accuracy": {"128": 0.81, "224": 0.83}},
     }}
     markdown = report.tables_markdown(report.results_tables(results))
     rows = _rows(markdown)
     assert rows["Deep-feature classifier accuracy"][0] == "0.900" and rows["Dog 1-NN accuracy"][0] == "0.750"
     assert rows["cat"] == ["0.300", "0.800", "0.600"]
+    assert rows["Retrieval mean average precision, Euclidean / cosine"] == ["0.490 / 0.520", "—"]
+    assert rows["224"] == ["0.830"] and "chosen on the training images" in markdown
     assert "## Linear probe vs fine-tuned" in markdown
     assert rows["Linear probe (frozen backbone)"] == ["0.810"] and rows["Fine-tuned"] == ["0.860"]
     only_probe = report.results_tables({"metrics": {"07_x": {"linear_probe_accuracy": 0.5}}})
