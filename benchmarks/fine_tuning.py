@@ -45,6 +45,7 @@ def run(name: str, parameters: dict, score_test: bool) -> dict:
                                    cwd=str(REPO / "notebooks"), progress_bar=False)
         m = json.loads(metrics_path.read_text())
     row = {"variant": name, "validation accuracy": round(m["fine_tuned_validation_accuracy"], 3),
+           "best epoch validation (no flip TTA)": round(m["best_epoch_validation_accuracy"], 3),
            "frozen head validation": round(m["frozen_head_validation_accuracy"], 3),
            "epochs": m["fine_tune_epochs_run"], "fine-tune s": round(m["fine_tune_seconds"]),
            "fine-tune CPU s": round(m["fine_tune_cpu_seconds"]), "notebook s": round(time.perf_counter() - start),
