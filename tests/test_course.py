@@ -29,7 +29,7 @@ NETWORK_PARAMETERS = {"backbone", "image_size"}
 NETWORK_FREE_LESSONS = {"02_raw_pixel_classifier"}  # raw pixels: no network, nothing to size for one
 EXPECTED_NOTEBOOKS = ["01_explore_data", "02_raw_pixel_classifier",
                       "03_deep_features_classifier", "04_image_retrieval",
-                      "05_per_class_distances", "06_few_shot_recognizer"]
+                      "05_per_class_distances", "06_few_shot_recognizer", "07_fine_tuning"]
 
 
 # --------------------------------------------------------------------------- metrics
