@@ -11,6 +11,8 @@ activations (``flip=True``).
   backbone that :func:`utils.features.featurize_images` uses).
 * :meth:`SplitBackbone.activations`: the bottom's activations of uint8 images, cached on disk as float16.
 * :func:`cpu_has_bf16` / :func:`compute_dtype`: bfloat16 mixed precision only where the CPU computes it natively.
+  Native is not enough to be faster: on an AVX512-BF16 CPU (AMD EPYC, TensorFlow 2.21) a training step of lite0's
+  top blocks took 1.6-1.7x the CPU time of float32 (``benchmarks/fine_tuning.py``), so lesson 7 uses float32.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_has_bf16() -> bool:
-    """True when the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX): only there is bf16 worth it."""
+    """True when the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
