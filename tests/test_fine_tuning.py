@@ -36,6 +36,8 @@ def test_bottom_then_top_is_the_whole_feature_model(net, first_top_block) -> Non
 
 def test_split_rejects_a_block_out_of_range(net) -> None:
     assert fine_tuning.block_count(net.feature_model) == 16
+    assert fine_tuning.stage_starts(net.feature_model) == [0, 1, 3, 5, 8, 11, 15]
+    assert fine_tuning.split_backbone(net).first_top_block == 11  # default: the top two stages
     with pytest.raises(ValueError, match="between 0 and 15"):
         fine_tuning.split_backbone(net, 16)
 
@@ -100,6 +102,7 @@ def test_notebook_fine_tunes_above_the_frozen_head(tmp_path, course_data_dir) ->
     assert m["fine_tuned_validation_accuracy"] > m["frozen_head_validation_accuracy"]
     assert len(m["fine_tune_curves"]["val_accuracy"]) == len(m["fine_tune_curves"]["loss"]) == m["fine_tune_epochs_run"]
     assert len(m["head_curves"]["val_accuracy"]) == m["head_epochs_run"]
+    assert m["top_blocks_from"] == 11
     assert 1 <= m["fine_tune_epochs_run"] <= m["fine_tune_epochs"]
     assert m["best_epoch_validation_accuracy"] == pytest.approx(max(m["fine_tune_curves"]["val_accuracy"]), abs=1e-6)
     assert m["reload_difference"] < 1e-5 and model_path.is_file()

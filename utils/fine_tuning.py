@@ -45,6 +45,12 @@ def block_count(model: "keras.Model") -> int:
     return max(indices) + 1 if indices else 0
 
 
+def stage_starts(model: "keras.Model") -> list[int]:
+    """Index of the first block of each stage (a run of blocks with the same output width) of EfficientNet-Lite."""
+    widths = [int(model.get_layer(f"blocks_{i}_project_conv").kernel.shape[-1]) for i in range(block_count(model))]
+    return [i for i, w in enumerate(widths) if i == 0 or w != widths[i - 1]]
+
+
 def cpu_flags() -> set[str]:
     """The CPU feature flags of this machine (from ``/proc/cpuinfo``; empty where it does not exist)."""
     try:
@@ -159,8 +165,9 @@ class SplitBackbone:
         return out.astype(np.float32)
 
 
-def split_backbone(backbone: Backbone, first_top_block: int, dtype: str = "float32") -> SplitBackbone:
-    """Cut an EfficientNet-Lite backbone before block ``first_top_block`` (counting from 0).
+def split_backbone(backbone: Backbone, first_top_block: int | None = None, dtype: str = "float32") -> SplitBackbone:
+    """Cut an EfficientNet-Lite backbone before block ``first_top_block`` (counting from 0; ``None``: the first
+    block of the second-to-last stage, i.e. the top two stages are fine-tuned: block 11 of lite0, 15 of lite2).
 
     ``bottom`` maps [0, 255] images to the activations entering that block; ``top`` maps those activations to the
     pooled features, through the remaining blocks and the head convolution. Both hold a copy of the weights; ``top``
@@ -174,6 +181,8 @@ def split_backbone(backbone: Backbone, first_top_block: int, dtype: str = "float
     if n_blocks == 0:
         raise ValueError(f"{backbone.name} is not an EfficientNet-Lite backbone: it cannot be split into blocks "
                          f"here (use efficientnet_lite0/1/2)")
+    if first_top_block is None:
+        first_top_block = stage_starts(model)[-2]
     if not 0 <= first_top_block < n_blocks:
         raise ValueError(f"first_top_block must be between 0 and {n_blocks - 1} for {backbone.name}, "
                          f"got {first_top_block}")
