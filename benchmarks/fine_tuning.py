@@ -50,7 +50,8 @@ def run(name: str, parameters: dict, score_test: bool) -> dict:
            "epochs": m["fine_tune_epochs_run"], "fine-tune s": round(m["fine_tune_seconds"]),
            "fine-tune CPU s": round(m["fine_tune_cpu_seconds"]), "notebook s": round(time.perf_counter() - start),
            "kernel CPU s": round(m["cpu_seconds"]), "load avg": round(os.getloadavg()[0], 1),
-           "test accuracy": round(m["fine_tuned_accuracy"], 3) if score_test else None}
+           "test accuracy": round(m["fine_tuned_accuracy"], 3) if score_test else None,
+           "linear probe test accuracy": round(m["linear_probe_accuracy"], 3) if score_test else None}
     print(json.dumps(row), flush=True)
     return row
 
@@ -69,6 +70,7 @@ def main() -> int:
         previous = next((r for r in rows if r["variant"] == name), {})
         if row["test accuracy"] is None:  # keep a test figure measured earlier for the same variant
             row["test accuracy"] = previous.get("test accuracy")
+            row["linear probe test accuracy"] = previous.get("linear probe test accuracy")
         rows = [r for r in rows if r["variant"] != name] + [row]
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps({"cpu": os.cpu_count(), "variants": rows}, indent=1) + "\n")

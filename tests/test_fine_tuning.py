@@ -119,6 +119,6 @@ def test_notebook_fine_tunes_above_the_frozen_head(tmp_path, course_data_dir) ->
         assert "correct" in "".join(o.get("text", "") for o in cell.outputs)
 
 
-# 60 images per class: a validation split of 48 images, where one image is 2%; a livelier learning rate than at
-# full size, so that a few epochs on 96-px activations move the top blocks.
-SMALL_RUN = {"n_train_per_class": 60, "n_test_per_class": 12, "image_size": 96, "fine_tune_learning_rate": 3e-4}
+# 60 images per class at 128 px: a validation split of 48 images (one image is 2%). At this size the margin over
+# the frozen head is small (one or two validation images) and settings matter; at full size it is 3-5 points.
+SMALL_RUN = {"n_train_per_class": 60, "n_test_per_class": 12, "image_size": 128}
