@@ -114,8 +114,11 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     probe, tuned = metric(results, "linear_probe_accuracy"), metric(results, "fine_tuned_accuracy")
     if probe is not None or tuned is not None:  # the fine-tuning lesson ran
         tables["Linear probe vs fine-tuned"] = pd.DataFrame(
-            [["Linear probe (frozen backbone)", _fmt(probe)], ["Fine-tuned", _fmt(tuned)]],
-            columns=["Model", "Test accuracy"])
+            [["Linear probe (frozen backbone)", _fmt(metric(results, "probe_validation_accuracy")), _fmt(probe)],
+             ["Frozen backbone, Keras head", _fmt(metric(results, "frozen_head_validation_accuracy")), MISSING],
+             [f"Fine-tuned (from block {_fmt(metric(results, 'top_blocks_from'))})",
+              _fmt(metric(results, "fine_tuned_validation_accuracy")), _fmt(tuned)]],
+            columns=["Model", "Validation accuracy (chooses)", "Test accuracy (scored once)"])
 
     raw = _mapping(metric(results, "raw_pixel_per_class_accuracy")
                    or metric(results, "per_class_accuracy", beside="raw_pixel_accuracy",

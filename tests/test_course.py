@@ -153,7 +153,8 @@ def test_report_finds_metrics_by_name_not_lesson_number() -> None:
         "01_deep": {"deep_feature_accuracy": 0.9, "raw_pixel_accuracy": 0.4, "per_class_accuracy": {"cat": 0.8}},
         "04_raw": {"raw_pixel_accuracy": 0.4, "per_class_accuracy": {"cat": 0.3}},
         "09_nn": {"dog_1nn_correct": 3, "dog_test_count": 4, "per_class_1nn_accuracy": {"cat": 0.6}},
-        "12_tune": {"linear_probe_accuracy": 0.81, "fine_tuned_accuracy": 0.86},
+        "12_tune": {"linear_probe_accuracy": 0.81, "fine_tuned_accuracy": 0.86, "fine_tuned_validation_accuracy": 0.87,
+                    "top_blocks_from": 11},
         "10_retrieval": {"map_euclidean": 0.49, "map_cosine": 0.52},
         "11_size": {"image_size_cv_accuracy": {"128": 0.81, "224": 0.83}},
     }}
@@ -164,9 +165,9 @@ def test_report_finds_metrics_by_name_not_lesson_number() -> None:
     assert rows["Retrieval mean average precision, Euclidean / cosine"] == ["0.490 / 0.520", "—"]
     assert rows["224"] == ["0.830"] and "chosen on the training images" in markdown
     assert "## Linear probe vs fine-tuned" in markdown
-    assert rows["Linear probe (frozen backbone)"] == ["0.810"] and rows["Fine-tuned"] == ["0.860"]
+    assert rows["Linear probe (frozen backbone)"] == ["—", "0.810"] and rows["Fine-tuned (from block 11)"] == ["0.870", "0.860"]
     only_probe = report.results_tables({"metrics": {"07_x": {"linear_probe_accuracy": 0.5}}})
-    assert only_probe["Linear probe vs fine-tuned"]["Test accuracy"].tolist() == ["0.500", "—"]
+    assert only_probe["Linear probe vs fine-tuned"]["Test accuracy (scored once)"].tolist() == ["0.500", "—", "—"]
 
 
 def test_report_survives_missing_and_odd_metrics() -> None:

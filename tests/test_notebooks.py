@@ -20,7 +20,7 @@ from utils import data, features
 
 pytestmark = pytest.mark.slow
 LESSONS = ["01_explore_data", "02_raw_pixel_classifier", "03_deep_features_classifier", "04_image_retrieval",
-           "05_per_class_distances", "06_few_shot_recognizer"]
+           "05_per_class_distances", "06_few_shot_recognizer", "07_fine_tuning"]
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +187,15 @@ def test_few_shot_curve_rises_and_deep_features_win(run) -> None:
     assert (deep > raw).mean() >= 0.75
     recognizer = run["metrics"]["06_few_shot_recognizer"]["recognizer"]
     assert recognizer["classes"] == list(data.COURSE_CLASSES) and recognizer["images"] == 20
+
+
+def test_fine_tuning_reports_the_probe_beside_the_fine_tuned_model(run) -> None:
+    m = run["metrics"]["07_fine_tuning"]  # accuracy vs the frozen head: tests/test_fine_tuning.py (more images)
+    assert m["linear_probe_accuracy"] == pytest.approx(
+        run["metrics"]["03_deep_features_classifier"]["deep_feature_accuracy"], abs=1e-3)
+    assert 0.25 < m["fine_tuned_accuracy"] <= 1
+    assert len(m["fine_tune_curves"]["loss"]) == m["fine_tune_epochs_run"] >= 1
+    assert m["reload_difference"] < 1e-5
 
 
 def test_results_report_collects_the_headline_figures(run) -> None:

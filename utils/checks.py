@@ -223,3 +223,18 @@ def _(curve):
     target = curve["deep features"].iloc[0]
     reached = [s for s in curve.index if curve.loc[s, "raw pixels"] >= target]
     return int(reached[0]) if reached else 0
+
+
+# ---- Lesson 7: fine-tuning ----
+
+@exercise("7.1", tolerance=0, hint="multiply the height, width and channels of the activation shape")
+def _(activation_shape):
+    return int(np.prod(activation_shape))
+
+
+@exercise("7.2", tolerance=0, hint="count images where fine_tuned_predicted == y_test and probe_predicted != y_test")
+def _(fine_tuned_predicted, probe_predicted, labels):
+    if fine_tuned_predicted is None or probe_predicted is None:
+        raise ValueError("the test set was not scored: run with score_test = True")
+    labels = np.asarray(labels)
+    return int(((np.asarray(fine_tuned_predicted) == labels) & (np.asarray(probe_predicted) != labels)).sum())
