@@ -89,15 +89,15 @@ def test_lesson_7_checks() -> None:
 def test_notebook_fine_tunes_above_the_frozen_head(tmp_path, course_data_dir) -> None:
     import papermill
 
-    from utils import course
+    from instructor import NOTEBOOK_DIR
 
     metrics_path = tmp_path / "metrics.json"
     model_path = tmp_path / "model.keras"
     papermill.execute_notebook(
-        str(course.NOTEBOOK_DIR / "07_fine_tuning.ipynb"), str(tmp_path / "out.ipynb"),
+        str(NOTEBOOK_DIR / "07_fine_tuning.ipynb"), str(tmp_path / "out.ipynb"),
         parameters=dict(SMALL_RUN, data_dir=str(course_data_dir), metrics_path=str(metrics_path),
                         model_path=str(model_path)),
-        cwd=str(course.NOTEBOOK_DIR), progress_bar=False)
+        cwd=str(NOTEBOOK_DIR), progress_bar=False)
     m = json.loads(metrics_path.read_text())
     assert m["fine_tuned_validation_accuracy"] > m["frozen_head_validation_accuracy"]
     assert len(m["fine_tune_curves"]["val_accuracy"]) == len(m["fine_tune_curves"]["loss"]) == m["fine_tune_epochs_run"]
