@@ -61,19 +61,24 @@ def student_copies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(paths: list[Path], check: bool, words: tuple[str, str], command: str, all_good: str) -> int:
+    """Print each file found (``words``: as --check says it, as a fix says it); 1 when --check found any."""
+    for path in paths:
+        print(f"{words[0] if check else words[1]}: {path}")
+    if check and paths:
+        print(f"run: python -m instructor {command}", file=sys.stderr)
+        return 1
+    if not paths:
+        print(all_good)
+    return 0
+
+
 def clean(args: argparse.Namespace) -> int:
     """Clean (or with --check, check) the notebooks; 1 when --check finds a dirty one."""
     from .notebooks import clean_notebooks
 
     dirty = clean_notebooks(args.folder, check_only=args.check)
-    for path in dirty:
-        print(f"{'not clean' if args.check else 'cleaned'}: {path}")
-    if args.check and dirty:
-        print("run: python -m instructor clean-notebooks", file=sys.stderr)
-        return 1
-    if not dirty:
-        print("notebooks are clean")
-    return 0
+    return _report(dirty, args.check, ("not clean", "cleaned"), "clean-notebooks", "notebooks are clean")
 
 
 def sync(args: argparse.Namespace) -> int:
@@ -82,14 +87,8 @@ def sync(args: argparse.Namespace) -> int:
 
     readme = REPO / "README.md" if args.folder.resolve() == NOTEBOOK_DIR else None  # another folder: its own cells only
     changed = sync_notebooks(args.folder, readme=readme, check_only=args.check)
-    for path in changed:
-        print(f"{'out of date' if args.check else 'updated'}: {path}")
-    if args.check and changed:
-        print("run: python -m instructor sync-notebooks", file=sys.stderr)
-        return 1
-    if not changed:
-        print(f"install cells and launch links are up to date (repository: {repository_url() or 'not set'})")
-    return 0
+    return _report(changed, args.check, ("out of date", "updated"), "sync-notebooks",
+                   f"install cells and launch links are up to date (repository: {repository_url() or 'not set'})")
 
 
 def build_parser() -> argparse.ArgumentParser:
