@@ -349,3 +349,17 @@ def test_a_fresh_process_with_the_model_cached_imports_neither_tensorflow_nor_ke
                           env={**os.environ, "PYTHONPATH": str(Path(features.__file__).parents[1])})
     assert done.stdout.strip() == "[]", done.stdout
     np.testing.assert_array_equal(np.load(out), want)
+
+
+def test_without_ai_edge_litert_the_cached_model_runs_in_tensorflows_interpreter(
+        photo_files: list[Path], fresh_handles, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not fast_inference.fast_path_enabled():
+        pytest.skip("DEEP_FEATURES_FAST is off: the Keras path is asked for")
+    want = featurize_files(photo_files[:2], image_size=SIZE, use_cache=False).features
+    backbones.backbone_handle.cache_clear()
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails: tf.lite.Interpreter
+    monkeypatch.setattr(backbones, "load_backbone", _no_keras)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        got = featurize_files(photo_files[:2], image_size=SIZE, use_cache=False).features
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .runtime import atomic_write, cache_root, native_stderr_silenced, package_version
+from .runtime import atomic_write, cache_root, import_tensorflow_quietly, native_stderr_silenced, package_version
 
 if TYPE_CHECKING:
     from .backbones import Backbone, BackboneHandle
@@ -123,9 +123,8 @@ def calibration_images(input_hw: tuple[int, int], count: int = 64) -> np.ndarray
 def _interpreter_class():
     try:  # TensorFlow's own tf.lite.Interpreter is deprecated in favour of this package
         from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
+    except ImportError:  # TensorFlow may not be imported yet (a cached model needs no Keras): import it quietly
+        tf = import_tensorflow_quietly()
         Interpreter = tf.lite.Interpreter  # AttributeError once TensorFlow drops it: the caller falls back
     return Interpreter
 
