@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py scale  [--sizes 1000 4000 16000] [--json out.json]
     python benchmarks/scale.py resume [--files 4000] [--kill-at 0.7] [--json out.json]
+    python benchmarks/scale.py startup [--files 1000] [--kill-at 0.7] [--before DIR] [--repeats 2] [--json out.json]
 
 Every run is a fresh Python process featurizing a folder of real course JPEGs (symlinks to distinct files of
 ``$DEEP_FEATURES_DATA``: test images first, then training images) with ``utils.features.featurize_files`` at the
@@ -13,6 +14,13 @@ resident memory (``ru_maxrss``), and the wall time of the whole process (start-u
 empty cache, a run SIGKILLed as soon as it reports ``--kill-at`` of the files done, and its rerun. The rerun's
 time is given as a fraction of the full run's, its features are compared with the full run's, and the skipped
 files it names are listed.
+
+``startup``: what a user of ``python -m utils featurize FOLDER`` waits for on a small folder, where start-up
+dominates. Per code version (this checkout, and ``--before DIR``: another checkout, e.g. ``git archive <commit>``
+unpacked), round-robin ``--repeats`` times: a full run into an empty feature cache, the same command again (warm:
+every chunk cached), a run SIGKILLed at ``--kill-at`` and the CLI's rerun, and the time to the first feature of
+one new file in a fresh process. Each figure is the whole process: wall seconds and CPU seconds (user + system,
+from the children's rusage) and peak RSS.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ DATA_DIR = Path(os.environ.get("DEEP_FEATURES_DATA", "/work/shared/data/cifar10-
 
 def child(list_file: Path, output: Path) -> None:
     """Featurize the files listed in ``list_file``; progress lines on stdout, a JSON summary line at the end."""
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, os.environ.get("SCALE_CODE", str(REPO)))
     from utils.features import featurize_files
 
     paths = list_file.read_text().splitlines()
@@ -83,11 +91,12 @@ def fresh_cache(root: Path, warm: Path, name: str) -> Path:
     return cache
 
 
-def run_child(paths: list[Path], cache: Path, work: Path, kill_at: float | None = None) -> dict:
+def run_child(paths: list[Path], cache: Path, work: Path, kill_at: float | None = None, code: Path = REPO) -> dict:
     list_file = work / f"list-{len(paths)}.txt"
     list_file.write_text("\n".join(map(str, paths)))
     output = work / f"features-{cache.name}.npy"
-    env = {**os.environ, "DEEP_FEATURES_CACHE": str(cache), "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "DEEP_FEATURES_CACHE": str(cache), "PYTHONPATH": str(code), "SCALE_CODE": str(code),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "child", str(list_file), str(output)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -166,6 +175,107 @@ def resume(args: argparse.Namespace) -> dict:
     return doc
 
 
+def _timed(command: list[str], env: dict[str, str], code: Path, marker: str | None = None) -> dict:
+    """Run ``command`` to its end: wall, CPU (user + system) and peak RSS of that process (``wait4``); with
+    ``marker``, also the wall time until it prints a line starting with ``marker``. It runs in ``code``: ``-m`` and
+    ``-c`` put the working folder first on ``sys.path``, so that checkout's ``utils`` is the one imported."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(command, env=env, cwd=code, stdout=subprocess.PIPE, stderr=err, text=True)
+        row: dict = {}
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if marker and line.startswith(marker) and "first_feature_s" not in row:
+                row["first_feature_s"] = time.perf_counter() - start
+            elif line.startswith("modules "):
+                row["heavy_modules_imported"] = line.split(" ", 1)[1].strip()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        row["wall_s"] = time.perf_counter() - start
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{command} failed: {err.read()[-2000:]}")
+    row["cpu_s"] = usage.ru_utime + usage.ru_stime
+    row["peak_rss_mb"] = usage.ru_maxrss / 1024
+    return row
+
+
+FIRST_FEATURE = """
+import sys
+from utils.features import featurize_files
+r = featurize_files([sys.argv[1]], use_cache=False, progress=False)
+print("first", r.features.shape, flush=True)
+print("modules", sorted(m for m in ("tensorflow", "keras") if m in sys.modules), flush=True)
+"""
+
+
+def startup(args: argparse.Namespace) -> dict:
+    warm = warm_cache()
+    versions = {"after": REPO} | ({"before": args.before.resolve()} if args.before else {})
+    rows: dict[str, list[dict]] = {name: [] for name in versions}
+    with tempfile.TemporaryDirectory(prefix="startup-") as tmp:
+        work = Path(tmp)
+        paths = make_folder(work, args.files)
+        folder = paths[0].parent
+        one_new = work / "one-new.jpg"  # a file no run has featurized: the first feature is computed
+        shutil.copy(course_files(args.files + 1)[-1], one_new)
+        features: dict[str, np.ndarray] = {}
+        for rep in range(args.repeats):
+            for name, code in versions.items():
+                env = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2"}
+                tag = f"{name}-{rep}"
+                cli = [sys.executable, "-m", "utils", "featurize", str(folder)]
+                cache = fresh_cache(work, warm, f"cache-full-{tag}")
+                env_full = {**env, "DEEP_FEATURES_CACHE": str(cache)}
+                full = _timed(cli + ["--output", str(work / f"full-{tag}.npz")], env_full, code)
+                warm_run = _timed(cli + ["--output", str(work / f"warm-{tag}.npz")], env_full, code)
+                killed_cache = fresh_cache(work, warm, f"cache-killed-{tag}")
+                killed = run_child(paths, killed_cache, work, kill_at=args.kill_at, code=code)
+                rerun = _timed(cli + ["--output", str(work / f"rerun-{tag}.npz")],
+                               {**env, "DEEP_FEATURES_CACHE": str(killed_cache)}, code)
+                first = _timed([sys.executable, "-c", FIRST_FEATURE, str(one_new)],
+                               {**env, "DEEP_FEATURES_CACHE": str(cache)}, code, marker="first")
+                outputs = {k: np.load(work / f"{k}-{tag}.npz")["features"] for k in ("full", "warm", "rerun")}
+                features.setdefault(name, outputs["full"])
+                row = {"full": full, "warm": warm_run, "killed_at_files": killed["killed_at_files"],
+                       "rerun": rerun, "first_feature": first,
+                       "rerun_over_full_wall": rerun["wall_s"] / full["wall_s"],
+                       "rerun_over_full_cpu": rerun["cpu_s"] / full["cpu_s"],
+                       "warm_and_rerun_features_identical_to_full": bool(
+                           np.array_equal(outputs["warm"], outputs["full"])
+                           and np.array_equal(outputs["rerun"], outputs["full"])),
+                       "load_average": os.getloadavg()[0]}
+                rows[name].append(row)
+                print(name, json.dumps(row), file=sys.stderr, flush=True)
+                for sub in (cache, killed_cache):
+                    shutil.rmtree(sub)
+
+    def median(name: str, *keys: str) -> float:
+        values = []
+        for r in rows[name]:
+            v = r
+            for k in keys:
+                v = v[k]
+            values.append(v)
+        return float(np.median(values))
+
+    measures = {"full_wall": ("full", "wall_s"), "full_cpu": ("full", "cpu_s"),
+                "warm_wall": ("warm", "wall_s"), "warm_cpu": ("warm", "cpu_s"),
+                "rerun_wall": ("rerun", "wall_s"), "rerun_cpu": ("rerun", "cpu_s"),
+                "first_feature_wall": ("first_feature", "first_feature_s"),
+                "first_feature_process_cpu": ("first_feature", "cpu_s"),
+                "first_feature_peak_rss_mb": ("first_feature", "peak_rss_mb"),
+                "rerun_over_full_wall": ("rerun_over_full_wall",), "rerun_over_full_cpu": ("rerun_over_full_cpu",)}
+    summary = {name: {m: median(name, *keys) for m, keys in measures.items()} for name in versions}
+    doc: dict = {"files": args.files, "repeats": args.repeats, "kill_at": args.kill_at, "median": summary,
+                 "rows": rows}
+    if "before" in versions:
+        doc["after_over_before"] = {m: summary["after"][m] / summary["before"][m] for m in measures}
+        a, b = features["after"], features["before"]
+        doc["features_identical_after_vs_before"] = bool(a.shape == b.shape and np.array_equal(a, b))
+        doc["max_abs_diff_after_vs_before"] = float(np.abs(a - b).max()) if a.shape == b.shape else None
+    return doc
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         child(Path(sys.argv[2]), Path(sys.argv[3]))
@@ -179,8 +289,14 @@ def main() -> None:
     p.add_argument("--files", type=int, default=4000)
     p.add_argument("--kill-at", type=float, default=0.7)
     p.add_argument("--json", type=Path)
+    p = sub.add_parser("startup")
+    p.add_argument("--files", type=int, default=1000)
+    p.add_argument("--kill-at", type=float, default=0.7)
+    p.add_argument("--before", type=Path, help="another checkout to compare with (its utils/ is imported)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--json", type=Path)
     args = parser.parse_args()
-    doc = scale(args) if args.what == "scale" else resume(args)
+    doc = {"scale": scale, "resume": resume, "startup": startup}[args.what](args)
     print(json.dumps(doc, indent=1))
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1))

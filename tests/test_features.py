@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import utils.backbones as backbones
+import utils.fast_inference as fast_inference
 import utils.features as features
 from utils.data import load_image
 from utils.features import _cache_path, featurize_files, featurize_images, report_skipped
@@ -90,7 +93,8 @@ def test_cache_hit_is_identical_and_does_not_rebuild(crops: np.ndarray, feature_
     def no_model(*_args, **_kwargs):
         raise AssertionError("the backbone was loaded although the features are cached")
 
-    monkeypatch.setattr(features, "load_backbone", no_model)
+    monkeypatch.setattr(features, "backbone_handle", no_model)
+    monkeypatch.setattr(backbones, "load_backbone", no_model)
     again = featurize_images(images.copy(), image_size=SIZE)  # same content, another array
     np.testing.assert_array_equal(again, first)
     assert _feature_files(feature_cache) - before == new
@@ -267,3 +271,95 @@ def test_int8_features_are_close_to_float32(photo_files: list[Path]) -> None:
     i8 = featurize_files(photo_files, image_size=SIZE, precision="int8")
     rel = np.linalg.norm(i8.features - f32.features) / np.linalg.norm(f32.features)
     assert i8.features.shape == f32.features.shape and 0 < rel < 0.5, rel
+
+
+@pytest.fixture()
+def fresh_handles():
+    """Per-process backbone handles (and the inference steps they hold) cleared before and after."""
+    backbones.backbone_handle.cache_clear()
+    yield
+    backbones.backbone_handle.cache_clear()
+
+
+def _no_keras(*_args, **_kwargs):
+    raise AssertionError("the Keras model was built")
+
+
+def test_cached_tflite_model_featurizes_without_building_keras(photo_files: list[Path], crops: np.ndarray,
+                                                              fresh_handles, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not fast_inference.fast_path_enabled():
+        pytest.skip("DEEP_FEATURES_FAST is off: the Keras path is asked for")
+    first = featurize_files(photo_files[:3], image_size=SIZE, use_cache=False)  # converts, unless cached
+    arrays = featurize_images(crops[:2], image_size=SIZE, use_cache=False)
+    handle = backbones.backbone_handle("efficientnet_lite0", SIZE)
+    assert fast_inference.tflite_path(handle, (SIZE, SIZE)).exists()
+    backbones.backbone_handle.cache_clear()  # a new handle: nothing built or stepped in this process
+    monkeypatch.setattr(backbones, "load_backbone", _no_keras)
+    monkeypatch.setitem(backbones.REGISTRY, "efficientnet_lite0",
+                        dataclasses.replace(backbones.REGISTRY["efficientnet_lite0"], build=_no_keras))
+    again = featurize_files(photo_files[:3], image_size=SIZE, use_cache=False)
+    np.testing.assert_array_equal(again.features, first.features)
+    np.testing.assert_array_equal(featurize_images(crops[:2], image_size=SIZE, use_cache=False), arrays)
+
+
+def test_keras_is_built_when_a_conversion_is_needed_or_the_fast_path_is_off(photo_files: list[Path], tmp_path: Path,
+                                                                            fresh_handles,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backbones, "load_backbone", _no_keras)
+    monkeypatch.setenv("DEEP_FEATURES_FAST", "0")
+    with pytest.raises(AssertionError, match="Keras model was built"):
+        featurize_files(photo_files[:1], image_size=SIZE, use_cache=False)
+    backbones.backbone_handle.cache_clear()
+    monkeypatch.setenv("DEEP_FEATURES_FAST", "1")
+    monkeypatch.setenv("DEEP_FEATURES_CACHE", str(tmp_path / "empty-cache"))  # no converted model to find
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the float32 fast path warns, then falls back to Keras: built too
+        with pytest.raises(AssertionError, match="Keras model was built"):
+            featurize_files(photo_files[:1], image_size=SIZE, use_cache=False)
+
+
+def test_tflite_cache_name_needs_no_model_and_changes_with_weights_size_and_precision(fresh_handles) -> None:
+    handle = backbones.backbone_handle("efficientnet_lite0", SIZE)
+    built = backbones.load_backbone("efficientnet_lite0", SIZE)
+    path = fast_inference.tflite_path(handle, (SIZE, SIZE))
+    assert handle.weights_id == built.weights_id and path == fast_inference.tflite_path(built, (SIZE, SIZE))
+    assert handle.feature_dim == built.feature_dim and handle.load() is built
+    import tensorflow as tf
+
+    assert f"-tf{tf.__version__}-" in path.name  # the converter version, read without importing TensorFlow
+    other_weights = backbones.BackboneHandle("efficientnet_lite0", SIZE)
+    other_weights.weights_id = "efficientnet_lite0-0123456789abcdef"  # what another checkpoint file would give
+    names = {path, fast_inference.tflite_path(handle, (32, 32)), fast_inference.tflite_path(handle, (SIZE, SIZE), "int8"),
+             fast_inference.tflite_path(backbones.backbone_handle("efficientnet_lite0", 96), (SIZE, SIZE)),
+             fast_inference.tflite_path(other_weights, (SIZE, SIZE))}
+    assert len(names) == 5
+
+
+def test_a_fresh_process_with_the_model_cached_imports_neither_tensorflow_nor_keras(photo_files: list[Path]) -> None:
+    pytest.importorskip("ai_edge_litert", reason="without ai-edge-litert the interpreter comes from TensorFlow")
+    if not fast_inference.fast_path_enabled():
+        pytest.skip("DEEP_FEATURES_FAST is off: the Keras path is asked for")
+    want = featurize_files(photo_files[:2], image_size=SIZE, use_cache=False).features  # model converted and cached
+    code = ("import sys, numpy as np; from utils.features import featurize_files; "
+            f"r = featurize_files({[str(p) for p in photo_files[:2]]!r}, image_size={SIZE}, use_cache=False); "
+            "np.save(sys.argv[1], r.features); "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = Path(photo_files[0]).parent / "features.npy"
+    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(features.__file__).parents[1])})
+    assert done.stdout.strip() == "[]", done.stdout
+    np.testing.assert_array_equal(np.load(out), want)
+
+
+def test_without_ai_edge_litert_the_cached_model_runs_in_tensorflows_interpreter(
+        photo_files: list[Path], fresh_handles, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not fast_inference.fast_path_enabled():
+        pytest.skip("DEEP_FEATURES_FAST is off: the Keras path is asked for")
+    want = featurize_files(photo_files[:2], image_size=SIZE, use_cache=False).features
+    backbones.backbone_handle.cache_clear()
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails: tf.lite.Interpreter
+    monkeypatch.setattr(backbones, "load_backbone", _no_keras)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        got = featurize_files(photo_files[:2], image_size=SIZE, use_cache=False).features
+    np.testing.assert_allclose(got, want, atol=1e-5)

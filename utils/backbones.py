@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from .data import resize_batch
-from .runtime import atomic_write, cache_root, import_tensorflow_quietly
+from .runtime import atomic_write, cache_root, import_tensorflow_quietly, package_version
 
 if TYPE_CHECKING:  # keep `import utils` light: TensorFlow is imported only when a model is built
     import keras
@@ -217,9 +217,7 @@ def weights_fingerprint(name: str) -> str:
     spec = get_spec(name)
     if spec.offline:
         return f"{spec.name}-{_file_sha256(lite_checkpoint_path(spec.name))[:16]}"
-    import keras
-
-    return f"{spec.name}-keras{keras.__version__}-imagenet"
+    return f"{spec.name}-keras{package_version('keras')}-imagenet"
 
 
 def _build_lite(name: str, input_size: int) -> Backbone:
@@ -353,6 +351,50 @@ def _keras_weights_cached(name: str) -> bool:
     return models.is_dir() and any(p.name.startswith(stem) for p in models.iterdir())
 
 
+class BackboneHandle:
+    """A backbone not built yet: what names its converted models and cached features, and the model on demand.
+
+    ``name``, ``input_size``, ``feature_dim`` and ``weights_id`` come from the registry and the checkpoint file's
+    hash, with neither TensorFlow nor Keras imported; ``feature_model``, ``classifier`` and :meth:`load` build the
+    Keras model (once per process, :func:`load_backbone`) on first access. The featurizer passes a handle to the
+    TFLite path, so a run whose converted model is already cached never builds the Keras model.
+    """
+
+    def __init__(self, name: str, input_size: int) -> None:
+        spec = get_spec(name)
+        self.name, self.input_size, self.feature_dim = spec.name, int(input_size), spec.feature_dim
+        self.weights_id = weights_fingerprint(spec.name)
+
+    def load(self) -> Backbone:
+        """The built backbone (Keras models), the same object :func:`load_backbone` returns."""
+        return load_backbone(self.name, self.input_size)
+
+    @property
+    def feature_model(self) -> "keras.Model":
+        return self.load().feature_model
+
+    @property
+    def classifier(self) -> "keras.Model | None":
+        return self.load().classifier
+
+    def __repr__(self) -> str:
+        return f"BackboneHandle({self.name!r}, {self.input_size})"
+
+
+def _checked_size(spec: BackboneSpec, image_size: int | None) -> int:
+    size = int(image_size or spec.input_size)
+    if size < 32:
+        raise ValueError(f"image_size must be at least 32 pixels, got {size}")
+    return size
+
+
+@functools.lru_cache(maxsize=8)
+def backbone_handle(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> BackboneHandle:
+    """A :class:`BackboneHandle` for ``name`` at ``image_size`` (one per process): cheap, builds nothing."""
+    spec = get_spec(name)
+    return BackboneHandle(spec.name, _checked_size(spec, image_size))
+
+
 @functools.lru_cache(maxsize=8)
 def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> Backbone:
     """Build (once per process) the backbone ``name`` for square images of ``image_size`` pixels.
@@ -360,9 +402,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -
     ``image_size`` defaults to the backbone's native size; smaller sizes run faster (features change).
     """
     spec = get_spec(name)
-    size = int(image_size or spec.input_size)
-    if size < 32:
-        raise ValueError(f"image_size must be at least 32 pixels, got {size}")
+    size = _checked_size(spec, image_size)
     import_tensorflow_quietly()
     return spec.build(size)
 

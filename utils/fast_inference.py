@@ -12,6 +12,12 @@ Keras model when it is made. Whenever TFLite is unavailable or a conversion fail
 (:func:`tflite_featurizer` returns ``None``, or the featurizer falls back for that input size, with a warning);
 ``DEEP_FEATURES_FAST=0`` asks for the Keras path explicitly.
 
+Start-up: every function here takes a built :class:`~utils.backbones.Backbone` or a
+:class:`~utils.backbones.BackboneHandle`, which builds the Keras model only when something needs it (a conversion,
+its check, or the Keras path). With the flatbuffer cached and ai-edge-litert installed, a featurization imports
+neither TensorFlow nor Keras: the cache name needs only the weights id (the checkpoint file's hash) and the
+installed TensorFlow version.
+
 Reduced precision is an explicit choice (:func:`resolve_precision`: an argument, ``$DEEP_FEATURES_PRECISION``, or
 the commands' ``--precision``): ``"int8"`` converts the same network with post-training int8 quantization,
 calibrated on fixed crops of scikit-image's sample photos, and runs it with XNNPACK, whose int8 kernels use the
@@ -28,10 +34,10 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .runtime import atomic_write, cache_root, native_stderr_silenced
+from .runtime import atomic_write, cache_root, import_tensorflow_quietly, native_stderr_silenced, package_version
 
 if TYPE_CHECKING:
-    from .backbones import Backbone
+    from .backbones import Backbone, BackboneHandle
 
 FAST_ENV_VAR = "DEEP_FEATURES_FAST"
 PRECISION_ENV_VAR = "DEEP_FEATURES_PRECISION"
@@ -117,23 +123,24 @@ def calibration_images(input_hw: tuple[int, int], count: int = 64) -> np.ndarray
 def _interpreter_class():
     try:  # TensorFlow's own tf.lite.Interpreter is deprecated in favour of this package
         from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
+    except ImportError:  # TensorFlow may not be imported yet (a cached model needs no Keras): import it quietly
+        tf = import_tensorflow_quietly()
         Interpreter = tf.lite.Interpreter  # AttributeError once TensorFlow drops it: the caller falls back
     return Interpreter
 
 
-def tflite_path(backbone: "Backbone", input_hw: tuple[int, int], precision: str = "float32") -> Path:
-    import tensorflow as tf
-
+def tflite_path(backbone: "Backbone | BackboneHandle", input_hw: tuple[int, int],
+                precision: str = "float32") -> Path:
+    """Where the converted model is cached: named by weights, model size, input size, precision and converter
+    version (read from the installed package, so finding a cached model imports neither TensorFlow nor Keras)."""
     h, w = input_hw
     tag = "" if precision == "float32" else f"-{precision}"
-    name = (f"{backbone.weights_id}-{backbone.input_size}px-in{h}x{w}{tag}-tf{tf.__version__}-f{TFLITE_FORMAT}.tflite")
+    tf_version = package_version("tensorflow")
+    name = (f"{backbone.weights_id}-{backbone.input_size}px-in{h}x{w}{tag}-tf{tf_version}-f{TFLITE_FORMAT}.tflite")
     return cache_root() / "tflite" / name
 
 
-def _keras_reference(backbone: "Backbone", images: np.ndarray) -> np.ndarray:
+def _keras_reference(backbone: "Backbone | BackboneHandle", images: np.ndarray) -> np.ndarray:
     """What the plain Keras step computes: cast, bilinear resize to the model's size, model."""
     import tensorflow as tf
 
@@ -142,7 +149,7 @@ def _keras_reference(backbone: "Backbone", images: np.ndarray) -> np.ndarray:
     return np.asarray(backbone.feature_model(x, training=False))
 
 
-def convert_to_tflite(backbone: "Backbone", input_hw: tuple[int, int], quantization: str = "none",
+def convert_to_tflite(backbone: "Backbone | BackboneHandle", input_hw: tuple[int, int], quantization: str = "none",
                       calibration: np.ndarray | None = None) -> bytes:
     """A TFLite flatbuffer: uint8 (N, h, w, 3) -> cast -> bilinear resize to the model's size -> features.
 
@@ -216,7 +223,8 @@ class TFLiteRunner:
         return np.concatenate(parts) if parts else np.empty((0, self.feature_dim), np.float32)
 
 
-def load_or_convert(backbone: "Backbone", input_hw: tuple[int, int], precision: str = "float32") -> bytes:
+def load_or_convert(backbone: "Backbone | BackboneHandle", input_hw: tuple[int, int],
+                    precision: str = "float32") -> bytes:
     """The cached flatbuffer of ``backbone`` for uint8 inputs of ``input_hw``, converted and checked on first use.
 
     float32 must give the Keras model's features to :data:`MAX_ABS_DIFF`; int8 to :data:`INT8_MAX_REL_DIFF`
@@ -249,8 +257,8 @@ class TFLiteFeaturizer:
     One converted model (and interpreter) per input image size, made on first sight of that size.
     """
 
-    def __init__(self, backbone: "Backbone", chunk_size: int = CHUNK_SIZE, num_threads: int = NUM_THREADS,
-                 precision: str = "float32") -> None:
+    def __init__(self, backbone: "Backbone | BackboneHandle", chunk_size: int = CHUNK_SIZE,
+                 num_threads: int = NUM_THREADS, precision: str = "float32") -> None:
         self._backbone = backbone
         self.precision = precision
         self._runners: dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = {}
@@ -285,7 +293,7 @@ class TFLiteFeaturizer:
         return self._runner_or_keras((int(images.shape[1]), int(images.shape[2])))(images)
 
 
-def keras_step(backbone: "Backbone") -> Callable[[np.ndarray], np.ndarray]:
+def keras_step(backbone: "Backbone | BackboneHandle") -> Callable[[np.ndarray], np.ndarray]:
     """The plain Keras path: a tf.function (cast, bilinear resize to the model's size, model) -> numpy features.
 
     Used when the fast path is off or fails; resizing an image already at the model's size changes nothing."""
@@ -300,7 +308,7 @@ def keras_step(backbone: "Backbone") -> Callable[[np.ndarray], np.ndarray]:
     return lambda images: step(images).numpy()
 
 
-def tflite_featurizer(backbone: "Backbone", precision: str = "float32") -> TFLiteFeaturizer | None:
+def tflite_featurizer(backbone: "Backbone | BackboneHandle", precision: str = "float32") -> TFLiteFeaturizer | None:
     """A :class:`TFLiteFeaturizer` for ``backbone``, or ``None`` (use Keras) when the fast path is off or fails."""
     if not fast_path_enabled():
         return None

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, Backbone, get_spec, load_backbone, weights_fingerprint
+from .backbones import DEFAULT_BACKBONE, Backbone, BackboneHandle, backbone_handle, get_spec, weights_fingerprint
 from .data import NO_SUCH_FILE, ImageLoadError, load_image
 from .fast_inference import keras_step, resolve_precision, tflite_featurizer
 from .runtime import atomic_write, cache_root
@@ -47,12 +47,15 @@ class FileFeatures:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _inference_step(backbone: Backbone, precision: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
+def _inference_step(backbone: Backbone | BackboneHandle,
+                    precision: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
     """The step uint8 images (N, h, w, 3) -> features (N, dim), resizing to the model's size when needed.
 
     The fast path is the model converted to TFLite and run by XNNPACK (:mod:`utils.fast_inference`; float32: about
     twice TensorFlow's speed on a small CPU, same features to ~1e-5); the fallback a tf.function around the model
     (always float32: ``precision`` must come from :func:`~utils.fast_inference.resolve_precision`).
+    Given a :class:`~utils.backbones.BackboneHandle`, the Keras model is built only if the fast path needs a
+    conversion or is off: with the converted model cached, start-up skips TensorFlow and Keras altogether.
     """
     key = f"_step_{precision}"
     if key not in backbone.__dict__:
@@ -116,7 +119,7 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image
         cached = _read_npz(path, ("features",))
         if cached is not None and cached["features"].shape[0] == len(images):
             return cached["features"]
-    bb = load_backbone(spec.name, size)
+    bb = backbone_handle(spec.name, size)  # builds the Keras model only if no converted model is cached
     step = _inference_step(bb, precision)
     out = np.empty((len(images), bb.feature_dim), dtype=np.float32)
     with _progress(len(images), f"{spec.name} {size}px", progress) as bar:
@@ -338,7 +341,7 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
                 bar.set_postfix_str(f"{resumed} from cache", refresh=False)
             else:
                 if step is None:
-                    bb = load_backbone(spec.name, size)
+                    bb = backbone_handle(spec.name, size)  # Keras is built only if a conversion is needed
                     step, dim = _inference_step(bb, precision), bb.feature_dim
                 good = chunk.images
                 features = np.empty((len(good), dim), dtype=np.float32)

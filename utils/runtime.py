@@ -70,3 +70,17 @@ def import_tensorflow_quietly() -> Any:
 
         tf.constant(0)  # device discovery (the CUDA probe) happens at the first op
     return tf
+
+
+@functools.lru_cache(maxsize=None)
+def package_version(name: str) -> str:
+    """``name.__version__`` without importing it (importing TensorFlow alone takes seconds): the installed
+    distribution's version, or the module's own when no distribution of that name is installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:  # e.g. tensorflow-cpu, tf-nightly: ask the module itself
+        import importlib
+
+        return str(importlib.import_module(name).__version__)
