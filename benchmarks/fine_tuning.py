@@ -35,7 +35,10 @@ VARIANTS: dict[str, dict] = {  # the notebook's defaults: lite0, 224 px, block 1
         "label_smoothing": 0.0, "shift_augmentation": 0.0, "lr_schedule": "constant", "fine_tune_epochs": 4},
     "lite0 block 11 224px lr 1e-3": {"fine_tune_learning_rate": 1e-3},
     "lite0 block 11 224px 12 epochs patience 3": {"fine_tune_epochs": 12, "patience": 3},
-    "lite1 block 15 240px": {"backbone": "efficientnet_lite1", "image_size": 240, "first_top_block": 15},
+    "lite0 block 11 224px lr 3e-4 12 epochs patience 3": {"fine_tune_learning_rate": 3e-4, "fine_tune_epochs": 12,
+                                                         "patience": 3},
+    "lite0 block 11 224px lr 1e-3 6 epochs": {"fine_tune_learning_rate": 1e-3, "fine_tune_epochs": 6},
+    "lite1 top two stages 240px": {"backbone": "efficientnet_lite1", "image_size": 240},
 }
 
 
