@@ -41,6 +41,8 @@ VARIANTS: dict[str, dict] = {
     "lite0 block 11 224px lr 3e-4 12 epochs patience 3": {"fine_tune_learning_rate": 3e-4, "fine_tune_epochs": 12,
                                                          "patience": 3},
     "lite0 block 11 224px lr 1e-3 6 epochs": {"fine_tune_learning_rate": 1e-3, "fine_tune_epochs": 6},
+    "lite0 block 8 224px lr 1e-3 4 epochs": {"first_top_block": 8, "fine_tune_learning_rate": 1e-3,
+                                            "fine_tune_epochs": 4},
     "lite1 top two stages 240px": {"backbone": "efficientnet_lite1", "image_size": 240},
 }
 
