@@ -44,6 +44,8 @@ VARIANTS: dict[str, dict] = {
     "lite0 block 8 224px lr 1e-3 4 epochs": {"first_top_block": 8, "fine_tune_learning_rate": 1e-3,
                                             "fine_tune_epochs": 4},
     "lite1 top two stages 240px": {"backbone": "efficientnet_lite1", "image_size": 240},
+    "lite1 top two stages 240px lr 1e-3 6 epochs": {"backbone": "efficientnet_lite1", "image_size": 240,
+                                                   "fine_tune_learning_rate": 1e-3, "fine_tune_epochs": 6},
 }
 
 
