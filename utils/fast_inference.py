@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .runtime import atomic_write, cache_root, import_tensorflow_quietly, native_stderr_silenced, package_version
+from .runtime import (atomic_write, cache_root, cpu_flags, import_tensorflow_quietly, native_stderr_silenced,
+                      package_version)
 
 if TYPE_CHECKING:
     from .backbones import Backbone, BackboneHandle
@@ -54,18 +55,6 @@ MAX_ABS_DIFF = 1e-3  # a converted model whose features differ more from the Ker
 
 def fast_path_enabled() -> bool:
     return os.environ.get(FAST_ENV_VAR, "1").strip().lower() not in {"0", "false", "no", "off"}
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 def int8_supported() -> bool:

@@ -31,7 +31,7 @@ import numpy as np
 from . import fast_inference
 from .backbones import Backbone
 from .features import array_hash
-from .runtime import atomic_write, cache_root
+from .runtime import atomic_write, cache_root, cpu_flags
 
 if TYPE_CHECKING:
     import keras
@@ -50,16 +50,6 @@ def stage_starts(model: "keras.Model") -> list[int]:
     """Index of the first block of each stage (a run of blocks with the same output width) of EfficientNet-Lite."""
     widths = [int(model.get_layer(f"blocks_{i}_project_conv").kernel.shape[-1]) for i in range(block_count(model))]
     return [i for i, w in enumerate(widths) if i == 0 or w != widths[i - 1]]
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of this machine (from ``/proc/cpuinfo``; empty where it does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
-    return set(line.partition(":")[2].split())
 
 
 def cpu_has_bf16() -> bool:

@@ -1,4 +1,5 @@
-"""Process plumbing shared by every other module: the cache folder, one atomic write, a quiet TensorFlow import.
+"""Process plumbing shared by every other module: the cache folder, one atomic write, a quiet TensorFlow import,
+the CPU's feature flags.
 
 This is the bottom layer of ``utils`` (it imports no other module of the package), so data, backbones, features
 and the rest can all use it without import cycles.
@@ -84,3 +85,13 @@ def package_version(name: str) -> str:
         import importlib
 
         return str(importlib.import_module(name).__version__)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them in ``/proc/cpuinfo`` (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+    return frozenset(line.partition(":")[2].split())
