@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from sklearn.base import clone
+from sklearn.metrics import confusion_matrix, pairwise_distances
+from sklearn.model_selection import train_test_split
+
+from .data import take_per_class
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,6 @@ def _accuracy(model: Any, X: Any, y: np.ndarray) -> float:
 
 def _nearest(queries: np.ndarray, collection: np.ndarray, k: int, metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
     """(distances, indices) of the ``k`` nearest collection rows, nearest first (an independent brute force)."""
-    from sklearn.metrics import pairwise_distances
-
     d = pairwise_distances(np.atleast_2d(queries), collection, metric=metric)
     idx = np.argsort(d, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(d, idx, axis=1), idx
@@ -120,8 +123,6 @@ def _(model, X_test, y_test):
 
 @exercise("2.2", hint="in the cat row of the confusion matrix, the largest count off the diagonal")
 def _(model, X_test, y_test, class_names):
-    from sklearn.metrics import confusion_matrix
-
     matrix = confusion_matrix(y_test, model.predict(X_test), labels=range(len(class_names)))
     cat = list(class_names).index("cat")
     row = matrix[cat].astype(float)
@@ -131,8 +132,6 @@ def _(model, X_test, y_test, class_names):
 
 @exercise("2.3", hint='clone the pipeline, set_params(classify__C=C / 100), fit it and compare; answer "up" or "down"')
 def _(model, X_train, y_train, X_test, y_test):
-    from sklearn.base import clone
-
     smaller = clone(model).set_params(classify__C=model.get_params()["classify__C"] / 100).fit(X_train, y_train)
     return "up" if _accuracy(smaller, X_test, y_test) > _accuracy(model, X_test, y_test) else "down"
 
@@ -160,9 +159,6 @@ def _(deep_predicted, raw_predicted, y_test, class_names):
 @exercise("3.4", tolerance=1e-3, hint="train_test_split(..., test_size=0.2, random_state=seed, stratify=labels), "
                                       "fit a clone of the model on the 80%, score it on the 20%")
 def _(model, X_train, y_train, seed):
-    from sklearn.base import clone
-    from sklearn.model_selection import train_test_split
-
     fit_x, val_x, fit_y, val_y = train_test_split(X_train, y_train, test_size=0.2, random_state=seed, stratify=y_train)
     return _accuracy(clone(model).fit(fit_x, fit_y), val_x, val_y)
 
@@ -210,10 +206,6 @@ def _(dog_queries, f_train, y_train, class_names):
 # Lesson 6: few shots.
 @exercise("6.1", tolerance=1e-3, hint="idx = data.take_per_class(y_train, 10, seed=seed); fit a clone on those rows")
 def _(model, X_train, y_train, X_test, y_test, seed):
-    from sklearn.base import clone
-
-    from .data import take_per_class
-
     idx = take_per_class(np.asarray(y_train), 10, seed=seed)
     return _accuracy(clone(model).fit(X_train[idx], np.asarray(y_train)[idx]), X_test, y_test)
 
