@@ -125,7 +125,7 @@ def _kernel_spec(memory_bytes: int, timeout: int) -> dict[str, Any]:
     return {
         "argv": [sys.executable, "-m", "instructor.kernel_limits", "--memory-bytes", str(memory_bytes),
                  "--seconds", str(timeout), "--", sys.executable, "-m", "ipykernel_launcher",
-                 "-f", "{connection_file}"],
+                 "-f", "{connection_file}", "--HistoryManager.hist_file=:memory:"],  # as nbclient does for python3
         "display_name": "Python 3 (grading, limited)",
         "language": "python",
     }

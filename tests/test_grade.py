@@ -26,7 +26,9 @@ from instructor.__main__ import main as instructor_main
 from utils import checks
 
 LESSON = "05_per_class_distances"
-TIMEOUT = 90  # seconds per notebook: the infinite loop costs this much of the test
+# Seconds per notebook: the infinite loop costs this much of the test, and a cold lesson 05 at the small size takes
+# about 40 s on 2 free cores. A machine shared by other busy processes may need more (wall-clock seconds).
+TIMEOUT = int(os.environ.get("DEEP_FEATURES_GRADE_TEST_TIMEOUT", "120"))
 
 
 def _replace_answer(nb: nbformat.NotebookNode, exercise: str, answer: str) -> None:
@@ -36,7 +38,10 @@ def _replace_answer(nb: nbformat.NotebookNode, exercise: str, answer: str) -> No
 
 def _insert_before(nb: nbformat.NotebookNode, marker: str, source: str) -> None:
     index = next(i for i, c in enumerate(nb.cells) if marker in c.source)
-    nb.cells.insert(index, new_code_cell(source))
+    cell = new_code_cell(source)
+    if nb.nbformat_minor < 5:  # cell ids came with nbformat 4.5
+        del cell["id"]
+    nb.cells.insert(index, cell)
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -83,7 +88,7 @@ def test_grade_the_five_students(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 0, log
     assert _digests(submissions) == before  # the submissions are never modified
 
-    book = pd.read_csv(out / "gradebook.csv", keep_default_na=False)
+    book = pd.read_csv(out / "gradebook.csv", dtype=str, keep_default_na=False)
     assert list(book.columns) == list(grade.COLUMNS)
     exercises = grade.lesson_exercises(next(l for l in grade.discover_lessons() if l.stem == LESSON))
     assert exercises == ["5.1", "5.2", "5.3"]

@@ -79,7 +79,7 @@ def _record(exercise_id: str, status: str, answer: Any) -> None:
     """Append this check's result to ``$DEEP_FEATURES_CHECK_RESULTS`` when the grader set it (else nothing)."""
     path = os.environ.get(RESULTS_FILE_VARIABLE)
     if path:
-        shown = repr(answer)
+        shown = repr(answer.item() if isinstance(answer, np.generic) else answer)  # 6, not np.int64(6)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         with open(path, "a", encoding="utf-8") as results:
             results.write(json.dumps({"exercise": exercise_id, "status": status, "answer": shown}) + "\n")
