@@ -95,7 +95,8 @@ def find_submissions(submissions: Path, lessons: Iterable[Lesson], log: Log = pr
     if not submissions.is_dir():
         raise GradeError(f"{submissions} is not a folder: SUBMISSIONS holds one folder per student")
     by_name = {lesson.path.name: lesson for lesson in lessons}
-    students = sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    students = sorted(p.name for p in submissions.iterdir()
+                      if p.is_dir() and not p.name.startswith((".", "__")))  # not .git, __MACOSX, ...
     if not students:
         raise GradeError(f"{submissions} holds no student folder (one folder per student, named after them, "
                          "with the lesson notebooks inside)")
@@ -104,12 +105,16 @@ def find_submissions(submissions: Path, lessons: Iterable[Lesson], log: Log = pr
     found: list[Submission] = []
     unmatched: dict[str, list[str]] = {}
     for student in students:
-        for path in sorted((submissions / student).glob("*.ipynb")):
-            if path.name in by_name:
+        folder = submissions / student
+        for path in sorted(folder.rglob("*.ipynb")):
+            if ".ipynb_checkpoints" in path.parts:
+                continue
+            if path.parent == folder and path.name in by_name:
                 found.append(Submission(student, by_name[path.name], path))
-            else:
-                unmatched.setdefault(student, []).append(path.name)
-                log(f"  warning: {student}/{path.name} is not named after a lesson; ignored")
+            else:  # misnamed, or in a subfolder: said in the log and in the gradebook's "missing" rows
+                name = path.relative_to(folder).as_posix()
+                unmatched.setdefault(student, []).append(name)
+                log(f"  warning: {student}/{name} is not a lesson notebook in the student's folder; ignored")
     graded = sorted({s.lesson for s in found}, key=lambda lesson: (lesson.number, lesson.path.name))
     if not graded:
         names = ", ".join(sorted(by_name)) or "none found"
@@ -184,9 +189,12 @@ class _Workers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._live: set[subprocess.Popen] = set()
+        self._stopping = False
 
     def start(self, *args: Any, **kwargs: Any) -> subprocess.Popen:
         with self._lock:
+            if self._stopping:
+                raise KeyboardInterrupt("grading was interrupted")
             process = subprocess.Popen(*args, **kwargs, start_new_session=True)
             self._live.add(process)
             return process
@@ -197,6 +205,7 @@ class _Workers:
 
     def stop_all(self) -> None:
         with self._lock:
+            self._stopping = True
             for process in self._live:
                 _stop(process)
 
@@ -410,21 +419,24 @@ def grade(submissions: str | os.PathLike[str], out: str | os.PathLike[str],
 
     workers, runs = _Workers(), {}
     start, cpu_start = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(run_submission, s, out / "notebooks" / s.student / s.lesson.path.name,
-                                   parameters, timeout, memory_bytes, workers): s for s in found}
-            for index, future in enumerate(concurrent.futures.as_completed(futures), 1):
-                submission = futures[future]
-                run = runs[submission] = future.result()
-                statuses = pd.Series([r["status"] for r in _rows(submission, submission.student,
-                                                                 submission.lesson, run, [])])
-                log(f"[{index}/{len(found)}] {submission.student}/{submission.lesson.path.name}: "
-                    f"{_summary_cell(statuses)} in {run.seconds:.1f} s"
-                    + (f"; {run.failure}: {run.reason}" if run.failure else ""))
-    except BaseException:
+        futures = {pool.submit(run_submission, s, out / "notebooks" / s.student / s.lesson.path.name,
+                               parameters, timeout, memory_bytes, workers): s for s in found}
+        for index, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            submission = futures[future]
+            run = runs[submission] = future.result()
+            statuses = pd.Series([r["status"] for r in _rows(submission, submission.student,
+                                                             submission.lesson, run, [])])
+            log(f"[{index}/{len(found)}] {submission.student}/{submission.lesson.path.name}: "
+                f"{_summary_cell(statuses)} in {run.seconds:.1f} s"
+                + (f"; {run.failure}: {run.reason}" if run.failure else ""))
+    except BaseException:  # Ctrl-C: stop the running workers (and so their kernels) before waiting for them
+        pool.shutdown(wait=False, cancel_futures=True)
         workers.stop_all()
         raise
+    finally:
+        pool.shutdown(wait=True)
     seconds = time.perf_counter() - start
     cpu_end = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_end.ru_utime + cpu_end.ru_stime) - (cpu_start.ru_utime + cpu_start.ru_stime)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell
 
-from _course_fixtures import REPO, course_data_dir
+from _course_fixtures import REPO, course_data_dir, make_notebook
 from instructor import NOTEBOOK_DIR, grade, notebooks
 from instructor.__main__ import main as instructor_main
 from utils import checks
@@ -125,7 +126,7 @@ def test_grade_the_five_students(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert summary.loc["frank", LESSON] == "1/3 (2 error)"
     for cell in ("| alice     | 3/3", "0/3 (3 timeout)", "1/3 (2 error)", "## Per exercise", "## Runs"):
         assert cell in markdown
-    assert "erin/05_per_class_distances (1).ipynb is not named after a lesson; ignored" in log
+    assert f"erin/{LESSON} (1).ipynb is not a lesson notebook in the student's folder; ignored" in log
     assert "[5/5]" in log and "Graded 5 notebooks" in log
 
 
@@ -181,3 +182,27 @@ def test_bad_input_is_refused_with_a_reason(tmp_path: Path, case: str, message: 
     assert message in capsys.readouterr().err
     assert not out.exists()
 
+
+
+def test_memory_limit_and_a_check_that_never_ran(tmp_path: Path) -> None:
+    """Tiny stand-in lessons (no checks in them): one student's notebook allocates beyond the kernel's limit."""
+    lessons = tmp_path / "lessons"
+    lessons.mkdir()
+    make_notebook(lessons, "02_raw_fake", "Fake raw pixels", ["Pretend"], "{}")
+    submissions = tmp_path / "submissions"
+    for student in ("nina", "mallory"):
+        (submissions / student).mkdir(parents=True)
+    shutil.copyfile(lessons / "02_raw_fake.ipynb", submissions / "nina" / "02_raw_fake.ipynb")
+    make_notebook(submissions / "mallory", "02_raw_fake", "Fake raw pixels", ["Pretend"], "{}",
+                  extra="hog = bytearray(4 * 2**30)")
+    log: list[str] = []
+    book = grade.grade(submissions, tmp_path / "out", notebooks=lessons, timeout=120, jobs=2, memory_gb=2,
+                       log=log.append)
+    exercises = [e for e in checks.EXERCISES if e.startswith("2.")]
+    assert len(book) == 2 * len(exercises)
+    by_student = {student: rows for student, rows in book.groupby("student")}
+    assert set(by_student["nina"]["status"]) == {"not attempted"}
+    assert set(by_student["nina"]["detail"]) == {"no check of this exercise ran"}
+    assert set(by_student["mallory"]["status"]) == {"error"}
+    assert by_student["mallory"]["detail"].str.startswith("MemoryError").all(), by_student["mallory"]["detail"]
+    assert any("mallory/02_raw_fake.ipynb: 0/3 (3 error)" in line for line in log), log
