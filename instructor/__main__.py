@@ -105,6 +105,9 @@ def grade(args: argparse.Namespace) -> int:
     except grading.GradeError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: the running notebooks were stopped; no gradebook written", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 
