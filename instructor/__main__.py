@@ -1,4 +1,4 @@
-"""``python -m instructor course | site | student-copies | clean-notebooks | sync-notebooks``."""
+"""``python -m instructor course | site | student-copies | clean-notebooks | sync-notebooks | grade``."""
 
 from __future__ import annotations
 
@@ -91,6 +91,26 @@ def sync(args: argparse.Namespace) -> int:
                    f"install cells and launch links are up to date (repository: {repository_url() or 'not set'})")
 
 
+def grade(args: argparse.Namespace) -> int:
+    """Execute every student's submitted notebooks and write the gradebook."""
+    from . import grade as grading, run
+
+    parameters: dict[str, Any] = dict(run.SMALL_PARAMETERS) if args.small else {}
+    if args.data_dir is not None:
+        parameters["data_dir"] = str(args.data_dir.resolve())
+    parameters.update({name: _parse_value(value) for name, value in args.parameter})
+    try:
+        grading.grade(args.submissions, args.out, parameters, notebooks=args.notebooks, timeout=args.timeout,
+                      jobs=args.jobs, memory_gb=args.memory_gb, log=_log)
+    except grading.GradeError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the running notebooks were stopped; no gradebook written", file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m instructor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("folder", nargs="?", type=Path, default=NOTEBOOK_DIR,
                        help="folder of notebooks (default: %(default)s)")
         p.set_defaults(run=function)
+
+    from .grade import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT
+
+    p = with_notebooks(sub.add_parser(
+        "grade", help="execute the students' notebooks (SUBMISSIONS/<student>/NN_name.ipynb); write a gradebook"))
+    p.add_argument("submissions", type=Path, help="one folder per student, with the lesson notebooks they submit")
+    p.add_argument("--out", type=Path, default=Path("build/gradebook"),
+                   help="gradebook folder: gradebook.csv, gradebook.md, notebooks/ (default: %(default)s)")
+    p.add_argument("--small", action="store_true", help="grade at the small course size, as course --small")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder of the course images")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="extra notebook parameter, VALUE parsed as JSON when it can be")
+    p.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT,
+                   help="seconds per notebook before it is stopped (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default: %(default)s)")
+    p.add_argument("--memory-gb", type=float, default=DEFAULT_MEMORY_GB,
+                   help="address-space limit of each kernel in GB, 0 for none (default: %(default)s)")
+    p.set_defaults(run=grade)
     return parser
 
 

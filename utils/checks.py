@@ -16,6 +16,8 @@ Register an exercise next to the others with::
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -69,15 +71,32 @@ def _same(answer: Any, expected: Any, tolerance: float) -> bool:
         return False
 
 
+#: Set by ``python -m instructor grade``: a file to which every check appends its result (one JSON line).
+RESULTS_FILE_VARIABLE = "DEEP_FEATURES_CHECK_RESULTS"
+
+
+def _record(exercise_id: str, status: str, answer: Any) -> None:
+    """Append this check's result to ``$DEEP_FEATURES_CHECK_RESULTS`` when the grader set it (else nothing)."""
+    path = os.environ.get(RESULTS_FILE_VARIABLE)
+    if path:
+        shown = repr(answer.item() if isinstance(answer, np.generic) else answer)  # 6, not np.int64(6)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        with open(path, "a", encoding="utf-8") as results:
+            results.write(json.dumps({"exercise": exercise_id, "status": status, "answer": shown}) + "\n")
+
+
 def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
     """Print whether ``answer`` is right (never printing the expected value); None while it is still ``...``/None."""
     registered = EXERCISES.get(exercise_id)
     if registered is None:  # a typo in the id fails loudly, even before the student answers
         raise KeyError(f"unknown exercise {exercise_id!r}; registered: {', '.join(sorted(EXERCISES))}")
     if answer is None or answer is Ellipsis:
+        _record(exercise_id, "not attempted", answer)
         print(f"[{exercise_id}] not answered yet: replace the ... with your answer and run the cell again.")
         return None
-    if _same(answer, registered.expected(**objects), registered.tolerance):
+    correct = _same(answer, registered.expected(**objects), registered.tolerance)
+    _record(exercise_id, "correct" if correct else "wrong", answer)
+    if correct:
         print(f"[{exercise_id}] correct. Well done!")
         return True
     print(f"[{exercise_id}] not quite, try again." + (f" Hint: {registered.hint}" if registered.hint else ""))
