@@ -12,10 +12,16 @@ Register an exercise next to the others with::
     @exercise("3.2", tolerance=0, hint="count images, not a fraction")
     def _(deep_accuracy, raw_accuracy, n_test):
         return round((deep_accuracy - raw_accuracy) * n_test)
+
+When ``$DEEP_FEATURES_ANSWERS`` names a file (the course runner sets it for each notebook), every check that
+computes its expected answer also appends it there as a JSON line ``{"exercise": id, "expected": value}``: the
+answer key of that run, which the tests compare with what the notebook printed before each exercise.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,6 +31,7 @@ from sklearn.metrics import confusion_matrix, pairwise_distances
 from sklearn.model_selection import train_test_split
 
 from .data import take_per_class
+from .runtime import ANSWERS_ENV_VAR
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,15 @@ def _same(answer: Any, expected: Any, tolerance: float) -> bool:
         return False
 
 
+def _record(exercise_id: str, expected: Any) -> None:
+    """Append the expected answer to ``$DEEP_FEATURES_ANSWERS`` when it is set (never to the screen)."""
+    path = os.environ.get(ANSWERS_ENV_VAR)
+    if path:
+        value = expected.tolist() if isinstance(expected, (np.ndarray, np.generic)) else expected
+        with open(path, "a", encoding="utf-8") as key:
+            key.write(json.dumps({"exercise": exercise_id, "expected": value}, default=str) + "\n")
+
+
 def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
     """Print whether ``answer`` is right (never printing the expected value); None while it is still ``...``/None."""
     registered = EXERCISES.get(exercise_id)
@@ -77,7 +93,9 @@ def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
     if answer is None or answer is Ellipsis:
         print(f"[{exercise_id}] not answered yet: replace the ... with your answer and run the cell again.")
         return None
-    if _same(answer, registered.expected(**objects), registered.tolerance):
+    expected = registered.expected(**objects)
+    _record(exercise_id, expected)
+    if _same(answer, expected, registered.tolerance):
         print(f"[{exercise_id}] correct. Well done!")
         return True
     print(f"[{exercise_id}] not quite, try again." + (f" Hint: {registered.hint}" if registered.hint else ""))
