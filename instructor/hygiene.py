@@ -11,9 +11,12 @@ on numbers, not on strings, and only on *distinctive* ones. An integer counts wh
 (smaller ones -- 1, 4, 12 -- are printed all over a lesson as counts, sizes and indices), found as a whole number,
 also with thousands separators ("1280", "1,280"). A float counts unless it is a whole number; it is found where a
 printed number has at least three decimals and equals the answer rounded to them ("23.456", "0.8125", numpy's
-"0.812"), or is a percentage with at least one decimal ("81.2%"). Text answers (a class name, "up") are not
-looked for: the class names are on screen in every lesson, and saying which mention gives an answer away takes a
-reader.
+"0.812"), or is a percentage with at least one decimal ("81.2%"). And a printed number gives the answer away only
+when the check would accept it: within the exercise's tolerance (so "test accuracy 0.333" above "compute the test
+accuracy to 1e-4" is not a leak; "1280 features" above "how many features?" is). Text answers (a class name,
+"up") are not looked for: the class names are on screen in every lesson, and saying which mention gives an answer
+away takes a reader. Neither is an answer that is only derived from what is printed (a shape whose product is
+asked for).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import nbformat
 
@@ -83,15 +86,22 @@ def long_code_lines(nb: nbformat.NotebookNode, limit: int = MAX_CODE_LINE) -> li
 # --------------------------------------------------------------------------- answers on screen
 
 
-def read_answer_key(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{exercise id: expected answer}`` from a run's ``answers/<notebook>.jsonl`` (the last value of each)."""
-    key: dict[str, Any] = {}
+class Answer(NamedTuple):
+    """An exercise's expected answer in one run, and how close the check wants it."""
+
+    expected: Any
+    tolerance: float | None = None
+
+
+def read_answer_key(path: str | os.PathLike[str]) -> dict[str, Answer]:
+    """``{exercise id: Answer}`` from a run's ``answers/<notebook>.jsonl`` (the last record of each exercise)."""
+    key: dict[str, Answer] = {}
     file = Path(path)
     if file.is_file():
         for line in file.read_text("utf-8").splitlines():
             if line.strip():
                 record = json.loads(line)
-                key[str(record["exercise"])] = record["expected"]
+                key[str(record["exercise"])] = Answer(record["expected"], record.get("tolerance"))
     return key
 
 
@@ -102,9 +112,9 @@ def _tokens(text: str) -> Iterator[tuple[float, int, bool, str]]:
         yield float(f"{whole}.{decimals}" if decimals else whole), len(decimals), percent, match.group(0)
 
 
-def answer_pattern(expected: Any) -> Any:
-    """A function ``text -> list of printed numbers equal to expected`` when ``expected`` is distinctive (see
-    the module's docstring), else ``None``."""
+def answer_pattern(expected: Any, tolerance: float | None = None) -> Any:
+    """A function ``text -> the printed numbers that give expected away`` when ``expected`` is distinctive (see
+    the module's docstring), else ``None``. ``tolerance``: the check's (``None``: any printed rounding)."""
     if isinstance(expected, bool) or not isinstance(expected, (int, float)) or not math.isfinite(expected):
         return None
     if float(expected).is_integer():
@@ -121,7 +131,8 @@ def answer_pattern(expected: Any) -> Any:
             if places < 3:
                 continue
             value = value / 100 if percent else value
-            if abs(value - expected) <= 0.5 * 10 ** -places + 1e-12:
+            rounded_alike = abs(value - expected) <= 0.5 * 10 ** -places + 1e-12
+            if rounded_alike and (tolerance is None or abs(value - expected) <= tolerance + 1e-12):
                 hits.append(shown)
         return hits
 
@@ -152,19 +163,22 @@ def exercise_cells(nb: nbformat.NotebookNode) -> dict[str, int]:
     return asked
 
 
-def answer_leaks(nb: nbformat.NotebookNode, key: dict[str, Any]) -> tuple[list[Leak], list[str]]:
+def answer_leaks(nb: nbformat.NotebookNode, key: dict[str, Answer]) -> tuple[list[Leak], list[str]]:
     """The leaks of an executed notebook given its answer key, and the asked exercises that were not looked for
     (no distinctive expected answer, or none recorded)."""
     leaks: list[Leak] = []
     unchecked: list[str] = []
     texts = [output_text(cell) for cell in nb.cells]
     for exercise, asked_at in exercise_cells(nb).items():
-        pattern = answer_pattern(key.get(exercise))
+        answer = key.get(exercise, Answer(None))
+        pattern = answer_pattern(answer.expected, answer.tolerance)
         if pattern is None:
             unchecked.append(exercise)
             continue
-        leaks += [Leak(exercise, key[exercise], index, shown)
-                  for index in range(asked_at) for shown in pattern(texts[index])]
+        for index in range(asked_at):
+            shown = pattern(texts[index])
+            if shown:  # one leak per cell
+                leaks.append(Leak(exercise, answer.expected, index, shown[0]))
     return leaks, unchecked
 
 
@@ -182,8 +196,10 @@ def check_build(build_dir: str | os.PathLike[str]) -> list[str]:
         problems += [f"{path.name}: cell {i} shows a C++ log line: {line}" for i, line in notebook_native_log(nb)]
         leaks, _ = answer_leaks(nb, read_answer_key(build / "answers" / f"{path.stem}.jsonl"))
         problems += [f"{path.name}: {leak}" for leak in leaks]
-        problems += [f"{path.name}: cell {i} has a code line of {n} characters: {line.strip()[:60]}..."
-                     for i, n, line in long_code_lines(nb)]
+        long = long_code_lines(nb)
+        if long:
+            problems.append(f"{path.name}: {len(long)} code lines over {MAX_CODE_LINE} characters, the first in "
+                            f"cell {long[0][0]}: {long[0][2].strip()[:60]}...")
     for path in sorted((build / "logs").glob("*.log")) + sorted((build / "site").rglob("*.html")):
         problems += [f"{path.relative_to(build)}: C++ log line: {line}"
                      for line in native_log_lines(path.read_text("utf-8", "replace"))]

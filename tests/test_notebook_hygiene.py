@@ -99,6 +99,9 @@ def test_which_answers_are_looked_for_and_how() -> None:
     accuracy = find(0.8125)
     assert accuracy("accuracy 0.812 (81.2%), pandas 0.812500") == ["0.812", "81.2%", "0.812500"]
     assert accuracy("0.81 or 81% or 0.814 or 81.4%") == []
+    # only what the check would accept: to 1e-4, the three decimals printed do not give 0.8125 away
+    assert find(0.8125, tolerance=1e-3)("0.812") == ["0.812"] and find(0.8125, tolerance=1e-4)("0.812") == []
+    assert find(0.8125, tolerance=1e-4)("pandas prints 0.812500") == ["0.812500"]
 
 
 def _exercise_notebook(tmp_path: Path, leak: bool) -> Path:
@@ -121,7 +124,7 @@ def test_the_run_records_each_answer_and_a_leak_is_found(tmp_path: Path, leak: b
     path = _exercise_notebook(tmp_path, leak)
     run.run_course(tmp_path / "build", {}, notebooks=[path], log=lambda _: None)
     key = hygiene.read_answer_key(tmp_path / "build" / "answers" / "07_ask.jsonl")
-    assert key == {"7.1": 120}
+    assert key == {"7.1": hygiene.Answer(120, 0)}
     executed = nbformat.read(tmp_path / "build" / "notebooks" / "07_ask.ipynb", as_version=4)
     leaks, unchecked = hygiene.answer_leaks(executed, key)
     assert unchecked == []

@@ -14,8 +14,9 @@ Register an exercise next to the others with::
         return round((deep_accuracy - raw_accuracy) * n_test)
 
 When ``$DEEP_FEATURES_ANSWERS`` names a file (the course runner sets it for each notebook), every check that
-computes its expected answer also appends it there as a JSON line ``{"exercise": id, "expected": value}``: the
-answer key of that run, which the tests compare with what the notebook printed before each exercise.
+computes its expected answer also appends it there as a JSON line (``{"exercise": id, "expected": value,
+"tolerance": ...}``): the answer key of that run, which the tests compare with what the notebook printed before
+each exercise.
 """
 
 from __future__ import annotations
@@ -76,13 +77,14 @@ def _same(answer: Any, expected: Any, tolerance: float) -> bool:
         return False
 
 
-def _record(exercise_id: str, expected: Any) -> None:
+def _record(registered: Exercise, expected: Any) -> None:
     """Append the expected answer to ``$DEEP_FEATURES_ANSWERS`` when it is set (never to the screen)."""
     path = os.environ.get(ANSWERS_ENV_VAR)
     if path:
         value = expected.tolist() if isinstance(expected, (np.ndarray, np.generic)) else expected
+        record = {"exercise": registered.exercise_id, "expected": value, "tolerance": registered.tolerance}
         with open(path, "a", encoding="utf-8") as key:
-            key.write(json.dumps({"exercise": exercise_id, "expected": value}, default=str) + "\n")
+            key.write(json.dumps(record, default=str) + "\n")
 
 
 def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
@@ -94,7 +96,7 @@ def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
         print(f"[{exercise_id}] not answered yet: replace the ... with your answer and run the cell again.")
         return None
     expected = registered.expected(**objects)
-    _record(exercise_id, expected)
+    _record(registered, expected)
     if _same(answer, expected, registered.tolerance):
         print(f"[{exercise_id}] correct. Well done!")
         return True
