@@ -61,6 +61,7 @@ def test_the_terminal_and_the_kernels_stay_quiet(tmp_path: Path) -> None:
     """``python -m instructor course`` (what scripts/course.sh runs) on a notebook that imports TensorFlow after
     utils, as lessons 3 and 7 do: the terminal shows the runner's lines only, the kernel's own output goes to its
     log, and neither the notebook nor the log holds a C++ log line; a Python warning still shows."""
+    (tmp_path / "nbs").mkdir()
     path = make_notebook(tmp_path / "nbs", "01_tf", "TensorFlow", ["Import it"], "{}", extra=(
         "import os, warnings\n"
         "import utils\n"
@@ -102,6 +103,19 @@ def test_which_answers_are_looked_for_and_how() -> None:
     # only what the check would accept: to 1e-4, the three decimals printed do not give 0.8125 away
     assert find(0.8125, tolerance=1e-3)("0.812") == ["0.812"] and find(0.8125, tolerance=1e-4)("0.812") == []
     assert find(0.8125, tolerance=1e-4)("pandas prints 0.812500") == ["0.812500"]
+
+
+def test_a_check_records_its_answer_only_where_the_runner_asks(tmp_path: Path, monkeypatch, capsys) -> None:
+    from utils import checks
+
+    key = tmp_path / "answers.jsonl"
+    monkeypatch.delenv(runtime.ANSWERS_ENV_VAR, raising=False)
+    assert checks.check("7.1", 119, activation_shape=(4, 5, 6)) is False and not key.exists()
+    monkeypatch.setenv(runtime.ANSWERS_ENV_VAR, str(key))
+    assert checks.check("7.1", ..., activation_shape=(4, 5, 6)) is None and not key.exists()  # nothing computed
+    assert checks.check("7.1", 120, activation_shape=(4, 5, 6)) is True
+    assert hygiene.read_answer_key(key) == {"7.1": hygiene.Answer(120, 0)}
+    assert "120" not in capsys.readouterr().out
 
 
 def _exercise_notebook(tmp_path: Path, leak: bool) -> Path:
