@@ -1,4 +1,4 @@
-"""``python -m instructor course | site | student-copies | clean-notebooks | sync-notebooks | grade``."""
+"""``python -m instructor course | site | student-copies | check | clean-notebooks | sync-notebooks | grade``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,22 @@ def student_copies(args: argparse.Namespace) -> int:
     written = write_student_copies(args.out / "student", args.notebooks)
     _log(f"{len(written)} student notebooks (cells tagged 'solution' removed) in {args.out / 'student'}")
     return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """Report what a run shows that it must not (C++ log lines, answers before their exercise, long code lines)."""
+    from .hygiene import check_build
+
+    if not (args.out / "notebooks").is_dir():
+        print(f"error: no executed notebooks in {args.out / 'notebooks'}: run `python -m instructor course` first",
+              file=sys.stderr)
+        return 2
+    problems = check_build(args.out)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        _log(f"{args.out}: no C++ log line, no answer on screen before its exercise, no code line too long")
+    return 1 if problems else 0
 
 
 def _report(paths: list[Path], check: bool, words: tuple[str, str], command: str, all_good: str) -> int:
@@ -141,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
              ).set_defaults(run=build_site)
     with_notebooks(with_out(sub.add_parser("student-copies", help="notebooks without solution cells, to BUILD/student"))
                    ).set_defaults(run=student_copies)
+    with_out(sub.add_parser("check", help="in a run's BUILD: C++ log lines, answers shown before their exercise, "
+                                          "code lines over 88 characters; exit 1 if any")).set_defaults(run=check)
     for name, helptext, function in (
             ("clean-notebooks", "strip outputs and volatile metadata (nbstripout)", clean),
             ("sync-notebooks", "write every notebook's install cell and the README's launch links", sync)):

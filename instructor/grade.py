@@ -137,13 +137,13 @@ def _kernel_spec(memory_bytes: int, timeout: int) -> dict[str, Any]:
 
 
 def _worker_environment(work: Path, results_file: Path) -> dict[str, str]:
-    from utils.checks import RESULTS_FILE_VARIABLE
+    from utils.runtime import CHECK_RESULTS_ENV_VAR
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(work / "jupyter"), env.get("JUPYTER_PATH")) if p)
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # inline figures even where Agg is set
-    env[RESULTS_FILE_VARIABLE] = str(results_file)
+    env[CHECK_RESULTS_ENV_VAR] = str(results_file)
     return env
 
 

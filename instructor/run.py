@@ -2,6 +2,12 @@
 
 Kernels talk to papermill over IPC (Unix sockets) rather than TCP, so ipykernel prints no "Kernel is running over
 TCP without encryption" warning per notebook, and nothing listens on a network port.
+
+The terminal shows only the runner's own lines. A kernel's own stdout and stderr -- ipykernel's log, e.g.
+"KeyboardInterrupt caught in kernel" when jupyter_client interrupts it at shutdown, and a copy of what native code
+writes in the cells -- go to ``build/logs/<notebook>.log``; what the cells print is in the executed notebook.
+Each kernel also gets ``$DEEP_FEATURES_ANSWERS`` (``build/answers/<notebook>.jsonl``: the expected answer of every
+exercise check that ran, written by :mod:`utils.checks`) and ``TF_CPP_MIN_LOG_LEVEL=2`` unless it is set.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import CaselessStrEnum
 
 from utils.notebook import to_jsonable
+from utils.runtime import ANSWERS_ENV_VAR
 
 from . import COURSE_TITLE, NOTEBOOK_DIR, REPO
 from .lessons import Lesson, discover_lessons, read_lesson
@@ -46,9 +53,24 @@ class CourseRunError(RuntimeError):
 
 
 class IPCKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernels listen on Unix sockets (no TCP port, no plain-text warning)."""
+    """A kernel manager whose kernels listen on Unix sockets (no TCP port, no plain-text warning); with
+    ``kernel_log`` set, the kernel process's stdout and stderr are appended to that file, not the terminal."""
 
     transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+    kernel_log: Path | None = None
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        if self.kernel_log is None:
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+        with open(self.kernel_log, "ab") as log:  # the kernel keeps its own copy of the descriptor
+            return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": log, "stderr": log})
+
+
+def _kernel_manager_logging_to(path: Path) -> type[IPCKernelManager]:
+    class LoggingKernelManager(IPCKernelManager):
+        kernel_log = path
+
+    return LoggingKernelManager
 
 
 def _versions() -> dict[str, str | None]:
@@ -69,12 +91,15 @@ def _as_lessons(notebooks: str | os.PathLike[str] | Iterable[Any] | None) -> lis
 
 
 @contextlib.contextmanager
-def _kernel_environment() -> Iterator[None]:
+def _kernel_environment(answers: Path) -> Iterator[None]:
     """``import utils`` works in the kernels without an installed package; figures are inline PNGs even where
-    ``MPLBACKEND`` is set (Agg in CI)."""
-    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "MPLBACKEND")}
+    ``MPLBACKEND`` is set (Agg in CI); exercise checks record their expected answers in ``answers``; TensorFlow's
+    C++ INFO and WARNING lines are off even in a notebook that imports it before ``utils``."""
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "MPLBACKEND", ANSWERS_ENV_VAR, "TF_CPP_MIN_LOG_LEVEL")}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), saved["PYTHONPATH"]) if p)
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    os.environ[ANSWERS_ENV_VAR] = str(answers)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         yield
     finally:
@@ -108,7 +133,7 @@ def run_course(build_dir: str | os.PathLike[str], parameters: Mapping[str, Any] 
     lessons = _as_lessons(notebooks)
     if not lessons:
         raise CourseRunError(f"no NN_name.ipynb notebooks found in {notebooks or NOTEBOOK_DIR}")
-    for folder in ("notebooks", "metrics"):
+    for folder in ("notebooks", "metrics", "answers", "logs"):
         (build / folder).mkdir(parents=True, exist_ok=True)
 
     started = dt.datetime.now(dt.timezone.utc)
@@ -120,7 +145,9 @@ def run_course(build_dir: str | os.PathLike[str], parameters: Mapping[str, Any] 
     for index, lesson in enumerate(lessons, 1):
         output = build / "notebooks" / lesson.path.name
         metrics_file = build / "metrics" / f"{lesson.stem}.json"
-        metrics_file.unlink(missing_ok=True)  # never report a previous run's figures
+        answers, kernel_log = build / "answers" / f"{lesson.stem}.jsonl", build / "logs" / f"{lesson.stem}.log"
+        for stale in (metrics_file, answers, kernel_log):  # never report a previous run's figures
+            stale.unlink(missing_ok=True)
         declared = papermill.inspect_notebook(str(lesson.path))
         injected = {k: v for k, v in parameters.items() if k in declared}
         unused -= set(injected)
@@ -131,16 +158,17 @@ def run_course(build_dir: str | os.PathLike[str], parameters: Mapping[str, Any] 
         log(f"[{index}/{len(lessons)}] {lesson.path.name} ...")
         tick = time.perf_counter()
         try:
-            with _kernel_environment():
+            with _kernel_environment(answers):
                 papermill.execute_notebook(
                     str(lesson.path), str(output), parameters=injected,
                     kernel_name=_kernel_of(lesson.path, kernel_name), cwd=str(lesson.path.parent),
-                    progress_bar=False, kernel_manager_class=IPCKernelManager)
+                    progress_bar=False, kernel_manager_class=_kernel_manager_logging_to(kernel_log))
         except Exception as exc:  # papermill's execution error, a dead kernel, ...
             seconds[lesson.stem] = round(time.perf_counter() - tick, 2)
             reason = f"{getattr(exc, 'ename', type(exc).__name__)}: {getattr(exc, 'evalue', exc)}"
             failure = CourseRunError(f"notebook {lesson.path.name} failed after {seconds[lesson.stem]:.1f} s "
-                                     f"({reason}); the partially executed notebook is at {output}")
+                                     f"({reason}); the partially executed notebook is at {output}, the kernel's log at "
+                                     f"{kernel_log}")
             failure.__cause__ = exc
             log(f"  FAILED: {failure}")
             break

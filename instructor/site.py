@@ -25,6 +25,7 @@ from .lessons import discover_lessons
 from .notebooks import install_cell_index
 from .report import report_markdown
 
+INJECTED_PARAMETERS_TAG = "injected-parameters"  # papermill's cell with the parameters of this run
 CONFIG: dict[str, Any] = {
     "author": "the deep-features course",
     "copyright": "",
@@ -63,10 +64,10 @@ def prepare_book(build_dir: str | os.PathLike[str]) -> Path:
     title = results.get("course") or COURSE_TITLE
     for lesson in lessons:
         nb = nbformat.read(lesson.path, as_version=4)
-        index = install_cell_index(nb)
-        if index is not None:  # the install cell means nothing on the site
-            tags = nb.cells[index].metadata.setdefault("tags", [])
-            tags.append("remove-cell")
+        hidden = [nb.cells[i] for i in (install_cell_index(nb),) if i is not None]  # means nothing on the site
+        hidden += [c for c in nb.cells if INJECTED_PARAMETERS_TAG in c.metadata.get("tags", [])]
+        for cell in hidden:
+            cell.metadata.setdefault("tags", []).append("remove-cell")
         nbformat.write(nb, book / lesson.path.name)
     (book / "intro.md").write_text(_intro(title, lessons, results), "utf-8")
     toc = {"format": "jb-book", "root": "intro", "chapters": [{"file": l.stem} for l in lessons]}

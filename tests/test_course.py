@@ -108,11 +108,13 @@ def test_run_course_injects_declared_parameters(built: dict) -> None:
 
 
 def test_kernels_use_ipc_so_no_tcp_warning(tmp_path: Path, capfd) -> None:
-    """The kernel's stderr reaches this process's fd 2: ipykernel warns there once per kernel over TCP."""
+    """ipykernel warns once per kernel over TCP, on the kernel's stderr: its log file, never the terminal."""
     path = make_notebook(tmp_path, "01_quiet", "Quiet", ["Say nothing"], "{}")
     run.run_course(tmp_path / "build", {}, notebooks=[path], log=lambda _: None)
     assert run.IPCKernelManager().transport == "ipc"
-    assert "without encryption" not in capfd.readouterr().err
+    kernel_log = tmp_path / "build" / "logs" / "01_quiet.log"
+    assert kernel_log.is_file() and "without encryption" not in kernel_log.read_text()
+    assert capfd.readouterr().err == ""  # nothing of the kernel's reaches this process's terminal
     assert sorted(p.name for p in tmp_path.iterdir()) == ["01_quiet.ipynb", "build"]  # no socket files left
 
 
@@ -139,6 +141,8 @@ def _rows(markdown: str) -> dict[str, list[str]]:
 def test_results_md_beside_classic(built: dict) -> None:
     rows = _rows((built["build"] / "results.md").read_text())
     assert rows["Raw-pixel classifier accuracy"] == ["0.500", "0.47–0.48"]
+    seconds = built["results"]["run"]["notebook_seconds"]
+    assert all(rows[name] == [f"{seconds[name]:.1f}"] for name in seconds)  # each lesson's time, in the table
     assert rows["Deep-feature classifier accuracy"] == ["—", "0.788"]  # missing, no crash
     assert rows["Dog test images whose 1-NN is a dog (Euclidean)"] == ["9/12", "678/1000"]
     assert rows["Retrieval mean average precision, Euclidean / cosine"] == ["—", "—"]  # not in the fake run
@@ -217,7 +221,8 @@ def test_student_copies_drop_solution_cells(tmp_path: Path) -> None:
     written = notebooks.write_student_copies(tmp_path / "student", tmp_path / "nbs")
     assert [p.name for p in written] == ["01_ex.ipynb"]
     student = nbformat.read(written[0], as_version=4)
-    assert len(student.cells) == len(nb.cells) - 1
+    assert len(student.cells) == len(nb.cells) - 2  # the solution and its heading, now empty
+    assert "## Solutions" not in written[0].read_text()
     assert all("solution" not in c.metadata.get("tags", []) for c in student.cells)
     assert "answer = 42" not in written[0].read_text()
     assert papermill.inspect_notebook(str(written[0]))  # still a parameterised lesson
@@ -228,8 +233,23 @@ def test_student_copies_of_the_course_keep_everything_but_solutions(tmp_path: Pa
     assert [p.name for p in written] == [l.path.name for l in lessons.discover_lessons()]
     for path in written:
         source = nbformat.read(NOTEBOOK_DIR / path.name, as_version=4)
-        kept = [c.source for c in source.cells if "solution" not in c.metadata.get("tags", [])]
+        kept = []
+        for cell in source.cells:
+            if not {"solution", "solutions-heading"} & set(cell.metadata.get("tags", [])):
+                heading = re.search(r"^#+\s+Solutions", cell.source, re.M)  # the lesson's last heading
+                text = cell.source[:heading.start()].rstrip() if heading else cell.source
+                kept += [text] if text else []
         assert [c.source for c in nbformat.read(path, as_version=4).cells] == kept
+
+
+def test_site_hides_the_injected_parameters(built: dict) -> None:
+    """papermill's injected cell shows this machine's paths (metrics_path): it stays out of the site."""
+    metrics_dir = str(built["build"] / "metrics")
+    executed = nbformat.read(built["build"] / "notebooks" / "01_first_look.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and metrics_dir in injected[0].source
+    page = (built["site"] / "01_first_look.html").read_text()
+    assert metrics_dir not in page and "n_train_per_class" in page  # the lesson's own parameters stay
 
 
 # --------------------------------------------------------------------------- cleaning

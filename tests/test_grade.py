@@ -24,7 +24,7 @@ from nbformat.v4 import new_code_cell
 from _course_fixtures import REPO, course_data_dir, make_notebook
 from instructor import NOTEBOOK_DIR, grade, notebooks
 from instructor.__main__ import main as instructor_main
-from utils import checks
+from utils import checks, runtime
 
 LESSON = "05_per_class_distances"
 # Seconds per notebook: the infinite loop costs this much of the test, and a cold lesson 05 at the small size takes
@@ -135,7 +135,7 @@ def test_checks_record_results_only_for_the_grader(tmp_path: Path, monkeypatch: 
     model = {"activation_shape": (7, 7, 1280)}
     checks.check("7.1", 7 * 7 * 1280, **model)  # no variable: nothing written anywhere
     results = tmp_path / "results.jsonl"
-    monkeypatch.setenv(checks.RESULTS_FILE_VARIABLE, str(results))
+    monkeypatch.setenv(runtime.CHECK_RESULTS_ENV_VAR, str(results))
     checks.check("7.1", ..., **model)
     checks.check("7.1", 3, **model)
     checks.check("7.1", 7 * 7 * 1280, **model)

@@ -1,6 +1,7 @@
 """deep-features: pretrained deep features for image recognition and retrieval (course toolkit)."""
 
-import os as _os
+from .runtime import quiet_tensorflow as _quiet_tensorflow
 
-# Hide TensorFlow's C++ start-up chatter (CUDA probing, CPU flags) that confuses students; errors still show.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up lines (CUDA probing, CPU flags) confuse students: ``import keras`` or
+# ``import tensorflow`` after ``import utils`` leaves them out; TensorFlow's errors and Python warnings still show.
+_quiet_tensorflow()

@@ -12,6 +12,11 @@ Register an exercise next to the others with::
     @exercise("3.2", tolerance=0, hint="count images, not a fraction")
     def _(deep_accuracy, raw_accuracy, n_test):
         return round((deep_accuracy - raw_accuracy) * n_test)
+
+When ``$DEEP_FEATURES_ANSWERS`` names a file (the course runner sets it for each notebook), every check that
+computes its expected answer also appends it there as a JSON line (``{"exercise": id, "expected": value,
+"tolerance": ...}``): the answer key of that run, which the tests compare with what the notebook printed before
+each exercise.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from sklearn.metrics import confusion_matrix, pairwise_distances
 from sklearn.model_selection import train_test_split
 
 from .data import take_per_class
+from .runtime import ANSWERS_ENV_VAR, CHECK_RESULTS_ENV_VAR
 
 
 @dataclass(frozen=True)
@@ -71,18 +77,24 @@ def _same(answer: Any, expected: Any, tolerance: float) -> bool:
         return False
 
 
-#: Set by ``python -m instructor grade``: a file to which every check appends its result (one JSON line).
-RESULTS_FILE_VARIABLE = "DEEP_FEATURES_CHECK_RESULTS"
-
-
-def _record(exercise_id: str, status: str, answer: Any) -> None:
+def _record_result(exercise_id: str, status: str, answer: Any) -> None:
     """Append this check's result to ``$DEEP_FEATURES_CHECK_RESULTS`` when the grader set it (else nothing)."""
-    path = os.environ.get(RESULTS_FILE_VARIABLE)
+    path = os.environ.get(CHECK_RESULTS_ENV_VAR)
     if path:
         shown = repr(answer.item() if isinstance(answer, np.generic) else answer)  # 6, not np.int64(6)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         with open(path, "a", encoding="utf-8") as results:
             results.write(json.dumps({"exercise": exercise_id, "status": status, "answer": shown}) + "\n")
+
+
+def _record_expected(registered: Exercise, expected: Any) -> None:
+    """Append the expected answer to ``$DEEP_FEATURES_ANSWERS`` when it is set (never to the screen)."""
+    path = os.environ.get(ANSWERS_ENV_VAR)
+    if path:
+        value = expected.tolist() if isinstance(expected, (np.ndarray, np.generic)) else expected
+        record = {"exercise": registered.exercise_id, "expected": value, "tolerance": registered.tolerance}
+        with open(path, "a", encoding="utf-8") as key:
+            key.write(json.dumps(record, default=str) + "\n")
 
 
 def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
@@ -91,11 +103,13 @@ def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
     if registered is None:  # a typo in the id fails loudly, even before the student answers
         raise KeyError(f"unknown exercise {exercise_id!r}; registered: {', '.join(sorted(EXERCISES))}")
     if answer is None or answer is Ellipsis:
-        _record(exercise_id, "not attempted", answer)
+        _record_result(exercise_id, "not attempted", answer)
         print(f"[{exercise_id}] not answered yet: replace the ... with your answer and run the cell again.")
         return None
-    correct = _same(answer, registered.expected(**objects), registered.tolerance)
-    _record(exercise_id, "correct" if correct else "wrong", answer)
+    expected = registered.expected(**objects)
+    _record_expected(registered, expected)
+    correct = _same(answer, expected, registered.tolerance)
+    _record_result(exercise_id, "correct" if correct else "wrong", answer)
     if correct:
         print(f"[{exercise_id}] correct. Well done!")
         return True
