@@ -109,8 +109,8 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
         ["Retrieval mean average precision, Euclidean / cosine",
          _pair(metric(results, "map_euclidean"), metric(results, "map_cosine")), MISSING],
         ["Deep feature dimension", _fmt(metric(results, "feature_dim")), MISSING],
-        [f"Few-shot test accuracy, 1 / 5 images per class (mean of the draws; "
-         f"{metric(results, 'few_shot_classifier') or '?'}, chosen on the training images outside the shots)",
+        [f"Few-shot test accuracy, 1 / 5 images per class ({metric(results, 'few_shot_classifier') or '?'}, "
+         "chosen on validation)",
          _pair(metric(results, "one_shot_accuracy"), metric(results, "five_shot_accuracy")), MISSING],
     ], columns=["Measure", "This run", "Classic course"])}
 
