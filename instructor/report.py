@@ -109,6 +109,9 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
         ["Retrieval mean average precision, Euclidean / cosine",
          _pair(metric(results, "map_euclidean"), metric(results, "map_cosine")), MISSING],
         ["Deep feature dimension", _fmt(metric(results, "feature_dim")), MISSING],
+        [f"Few-shot test accuracy, 1 / 5 images per class ({metric(results, 'few_shot_classifier') or '?'}, "
+         "chosen on validation)",
+         _pair(metric(results, "one_shot_accuracy"), metric(results, "five_shot_accuracy")), MISSING],
     ], columns=["Measure", "This run", "Classic course"])}
 
     probe, tuned = metric(results, "linear_probe_accuracy"), metric(results, "fine_tuned_accuracy")
@@ -135,10 +138,19 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     few = _mapping(metric(results, "few_shot"))
     shots = few.get("shots")
     if isinstance(shots, list) and shots:
-        raw_curve, deep_curve = few.get("raw_pixel_accuracy"), few.get("deep_feature_accuracy")
+        chosen = few.get("classifier")
+        curves = {"Raw pixels": few.get("raw_pixel_accuracy"),
+                  "Deep features" + (f" ({chosen})" if chosen else ""): few.get("deep_feature_accuracy")}
+        curves.update({f"Deep, {name}": values for name, values in _mapping(few.get("by_classifier")).items()
+                       if name != chosen})
         tables["Few-shot curve"] = pd.DataFrame(
-            [[_fmt(s), _fmt(_at(raw_curve, i)), _fmt(_at(deep_curve, i))] for i, s in enumerate(shots)],
-            columns=["Shots per class", "Raw pixels", "Deep features"])
+            [[_fmt(s), *(_fmt(_at(values, i)) for values in curves.values())] for i, s in enumerate(shots)],
+            columns=["Shots per class", *curves])
+    validation = _mapping(metric(results, "few_shot_mean_validation"))
+    if validation:
+        tables["Few-shot classifier, chosen on the training images outside the shots"] = pd.DataFrame(
+            [[str(name), _fmt(value)] for name, value in validation.items()],
+            columns=["Classifier", "Mean validation accuracy over the shot counts"])
 
     for key, heading, column, value in (
             ("backbone_comparison", "Backbone comparison", "Backbone", "Deep-feature test accuracy"),

@@ -79,6 +79,10 @@ def cases(t: SimpleNamespace) -> list[tuple[str, dict, object, object]]:
     dog_q, cats = t.queries[t.query_labels == 3], t.feats[t.labels == 2]
     accuracy = float((t.model.predict(t.queries) == t.query_labels).mean())
     curve = pd.DataFrame({"deep features": [0.6, 0.7, 0.8], "raw pixels": [0.3, 0.5, 0.65]}, index=[1, 2, 5])
+    shot_draws = [np.array([0, 8, 16, 24]), np.array([1, 9, 17, 25])]  # one image per class, two draws
+    one_nn = [np.mean(t.labels[i][(1 - t.queries @ t.feats[i].T / np.outer(np.linalg.norm(t.queries, axis=1),
+                                                                        np.linalg.norm(t.feats[i], axis=1)))
+                                  .argmin(axis=1)] == t.query_labels) for i in shot_draws]
     return [
         ("1.1", {"train": t.train}, 0.25, 0.3),
         ("1.2", {"train": t.train}, 32 * 4 * 4 * 3, 32 * 4 * 4),
@@ -91,7 +95,9 @@ def cases(t: SimpleNamespace) -> list[tuple[str, dict, object, object]]:
          int((t.labels[np.argsort(d[0])[:5]] == 0).sum()), 6),
         ("5.2", {"dog_queries": dog_q, "cat_collection": cats},
          np.linalg.norm(dog_q[:, None] - cats[None], axis=2).min(axis=1).mean(), 0.0),
-        ("6.2", {"curve": curve}, 5, 2),
+        ("6.2", {"raw_curve": curve["raw pixels"], "deep_curve": curve["deep features"]}, 5, 2),
+        ("6.3", {"draws": shot_draws, "X_train": t.feats, "y_train": t.labels, "X_test": t.queries,
+                 "y_test": t.query_labels}, float(np.mean(one_nn)), float(np.mean(one_nn)) - 0.1),
     ]
 
 

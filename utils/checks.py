@@ -243,11 +243,22 @@ def _(model, X_train, y_train, X_test, y_test, seed):
     return _accuracy(clone(model).fit(X_train[idx], np.asarray(y_train)[idx]), X_test, y_test)
 
 
-@exercise("6.2", tolerance=0, hint="the first row of the curve where raw pixels reach deep features' 1-shot value")
-def _(curve):
-    target = curve["deep features"].iloc[0]
-    reached = [s for s in curve.index if curve.loc[s, "raw pixels"] >= target]
+@exercise("6.2", tolerance=0, hint="the first shot count where raw_curve reaches deep_curve's first value")
+def _(raw_curve, deep_curve):
+    target = deep_curve.iloc[0]
+    reached = [s for s in raw_curve.index if raw_curve[s] >= target]
     return int(reached[0]) if reached else 0
+
+
+@exercise("6.3", tolerance=1e-3, hint="for idx in draws: fit KNeighborsClassifier(1, metric=\"cosine\") on "
+                                      "X_train[idx], score on the test set; average the scores")
+def _(draws, X_train, y_train, X_test, y_test):
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    scores = []
+    for idx in draws:  # the class of the nearest shot by cosine distance
+        nearest = _nearest(np.asarray(X_test), np.asarray(X_train)[idx], 1, metric="cosine")[1][:, 0]
+        scores.append(float((y_train[idx][nearest] == y_test).mean()))
+    return float(np.mean(scores))
 
 
 # ---- Lesson 7: fine-tuning ----
