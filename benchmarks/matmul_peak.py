@@ -8,7 +8,9 @@ Prints one JSON object: ``{"gflops": best, "sizes": {n: gflops}, "blas": threadp
 which uses AVX512-BF16 / AMX where the CPU has them) in the same run: ``{"gflops": bf16 best, "float32_gflops":
 TensorFlow's float32 best, "ratio": ...}``.
 
-    python benchmarks/matmul_peak.py [--sizes 2048 3072 4096] [--repeats 5] [--dtype float32|bfloat16]
+    python benchmarks/matmul_peak.py [--sizes 2048 3072 4096] [--repeats 5] [--dtype float32|bfloat16] [--tiny]
+
+``--tiny``: 64 and 128 square, one repeat (checks the script runs; the figure means nothing).
 """
 
 from __future__ import annotations
@@ -65,7 +67,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 3072, 4096])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--tiny", action="store_true", help="64 and 128 square, one repeat")
     args = parser.parse_args()
+    if args.tiny:
+        args.sizes, args.repeats = [64, 128], 1
     if args.dtype == "bfloat16":
         import os
 

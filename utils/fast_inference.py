@@ -67,8 +67,8 @@ _warned_fallback: set[str] = set()
 def resolve_precision(precision: str | None = None) -> str:
     """The inference precision to use: ``precision``, else ``$DEEP_FEATURES_PRECISION``, else ``"float32"``.
 
-    ``"int8"`` is the reduced-precision fast path (post-training quantization, run by XNNPACK): about 2-3x the
-    float32 speed on CPUs with VNNI dot products, linear-probe accuracy within half a point (benchmarks/README.md).
+    ``"int8"`` is the reduced-precision fast path (post-training quantization, run by XNNPACK), faster than
+    float32 only on CPUs with int8 dot products (VNNI); its speed and accuracy: ``benchmarks/README.md``.
     Where the CPU lacks those instructions, or the float32 fast path is off, it falls back to ``"float32"`` with
     one warning. Features of each precision are cached under their own key.
     """

@@ -11,8 +11,8 @@ activations (``flip=True``).
   backbone that :func:`utils.features.featurize_images` uses).
 * :meth:`SplitBackbone.activations`: the bottom's activations of uint8 images, cached on disk as float16.
 * :func:`cpu_has_bf16` / :func:`compute_dtype`: bfloat16 mixed precision only where the CPU computes it natively.
-  Native is not enough to be faster: on an AVX512-BF16 CPU (AMD EPYC, TensorFlow 2.21) a training step of lite0's
-  top blocks took 1.6-1.7x the CPU time of float32 (``benchmarks/fine_tuning.py``), so lesson 7 uses float32.
+  Native is not enough to be faster: measured slower than float32 for these top blocks
+  (``benchmarks/fine_tuning.py``, ``benchmarks/results/fine_tuning.json``), so lesson 7 uses float32.
 """
 
 from __future__ import annotations
