@@ -443,7 +443,8 @@ def section_variants(images: np.ndarray, args: argparse.Namespace) -> dict:
             result[label] = v
             rows.append([label, v, "separate process"])
     del tf
-    table(f"5. Variants tried (EfficientNet-Lite0 {bb.input_size} px, course images, images/s)", ["variant", "value", "note"],
+    table(f"5. Variants tried (EfficientNet-Lite0 {bb.input_size} px, course images, images/s)",
+          ["variant", "value", "note"],
           rows)
     return result
 

@@ -207,8 +207,8 @@ def main() -> None:
     flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "avx512_fp16")
              if f in cpu_flags()]
     doc = {"threads": thr, "calibration": args.calibration, "images_per_pass": len(sample), "repeats": args.repeats,
-           "batch": args.batch, "tiny": args.tiny, "cpu_flags": flags, "openvino_capabilities": caps, "variants": rows, "skipped": skipped,
-           "load_average": os.getloadavg()[0]}
+           "batch": args.batch, "tiny": args.tiny, "cpu_flags": flags, "openvino_capabilities": caps,
+           "variants": rows, "skipped": skipped, "load_average": os.getloadavg()[0]}
     print(json.dumps(doc, indent=1))
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1))

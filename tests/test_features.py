@@ -93,7 +93,7 @@ def test_cache_hit_is_identical_and_does_not_rebuild(crops: np.ndarray, feature_
     def no_model(*_args, **_kwargs):
         raise AssertionError("the backbone was loaded although the features are cached")
 
-    monkeypatch.setattr(features, "backbone_handle", no_model)
+    monkeypatch.setattr(backbones.BackboneHandle, "load", no_model)  # the handle itself builds nothing
     monkeypatch.setattr(backbones, "load_backbone", no_model)
     again = featurize_images(images.copy(), image_size=SIZE)  # same content, another array
     np.testing.assert_array_equal(again, first)
