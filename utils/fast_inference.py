@@ -122,8 +122,9 @@ def tflite_path(backbone: "Backbone | BackboneHandle", input_hw: tuple[int, int]
     """Where the converted model is cached: keyed by weights, model size, input size, precision and converter
     version (read from the installed package, so finding a cached model imports neither TensorFlow nor Keras)."""
     h, w = input_hw
+    tf_version = package_version("tensorflow")
     return entry_path("tflite", backbone.name, backbone.weights_id, backbone.input_size, precision,
-                      detail=[h, w, package_version("tensorflow")], label=f"in{h}x{w}", suffix=".tflite")
+                      detail=[h, w, tf_version], label=f"in{h}x{w}-tf{tf_version}", suffix=".tflite")
 
 
 def _read_flatbuffer(path: Path) -> bytes:
