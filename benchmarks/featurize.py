@@ -43,6 +43,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -321,9 +322,15 @@ print(json.dumps({"images": len(images), "build_s": build, "cold_s": cold, "warm
 def section_end_to_end(args: argparse.Namespace) -> dict:
     n = 32 if args.tiny else 1024 if args.quick else 6005
     size = TINY_SIZE if args.tiny else 0
+    per_class = [8, 4] if args.tiny else [None, None]  # images per class: train, test
     with tempfile.TemporaryDirectory(prefix="deep-features-e2e-") as cache:
         env = dict(os.environ, DEEP_FEATURES_CACHE=cache)
-        per_class = [8, 4] if args.tiny else [None, None]  # images per class: train, test
+        if args.tiny:  # the converted models copied in: conversions are most of a tiny run's time
+            from utils.runtime import cache_root
+
+            for kind in ("weights", "tflite"):
+                if (cache_root() / kind).is_dir():
+                    shutil.copytree(cache_root() / kind, Path(cache) / kind)
         done = subprocess.run([sys.executable, "-c", E2E_CODE, str(REPO), str(data_dir(args)), str(n), str(size),
                                json.dumps(per_class)], env=env, capture_output=True, text=True)
         if done.returncode != 0:

@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from _common import add_common_arguments
+
 
 def sgemm_gflops(n: int, repeats: int) -> float:
     """Best-of-``repeats`` GFLOP/s of an n x n float32 matmul (2 n^3 flops), after one warm-up."""
@@ -67,7 +69,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 3072, 4096])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--tiny", action="store_true", help="64 and 128 square, one repeat")
+    add_common_arguments(parser)  # --data-dir is accepted like every benchmark's, and unused: no images here
     args = parser.parse_args()
     if args.tiny:
         args.sizes, args.repeats = [64, 128], 1
