@@ -4,6 +4,10 @@
     python benchmarks/featurize.py --quick    # EfficientNet-Lite0 only, fewer sizes and repeats (~3 min)
     python benchmarks/featurize.py --json     # tables on stderr, one JSON document on stdout
     python benchmarks/featurize.py --sections 6,7,8,9   # precision, bf16 peak, scale, resume (~25 min)
+    python benchmarks/featurize.py --tiny --data-dir DIR   # sections 1, 3, 4, 5 on a few images at 64 px, seconds
+
+The course images are found as the course finds them: ``--data-dir``, then ``$DEEP_FEATURES_DATA``, then
+``data/cifar10/``.
 
 Sections (see benchmarks/README.md for the rules and the latest figures):
 
@@ -39,6 +43,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,65 +53,20 @@ from typing import Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from _common import (REPO, add_common_arguments, course_split, data_dir, interleaved_best, load_average, log,
+                     log_to_stderr, table)
 
-DATA_DIR = Path(os.environ.get("DEEP_FEATURES_DATA", "/work/shared/data/cifar10-4class"))
-OFFLINE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+TINY_SIZE = 64  # --tiny: every model at this input size, on a few images
 GOAL_VS_PEER = 1.3
 GOAL_ROOFLINE = 0.60
 GOAL_E2E_IMAGES_PER_S = 120.0
 GOAL_WARM_SECONDS = 2.0
 MAX_ABS_DIFF = 1e-3  # any faster path must give the Keras model's features to this
 
-_log_stream = sys.stdout
-
-
-def log(text: str = "") -> None:
-    print(text, file=_log_stream, flush=True)
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
-
-
-def table(title: str, header: list[str], rows: list[list]) -> None:
-    cells = [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
-    log(f"\n## {title}  (load average {load_average():.2f})")
-    log("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    log("  ".join("-" * w for w in widths))
-    for r in cells:
-        log("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-
-
-def course_images() -> np.ndarray:
-    from utils.data import load_course_data
-
-    train, test = load_course_data(DATA_DIR)
-    return np.concatenate([train.images, test.images])
-
-
-def interleaved_best(fns: dict[str, Callable[[np.ndarray], object]], images: np.ndarray, batch: dict[str, int] | int,
-                     repeats: int) -> dict[str, float]:
-    """Best images/s of each fn over ``repeats`` round-robin timed passes of ``images`` (after one warm-up pass)."""
-    sizes = batch if isinstance(batch, dict) else {k: batch for k in fns}
-
-    def one_pass(name: str) -> float:
-        fn, bs = fns[name], sizes[name]
-        start = time.perf_counter()
-        for s in range(0, len(images), bs):
-            fn(images[s : s + bs])
-        return time.perf_counter() - start
-
-    for name in fns:
-        one_pass(name)  # warm-up: traces, allocations, thread pools
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeats):
-        for name in fns:
-            best[name] = min(best[name], one_pass(name))
-    return {name: len(images) / t for name, t in best.items()}
+def course_images(args: argparse.Namespace) -> np.ndarray:
+    train, test = course_split(args)
+    images = np.concatenate([train.images, test.images])
+    return images[:32] if args.tiny else images
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,14 +98,14 @@ def resized(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def ours_step(backbone) -> tuple[Callable, float, str]:
-    """utils.features' own step (the TFLite fast path when it works), its set-up time, and which path it is."""
-    from utils import features
+    """What utils.features runs (the TFLite fast path when it works, else the Keras step), its set-up time, and
+    which path it is."""
+    from utils import fast_inference
 
-    backbone.__dict__.pop("_step", None)
     start = time.perf_counter()
-    step = features._inference_step(backbone)
+    step = fast_inference.tflite_featurizer(backbone) or fast_inference.keras_step(backbone)
     setup = time.perf_counter() - start
-    kind = "tflite-xnnpack" if type(step).__name__ == "TFLiteFeaturizer" else "keras-tf.function"
+    kind = "tflite-xnnpack" if isinstance(step, fast_inference.TFLiteFeaturizer) else "keras-tf.function"
     return (lambda batch: np.asarray(step(batch))), setup, kind
 
 
@@ -153,16 +113,17 @@ def ours_step(backbone) -> tuple[Callable, float, str]:
 # 1. Throughput
 # ---------------------------------------------------------------------------------------------------------------
 
-def section_throughput(images: np.ndarray, quick: bool) -> list[dict]:
-    from utils.backbones import BackboneUnavailableError, get_spec, load_backbone
+def section_throughput(images: np.ndarray, quick: bool, tiny: bool = False) -> list[dict]:
+    from utils.backbones import REGISTRY, BackboneUnavailableError, get_spec, load_backbone
 
-    backbones = OFFLINE[:1] if quick else OFFLINE
-    batches = (32,) if quick else (8, 32, 64)
-    repeats = 2 if quick else 3
+    offline = [name for name, spec in REGISTRY.items() if spec.offline]
+    backbones = offline[:1] if quick or tiny else offline
+    batches = (8,) if tiny else (32,) if quick else (8, 32, 64)
+    repeats = 1 if tiny else 2 if quick else 3
     results, rows = [], []
     for name in backbones:
         native = get_spec(name).input_size
-        sizes = (native, 96) if quick else (native, 160, 96)
+        sizes = (TINY_SIZE,) if tiny else (native, 96) if quick else (native, 160, 96)
         for size in sizes:
             try:
                 bb = load_backbone(name, size)
@@ -174,7 +135,7 @@ def section_throughput(images: np.ndarray, quick: bool) -> list[dict]:
             if size == native and not quick:
                 fns["keras-tf.function bs32"] = keras_step(bb)
             bs = {k: int(k.rsplit("bs", 1)[1]) for k in fns}
-            n = 128 if size >= 200 else 256
+            n = min(len(images), 128 if size >= 200 else 256)
             speeds = interleaved_best(fns, images[:n], bs, repeats)
             for k, v in speeds.items():
                 path, b = k.rsplit(" bs", 1)
@@ -266,7 +227,8 @@ def section_peer(images: np.ndarray, quick: bool) -> dict:
           ["implementation", "images/s", "vs default PyTorch"], [[k, v, v / best_peer] for k, v in speeds.items()])
     log(f"ours / PyTorch (default NCHW, as the package runs): {best_ours / best_peer:.2f}x; "
         f"ours / best PyTorch variant: {best_ours / best_peer_any:.2f}x  (goal >= {GOAL_VS_PEER}x)")
-    return {"peer": "efficientnet-lite-pytorch 0.1.0", "torch": torch.__version__, "checkpoint": str(path),
+    checkpoint = path.relative_to(path.parents[2]).as_posix()  # package/models/file: no machine's folder
+    return {"peer": "efficientnet-lite-pytorch 0.1.0", "torch": torch.__version__, "checkpoint": checkpoint,
             "same_tensors": same_tensors, "diffs": diffs, "images_per_s": speeds,
             "ratio_vs_default_peer": best_ours / best_peer, "ratio_vs_best_peer": best_ours / best_peer_any}
 
@@ -298,17 +260,18 @@ def model_flops(model) -> int:
     return int(total)
 
 
-def matmul_peak(quick: bool) -> dict:
+def matmul_peak(quick: bool, tiny: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}}
-    cmd = [sys.executable, str(Path(__file__).with_name("matmul_peak.py")), "--repeats", "3" if quick else "7"]
+    cmd = [sys.executable, str(Path(__file__).with_name("matmul_peak.py")),
+           *(["--tiny"] if tiny else ["--repeats", "3" if quick else "7"])]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def section_roofline(throughput: list[dict], peer: dict, quick: bool) -> dict:
+def section_roofline(throughput: list[dict], peer: dict, quick: bool, tiny: bool = False) -> dict:
     from utils.backbones import load_backbone
 
-    peak = matmul_peak(quick)
+    peak = matmul_peak(quick, tiny)
     rows, result = [], {"matmul": peak, "models": []}
     for name in sorted({r["backbone"] for r in throughput}):
         sizes = sorted({r["size"] for r in throughput if r["backbone"] == name}, reverse=True)
@@ -343,23 +306,36 @@ sys.path.insert(0, sys.argv[1])
 from utils.data import load_course_data
 from utils.backbones import load_backbone
 from utils.features import featurize_images
-train, test = load_course_data(sys.argv[2])
+train, test = load_course_data(sys.argv[2], *json.loads(sys.argv[5]))
 images = np.concatenate([train.images, test.images])[: int(sys.argv[3])]
-t = time.perf_counter(); load_backbone("efficientnet_lite0", 224); build = time.perf_counter() - t
-t = time.perf_counter(); a = featurize_images(images, progress=False); cold = time.perf_counter() - t
-t = time.perf_counter(); b = featurize_images(images, progress=False); warm = time.perf_counter() - t
-t = time.perf_counter(); c = featurize_images(images, use_cache=False, progress=False); again = time.perf_counter() - t
+size = int(sys.argv[4]) or None
+t = time.perf_counter(); load_backbone("efficientnet_lite0", size); build = time.perf_counter() - t
+t = time.perf_counter(); a = featurize_images(images, image_size=size, progress=False); cold = time.perf_counter() - t
+t = time.perf_counter(); b = featurize_images(images, image_size=size, progress=False); warm = time.perf_counter() - t
+t = time.perf_counter(); c = featurize_images(images, image_size=size, use_cache=False, progress=False)
+again = time.perf_counter() - t
 print(json.dumps({"images": len(images), "build_s": build, "cold_s": cold, "warm_s": warm, "recomputed_s": again,
                   "same": bool(np.array_equal(a, b)), "recomputed_max_diff": float(np.abs(a - c).max())}))
 """
 
 
-def section_end_to_end(quick: bool) -> dict:
-    n = 1024 if quick else 6005
+def section_end_to_end(args: argparse.Namespace) -> dict:
+    n = 32 if args.tiny else 1024 if args.quick else 6005
+    size = TINY_SIZE if args.tiny else 0
+    per_class = [8, 4] if args.tiny else [None, None]  # images per class: train, test
     with tempfile.TemporaryDirectory(prefix="deep-features-e2e-") as cache:
         env = dict(os.environ, DEEP_FEATURES_CACHE=cache)
-        out = subprocess.run([sys.executable, "-c", E2E_CODE, str(REPO), str(DATA_DIR), str(n)], env=env,
-                             capture_output=True, text=True, check=True).stdout
+        if args.tiny:  # the converted models copied in: conversions are most of a tiny run's time
+            from utils.runtime import cache_root
+
+            for kind in ("weights", "tflite"):
+                if (cache_root() / kind).is_dir():
+                    shutil.copytree(cache_root() / kind, Path(cache) / kind)
+        done = subprocess.run([sys.executable, "-c", E2E_CODE, str(REPO), str(data_dir(args)), str(n), str(size),
+                               json.dumps(per_class)], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"end-to-end subprocess failed: {done.stderr[-2000:]}")
+        out = done.stdout
     r = json.loads(out.strip().splitlines()[-1])
     n = r["images"]
     rows = [
@@ -368,7 +344,7 @@ def section_end_to_end(quick: bool) -> dict:
         ["2nd call (feature cache)", r["warm_s"], ""],
         ["recomputed, use_cache=False (converted model cached)", r["recomputed_s"], n / r["recomputed_s"]],
     ]
-    table(f"4. End to end: featurize_images, {n} course images, 224 px, fresh process, empty cache dir",
+    table(f"4. End to end: featurize_images, {n} course images, {size or 224} px, fresh process, empty cache dir",
           ["step", "seconds", "images/s"], rows)
     log(f"cached result identical: {r['same']}; recomputed max diff {r['recomputed_max_diff']:.2g}")
     return r
@@ -389,10 +365,13 @@ if cfg.get("intra"):
 if cfg.get("inter"):
     tf.config.threading.set_inter_op_parallelism_threads(cfg["inter"])
 sys.path.insert(0, sys.argv[1] + "/benchmarks")
-from featurize import course_images, interleaved_best, keras_step
+from _common import interleaved_best
+from featurize import keras_step
 from utils.backbones import load_backbone
+from utils.data import load_course_data
 bb = load_backbone("efficientnet_lite0", 224)
-images = course_images()[: cfg["n"]]
+train, test = load_course_data(cfg["data_dir"])
+images = np.concatenate([train.images, test.images])[: cfg["n"]]
 speeds = interleaved_best({"keras": keras_step(bb)}, images, 32, cfg["repeats"])
 print(json.dumps(speeds))
 """
@@ -405,14 +384,15 @@ def run_worker(cfg: dict, extra_env: dict | None = None) -> float:
     return json.loads(out.strip().splitlines()[-1])["keras"]
 
 
-def section_variants(images: np.ndarray, quick: bool) -> dict:
+def section_variants(images: np.ndarray, args: argparse.Namespace) -> dict:
     import tensorflow as tf
 
     from utils.backbones import load_backbone
     from utils.fast_inference import TFLiteRunner, convert_to_tflite, load_or_convert
 
-    bb = load_backbone("efficientnet_lite0", 224)
-    n, repeats = (64, 2) if quick else (128, 3)
+    quick = args.quick or args.tiny
+    bb = load_backbone("efficientnet_lite0", TINY_SIZE if args.tiny else 224)
+    n, repeats = (16, 1) if args.tiny else (64, 2) if quick else (128, 3)
     sample = images[:n]
     ref = keras_step(bb)(sample[:32])
     rows, result = [], {}
@@ -422,7 +402,7 @@ def section_variants(images: np.ndarray, quick: bool) -> dict:
     keras_pre = keras_step(bb, resize=False)
     flat = load_or_convert(bb, images.shape[1:3])  # uint8 32x32 in, resize inside
     fns = {f"keras tf.function bs{b}": (keras_graph, b) for b in (8, 32, 64)}
-    fns["keras, resize before the graph (resize timed too) bs32"] = (lambda x: keras_pre(resized(x, 224)), 32)
+    fns["keras, resize before the graph (resize timed too) bs32"] = (lambda x: keras_pre(resized(x, bb.input_size)), 32)
     for chunk in (1, 4, 8, 16, 32):
         fns[f"tflite xnnpack 2 threads, chunk {chunk} bs32"] = (TFLiteRunner(flat, chunk_size=chunk), 32)
     fns["tflite xnnpack 1 thread, chunk 8 bs32"] = (TFLiteRunner(flat, num_threads=1), 32)
@@ -432,17 +412,18 @@ def section_variants(images: np.ndarray, quick: bool) -> dict:
         rows.append([k, v, ""])
     result["in_process"] = speeds
 
-    start = time.perf_counter()
-    convert_to_tflite(bb, images.shape[1:3])
-    result["tflite_conversion_s"] = time.perf_counter() - start
     tfl = TFLiteRunner(flat)
     result["tflite_max_diff"] = float(np.abs(tfl(sample[:32]) - ref).max())
-    rows.append(["tflite: one-off conversion seconds (then cached on disk)", result["tflite_conversion_s"],
-                 f"max diff {result['tflite_max_diff']:.2g}"])
+    if not args.tiny:  # a conversion is most of a tiny run's time
+        start = time.perf_counter()
+        convert_to_tflite(bb, images.shape[1:3])
+        result["tflite_conversion_s"] = time.perf_counter() - start
+        rows.append(["tflite: one-off conversion seconds (then cached on disk)", result["tflite_conversion_s"],
+                     f"max diff {result['tflite_max_diff']:.2g}"])
     start = time.perf_counter()
-    resized(sample[:32], 224)
+    resized(sample[:32], bb.input_size)
     result["resize_s_per_32"] = time.perf_counter() - start
-    rows.append(["tf.image.resize 32 images 32->224 px, seconds", result["resize_s_per_32"], ""])
+    rows.append([f"tf.image.resize 32 images to {bb.input_size} px, seconds", result["resize_s_per_32"], ""])
 
     if not quick:  # XLA: slow to compile and (here) slow to run; a few images are enough to show it
         xla = keras_step(bb, jit_compile=True)
@@ -454,7 +435,7 @@ def section_variants(images: np.ndarray, quick: bool) -> dict:
         rows.append(["keras jit_compile=True (XLA) bs8", result["xla_images_per_s"],
                      f"first call {result['xla_first_call_s']:.1f} s, max diff {result['xla_max_diff']:.2g}"])
         # Fresh processes: oneDNN off, thread settings (they must be set before TensorFlow starts).
-        cfg = {"n": n, "repeats": repeats}
+        cfg = {"n": n, "repeats": repeats, "data_dir": str(data_dir(args))}
         for label, extra, env in [
             ("keras bs32, fresh process, defaults", {}, {}),
             ("keras bs32, TF_ENABLE_ONEDNN_OPTS=0", {}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
@@ -469,18 +450,21 @@ def section_variants(images: np.ndarray, quick: bool) -> dict:
             result[label] = v
             rows.append([label, v, "separate process"])
     del tf
-    table("5. Variants tried (EfficientNet-Lite0 224 px, course images, images/s)", ["variant", "value", "note"],
+    table(f"5. Variants tried (EfficientNet-Lite0 {bb.input_size} px, course images, images/s)",
+          ["variant", "value", "note"],
           rows)
     return result
 
 
-def run_json(script: str, *args: str, timeout: float = 3600) -> dict:
+def run_json(script: str, *args: str, timeout: float = 3600, data: Path | None = None) -> dict:
     """Run ``benchmarks/<script> args --json FILE`` (or, for matmul_peak, read its stdout) and return the JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
         cmd = [sys.executable, str(Path(__file__).with_name(script)), *args]
         if script != "matmul_peak.py":
             cmd += ["--json", str(out)]
+        if data is not None:  # an option of the main parser: before a subcommand
+            cmd[2:2] = ["--data-dir", str(data)]
         env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
         env["PYTHONPATH"] = str(REPO)
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -489,9 +473,9 @@ def run_json(script: str, *args: str, timeout: float = 3600) -> dict:
         return json.loads(out.read_text() if out.exists() else done.stdout.strip().splitlines()[-1])
 
 
-def section_precision(quick: bool) -> dict:
+def section_precision(quick: bool, data: Path) -> dict:
     doc = run_json("precision.py", "--repeats", "2" if quick else "5", "--images", "256" if quick else "512",
-                   *(["--no-accuracy"] if quick else []))
+                   *(["--no-accuracy"] if quick else []), data=data)
     rows = [[name, v["images_per_s"], v["ratio_to_tflite_f32"], v["cpu_s_per_1000"], v.get("max_abs_diff", ""),
              v.get("rel_diff", ""), v.get("accuracy", ""), v.get("accuracy_change_points", "")]
             for name, v in doc["variants"].items()]
@@ -514,8 +498,9 @@ def section_bf16_peak(quick: bool) -> dict:
     return doc
 
 
-def section_scale(quick: bool) -> dict:
-    doc = run_json("scale.py", "scale", "--sizes", *(["500", "2000"] if quick else ["1000", "4000", "16000"]))
+def section_scale(quick: bool, data: Path) -> dict:
+    doc = run_json("scale.py", "scale", "--sizes", *(["500", "2000"] if quick else ["1000", "4000", "16000"]),
+                   data=data)
     table("Scale: featurize_files on N course JPEGs, fresh process, empty feature cache",
           ["files", "images/s", "featurize s", "CPU s", "process wall s", "peak RSS MB"],
           [[r["files"], r["images_per_s"], r["seconds"], r["cpu_seconds"], r["wall_seconds"], r["peak_rss_mb"]]
@@ -525,8 +510,8 @@ def section_scale(quick: bool) -> dict:
     return doc
 
 
-def section_resume(quick: bool) -> dict:
-    doc = run_json("scale.py", "resume", "--files", "1000" if quick else "4000")
+def section_resume(quick: bool, data: Path) -> dict:
+    doc = run_json("scale.py", "resume", "--files", "1000" if quick else "4000", data=data)
     table("Resume after kill", ["measure", "value"], [
         ["files (incl. 3 broken)", doc["files"]], ["full run, process wall s", doc["full"]["wall_seconds"]],
         ["killed after files", doc["killed"]["killed_at_files"]], ["rerun, process wall s", doc["rerun"]["wall_seconds"]],
@@ -537,15 +522,17 @@ def section_resume(quick: bool) -> dict:
 
 
 def main() -> None:
-    global _log_stream
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Lite0 only, fewer sizes and repeats")
     parser.add_argument("--json", action="store_true", help="tables on stderr, a JSON document on stdout")
-    parser.add_argument("--sections", default="1,2,3,4,5,6,7,8,9", help="comma-separated subset of 1-9")
+    parser.add_argument("--sections", default=None,
+                        help="comma-separated subset of 1-9 (default: all; with --tiny: 1,3,4,5, as 6-9 are the "
+                             "other scripts, each with its own --tiny)")
+    add_common_arguments(parser)
     args = parser.parse_args()
     if args.json:
-        _log_stream = sys.stderr
-    sections = {int(s) for s in args.sections.split(",")}
+        log_to_stderr()
+    sections = {int(s) for s in (args.sections or ("1,3,4,5" if args.tiny else "1,2,3,4,5,6,7,8,9")).split(",")}
     import platform
 
     import tensorflow as tf
@@ -558,29 +545,30 @@ def main() -> None:
     log(f"# deep-features featurization benchmark{' (quick)' if args.quick else ''}: {cpu}, "
         f"{os.cpu_count()} cores, load average {load_average():.2f}; tensorflow {tf.__version__}, numpy "
         f"{np.__version__}; cache {os.environ.get('DEEP_FEATURES_CACHE', '(default)')}")
-    images = course_images()
-    report: dict = {"quick": args.quick, "cpus": os.cpu_count(), "tensorflow": tf.__version__,
+    images = course_images(args)
+    data = data_dir(args)
+    report: dict = {"quick": args.quick, "tiny": args.tiny, "cpus": os.cpu_count(), "tensorflow": tf.__version__,
                     "load_average_start": load_average()}
     throughput: list[dict] = []
     if 1 in sections or 3 in sections:
-        throughput = section_throughput(images, args.quick)
+        throughput = section_throughput(images, args.quick, args.tiny)
         report["throughput"] = throughput
     if 2 in sections:
         report["peer"] = section_peer(images, args.quick)
     if 3 in sections:
-        report["roofline"] = section_roofline(throughput, report.get("peer", {}), args.quick)
+        report["roofline"] = section_roofline(throughput, report.get("peer", {}), args.quick, args.tiny)
     if 4 in sections:
-        report["end_to_end"] = section_end_to_end(args.quick)
+        report["end_to_end"] = section_end_to_end(args)
     if 5 in sections:
-        report["variants"] = section_variants(images, args.quick)
+        report["variants"] = section_variants(images, args)
     if 6 in sections:
-        report["precision"] = section_precision(args.quick)
+        report["precision"] = section_precision(args.quick, data)
     if 7 in sections:
         report["bf16_peak"] = section_bf16_peak(args.quick)
     if 8 in sections:
-        report["scale"] = section_scale(args.quick)
+        report["scale"] = section_scale(args.quick, data)
     if 9 in sections:
-        report["resume"] = section_resume(args.quick)
+        report["resume"] = section_resume(args.quick, data)
 
     goals = []
     lite0 = [r for r in throughput if r["backbone"] == "efficientnet_lite0" and r["size"] == 224]

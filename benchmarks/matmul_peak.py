@@ -8,7 +8,9 @@ Prints one JSON object: ``{"gflops": best, "sizes": {n: gflops}, "blas": threadp
 which uses AVX512-BF16 / AMX where the CPU has them) in the same run: ``{"gflops": bf16 best, "float32_gflops":
 TensorFlow's float32 best, "ratio": ...}``.
 
-    python benchmarks/matmul_peak.py [--sizes 2048 3072 4096] [--repeats 5] [--dtype float32|bfloat16]
+    python benchmarks/matmul_peak.py [--sizes 2048 3072 4096] [--repeats 5] [--dtype float32|bfloat16] [--tiny]
+
+``--tiny``: 64 and 128 square, one repeat (checks the script runs; the figure means nothing).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 import time
 
 import numpy as np
+
+from _common import add_common_arguments
 
 
 def sgemm_gflops(n: int, repeats: int) -> float:
@@ -65,7 +69,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 3072, 4096])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    add_common_arguments(parser)  # --data-dir is accepted like every benchmark's, and unused: no images here
     args = parser.parse_args()
+    if args.tiny:
+        args.sizes, args.repeats = [64, 128], 1
     if args.dtype == "bfloat16":
         import os
 

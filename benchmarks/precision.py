@@ -1,6 +1,7 @@
 """Reduced precision and float32 peers on IDENTICAL weights: speed, feature difference and linear-probe accuracy.
 
-    python benchmarks/precision.py [--repeats 3] [--images 512] [--threads 2] [--json out.json]
+    python benchmarks/precision.py [--repeats 3] [--images 512] [--threads 2] [--json out.json] [--data-dir DIR]
+    python benchmarks/precision.py --tiny   # 64 px model, 16 images, tflite-f32 and tflite-int8 only: checks it runs
 
 Every variant runs the same EfficientNet-Lite0 network (uint8 32x32 course images in, cast and bilinear resize to
 224 px inside the model, 1280 features out):
@@ -18,8 +19,9 @@ Every variant runs the same EfficientNet-Lite0 network (uint8 32x32 course image
 Speed: each variant featurizes the same ``--images`` images per pass; variants are timed round-robin
 (``--repeats`` rounds), so background load hits them alike; best and median images/s and the process CPU
 seconds per 1000 images are reported, with the ratio to tflite-f32's best. Accuracy: every variant featurizes the
-course split (2005 train / 4000 test); a StandardScaler + LogisticRegression(C=0.01) probe as in lesson 3.
-Variants whose package is absent are reported as skipped.
+course split (2005 train / 4000 test; ``--data-dir``, else ``$DEEP_FEATURES_DATA``, else ``data/cifar10/``); a
+StandardScaler + LogisticRegression(C=0.01) probe as in lesson 3. Variants whose package is absent are reported as
+skipped.
 """
 
 from __future__ import annotations
@@ -35,10 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-DATA_DIR = Path(os.environ.get("DEEP_FEATURES_DATA", "/work/shared/data/cifar10-4class"))
+from _common import add_common_arguments, course_split
 
 
 def chunked(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -55,7 +54,8 @@ def chunked(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callable[[np
     return call
 
 
-def openvino_runner(model_path: Path, precision: str, threads: int, batch: int) -> Callable | str:
+def openvino_runner(model_path: Path, precision: str, threads: int, batch: int,
+                    input_hw: tuple[int, int]) -> Callable | str:
     try:
         import openvino as ov
     except ImportError:
@@ -65,7 +65,7 @@ def openvino_runner(model_path: Path, precision: str, threads: int, batch: int) 
     if precision == "bf16" and "BF16" not in caps:
         return f"CPU lacks BF16 (OPTIMIZATION_CAPABILITIES: {caps})"
     model = core.read_model(str(model_path))
-    model.reshape({model.inputs[0].get_any_name(): [batch, 32, 32, 3]})
+    model.reshape({model.inputs[0].get_any_name(): [batch, *input_hw, 3]})
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
                                                  "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
@@ -89,9 +89,13 @@ def onnxruntime_runner(model_path: Path, threads: int, batch: int) -> Callable |
 
 
 def probe_accuracy(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_test: np.ndarray) -> float:
-    from utils.classify import train_logistic
+    """Lesson 3's classifier on these features: test accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    return float((train_logistic(f_train, y_train, C=0.01).predict(f_test) == y_test).mean())
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=1000)).fit(f_train, y_train)
+    return float((probe.predict(f_test) == y_test).mean())
 
 
 def main() -> None:
@@ -105,25 +109,32 @@ def main() -> None:
     parser.add_argument("--calibration", choices=("shipped", "course"), default="shipped",
                         help="int8 calibration images: the shipped sample-photo crops, or 256 course training images")
     parser.add_argument("--json", type=Path, default=None)
+    add_common_arguments(parser)
     args = parser.parse_args()
+    if args.tiny:
+        args.repeats, args.images, args.only = 1, 16, ["tflite-f32", "tflite-int8"]
 
     from utils.backbones import load_backbone
-    from utils.data import load_course_data
     from utils.fast_inference import TFLiteRunner, calibration_images, convert_to_tflite
+    from utils.runtime import cpu_flags
 
-    train, test = load_course_data(DATA_DIR)
+    train, test = course_split(args)
     images = np.concatenate([train.images, test.images])
-    backbone = load_backbone("efficientnet_lite0")
+    input_hw = (int(images.shape[1]), int(images.shape[2]))
+    backbone = load_backbone("efficientnet_lite0", 64 if args.tiny else None)
     work = Path(tempfile.mkdtemp(prefix="precision-"))
     paths = {}
     if args.calibration == "course":
-        calib = train.images[np.random.default_rng(0).choice(len(train.images), 256, replace=False)]
+        count = min(256, len(train.images))
+        calib = train.images[np.random.default_rng(0).choice(len(train.images), count, replace=False)]
     else:  # what utils.fast_inference ships: fixed crops of scikit-image's sample photos
-        calib = calibration_images((32, 32))
-    for q in ("none", "int8", "float16"):
+        calib = calibration_images(input_hw, count=8 if args.tiny else 64)
+    wanted = {"none"} | ({"int8"} if not args.only or {"tflite-int8", "ov-int8"} & set(args.only) else set()) | (
+        {"float16"} if not args.only or "tflite-f16w" in args.only else set())
+    for q in sorted(wanted):
         t = time.perf_counter()
         paths[q] = work / f"lite0-{q}.tflite"
-        paths[q].write_bytes(convert_to_tflite(backbone, (32, 32), q, calibration=calib))
+        paths[q].write_bytes(convert_to_tflite(backbone, input_hw, q, calibration=calib))
         print(f"converted {q} in {time.perf_counter() - t:.1f} s ({paths[q].stat().st_size / 1e6:.1f} MB)",
               file=sys.stderr, flush=True)
     thr = args.threads
@@ -131,9 +142,9 @@ def main() -> None:
         "tflite-f32": lambda: TFLiteRunner(paths["none"].read_bytes(), num_threads=thr),
         "tflite-int8": lambda: TFLiteRunner(paths["int8"].read_bytes(), num_threads=thr),
         "tflite-f16w": lambda: TFLiteRunner(paths["float16"].read_bytes(), num_threads=thr),
-        "ov-f32": lambda: openvino_runner(paths["none"], "f32", thr, args.batch),
-        "ov-bf16": lambda: openvino_runner(paths["none"], "bf16", thr, args.batch),
-        "ov-int8": lambda: openvino_runner(paths["int8"], "f32", thr, args.batch),
+        "ov-f32": lambda: openvino_runner(paths["none"], "f32", thr, args.batch, input_hw),
+        "ov-bf16": lambda: openvino_runner(paths["none"], "bf16", thr, args.batch, input_hw),
+        "ov-int8": lambda: openvino_runner(paths["int8"], "f32", thr, args.batch, input_hw),
         "ort-f32": lambda: onnxruntime_runner(paths["none"], thr, args.batch),
     }
     runners: dict[str, Callable] = {}
@@ -194,10 +205,10 @@ def main() -> None:
     except ImportError:
         caps = None
     flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "avx512_fp16")
-             if f in Path("/proc/cpuinfo").read_text().split()]
-    doc = {"threads": thr, "calibration": args.calibration, "images_per_pass": len(sample), "repeats": args.repeats, "batch": args.batch,
-           "cpu_flags": flags, "openvino_capabilities": caps, "variants": rows, "skipped": skipped,
-           "load_average": os.getloadavg()[0]}
+             if f in cpu_flags()]
+    doc = {"threads": thr, "calibration": args.calibration, "images_per_pass": len(sample), "repeats": args.repeats,
+           "batch": args.batch, "tiny": args.tiny, "cpu_flags": flags, "openvino_capabilities": caps,
+           "variants": rows, "skipped": skipped, "load_average": os.getloadavg()[0]}
     print(json.dumps(doc, indent=1))
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1))

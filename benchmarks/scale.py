@@ -1,12 +1,14 @@
 """Featurization at scale: images/s and peak memory for 1k / 4k / 16k files, and the resume-after-kill time.
 
-    python benchmarks/scale.py scale  [--sizes 1000 4000 16000] [--json out.json]
-    python benchmarks/scale.py resume [--files 4000] [--kill-at 0.7] [--json out.json]
-    python benchmarks/scale.py startup [--files 1000] [--kill-at 0.7] [--before DIR] [--repeats 2] [--json out.json]
+    python benchmarks/scale.py [--data-dir DIR] scale  [--sizes 1000 4000 16000] [--json out.json]
+    python benchmarks/scale.py [--data-dir DIR] resume [--files 4000] [--kill-at 0.7] [--json out.json]
+    python benchmarks/scale.py [--data-dir DIR] startup [--files 1000] [--kill-at 0.7] [--before DIR] [--repeats 2]
+    python benchmarks/scale.py --tiny [--data-dir DIR]   # all three on 8 files at 64 px: checks the script runs
 
-Every run is a fresh Python process featurizing a folder of real course JPEGs (symlinks to distinct files of
-``$DEEP_FEATURES_DATA``: test images first, then training images) with ``utils.features.featurize_files`` at the
-backbone's 224 px, into an empty feature cache (the converted weights and TFLite model are copied in beforehand,
+Every run is a fresh Python process featurizing a folder of real course JPEGs (symlinks to distinct files of the
+course's image folders, found as the course finds them: ``--data-dir``, ``$DEEP_FEATURES_DATA``, ``data/cifar10/``;
+test images first, then training images) with ``utils.features.featurize_files`` at the backbone's own size
+(``--image-size``), into an empty feature cache (the converted weights and TFLite model are copied in beforehand,
 so no run pays the one-time conversion). A run reports its featurization seconds, process CPU seconds and peak
 resident memory (``ru_maxrss``), and the wall time of the whole process (start-up included, as a user waits).
 
@@ -39,8 +41,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("DEEP_FEATURES_DATA", "/work/shared/data/cifar10-4class"))
+from _common import REPO, add_common_arguments, data_dir
+
+DATA_DIR = Path()  # set by main() from --data-dir / $DEEP_FEATURES_DATA / data/cifar10/
+IMAGE_SIZE_ENV = "SCALE_IMAGE_SIZE"  # the children's image size ("": the backbone's own)
+
+
+def image_size_option() -> list[str]:
+    size = os.environ.get(IMAGE_SIZE_ENV)
+    return ["--image-size", size] if size else []
 
 
 def child(list_file: Path, output: Path) -> None:
@@ -50,7 +59,7 @@ def child(list_file: Path, output: Path) -> None:
 
     paths = list_file.read_text().splitlines()
     start_cpu, start = time.process_time(), time.perf_counter()
-    result = featurize_files(paths, progress=False,
+    result = featurize_files(paths, image_size=int(os.environ.get(IMAGE_SIZE_ENV) or 0) or None, progress=False,
                              on_chunk=lambda done, total: print(f"progress {done} {total}", flush=True))
     seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     np.save(output, result.features)
@@ -119,8 +128,7 @@ def run_child(paths: list[Path], cache: Path, work: Path, kill_at: float | None 
 
 
 def warm_cache() -> Path:
-    """A cache with the converted weights and the 224 px TFLite model (made once here if missing)."""
-    sys.path.insert(0, str(REPO))
+    """A cache with the converted weights and the TFLite model (made once here if missing)."""
     from utils.runtime import cache_root
 
     warm = cache_root()
@@ -169,7 +177,7 @@ def resume(args: argparse.Namespace) -> dict:
             "rerun_over_full_wall": rerun["wall_seconds"] / full["wall_seconds"],
             "rerun_over_full_featurize": rerun["seconds"] / full["seconds"],
             "identical_features": bool(a.shape == b.shape and np.array_equal(a, b)),
-            "max_abs_diff": float(np.abs(a - b).max()) if a.shape == b.shape else None,
+            "max_abs_diff": float(np.abs(a - b).max(initial=0.0)) if a.shape == b.shape else None,
             "skipped_named_by_rerun": rerun["skipped"], "load_average": os.getloadavg()[0],
         }
     return doc
@@ -202,7 +210,8 @@ def _timed(command: list[str], env: dict[str, str], code: Path, marker: str | No
 FIRST_FEATURE = """
 import sys
 from utils.features import featurize_files
-r = featurize_files([sys.argv[1]], use_cache=False, progress=False)
+r = featurize_files([sys.argv[1]], image_size=int(sys.argv[2]) if len(sys.argv) > 2 else None, use_cache=False,
+                    progress=False)
 print("first", r.features.shape, flush=True)
 print("modules", sorted(m for m in ("tensorflow", "keras") if m in sys.modules), flush=True)
 """
@@ -223,7 +232,7 @@ def startup(args: argparse.Namespace) -> dict:
             for name, code in versions.items():
                 env = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2"}
                 tag = f"{name}-{rep}"
-                cli = [sys.executable, "-m", "utils", "featurize", str(folder)]
+                cli = [sys.executable, "-m", "utils", "featurize", str(folder), *image_size_option()]
                 cache = fresh_cache(work, warm, f"cache-full-{tag}")
                 env_full = {**env, "DEEP_FEATURES_CACHE": str(cache)}
                 full = _timed(cli + ["--output", str(work / f"full-{tag}.npz")], env_full, code)
@@ -232,7 +241,7 @@ def startup(args: argparse.Namespace) -> dict:
                 killed = run_child(paths, killed_cache, work, kill_at=args.kill_at, code=code)
                 rerun = _timed(cli + ["--output", str(work / f"rerun-{tag}.npz")],
                                {**env, "DEEP_FEATURES_CACHE": str(killed_cache)}, code)
-                first = _timed([sys.executable, "-c", FIRST_FEATURE, str(one_new)],
+                first = _timed([sys.executable, "-c", FIRST_FEATURE, str(one_new), *image_size_option()[1:]],
                                {**env, "DEEP_FEATURES_CACHE": str(cache)}, code, marker="first")
                 outputs = {k: np.load(work / f"{k}-{tag}.npz")["features"] for k in ("full", "warm", "rerun")}
                 features.setdefault(name, outputs["full"])
@@ -272,7 +281,7 @@ def startup(args: argparse.Namespace) -> dict:
         doc["after_over_before"] = {m: summary["after"][m] / summary["before"][m] for m in measures}
         a, b = features["after"], features["before"]
         doc["features_identical_after_vs_before"] = bool(a.shape == b.shape and np.array_equal(a, b))
-        doc["max_abs_diff_after_vs_before"] = float(np.abs(a - b).max()) if a.shape == b.shape else None
+        doc["max_abs_diff_after_vs_before"] = float(np.abs(a - b).max(initial=0.0)) if a.shape == b.shape else None
     return doc
 
 
@@ -280,8 +289,11 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         child(Path(sys.argv[2]), Path(sys.argv[3]))
         return
+    global DATA_DIR
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="what", required=True)
+    add_common_arguments(parser)
+    parser.add_argument("--image-size", type=int, default=None, help="pixels (default: the backbone's own)")
+    sub = parser.add_subparsers(dest="what")
     p = sub.add_parser("scale")
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
     p.add_argument("--json", type=Path)
@@ -296,7 +308,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", type=Path)
     args = parser.parse_args()
-    doc = {"scale": scale, "resume": resume, "startup": startup}[args.what](args)
+    DATA_DIR = data_dir(args)
+    commands = {"scale": scale, "resume": resume, "startup": startup}
+    if args.tiny:
+        args.image_size = args.image_size or 64
+        args.sizes, args.files, args.kill_at, args.repeats, args.before = [8], 8, 0.5, 1, None
+        args.json = getattr(args, "json", None)
+    elif args.what is None:
+        parser.error("choose scale, resume or startup (or --tiny)")
+    if args.image_size:
+        os.environ[IMAGE_SIZE_ENV] = str(args.image_size)
+    doc = ({name: run(args) for name, run in commands.items()} if args.tiny and args.what is None
+           else commands[args.what](args))
     print(json.dumps(doc, indent=1))
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1))

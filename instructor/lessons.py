@@ -21,7 +21,7 @@ _BULLET: Final = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(.*\S)\s*$")
 
 
 @dataclass(frozen=True)
-class Lesson:
+class LessonNotebook:
     """One numbered notebook of the course."""
 
     path: Path
@@ -62,8 +62,8 @@ def parse_intro(markdown: str) -> tuple[str | None, tuple[str, ...]]:
     return title, tuple(objectives)
 
 
-def read_lesson(path: str | os.PathLike[str]) -> Lesson:
-    """Read one ``NN_name.ipynb`` notebook into a :class:`Lesson`."""
+def read_lesson(path: str | os.PathLike[str]) -> LessonNotebook:
+    """Read one ``NN_name.ipynb`` notebook into a :class:`LessonNotebook`."""
     path = Path(path)
     match = LESSON_NAME.match(path.name)
     if not match:
@@ -72,11 +72,11 @@ def read_lesson(path: str | os.PathLike[str]) -> Lesson:
     intro = next((str(c.source) for c in nb.cells if c.cell_type == "markdown"
                   and "papermill-error-cell-tag" not in c.metadata.get("tags", [])), "")
     title, objectives = parse_intro(intro)
-    return Lesson(path=path, number=int(match.group(1)),
+    return LessonNotebook(path=path, number=int(match.group(1)),
                   title=title or match.group(2).replace("_", " ").capitalize(), objectives=objectives)
 
 
-def discover_lessons(notebook_dir: str | os.PathLike[str] = NOTEBOOK_DIR) -> list[Lesson]:
+def discover_lessons(notebook_dir: str | os.PathLike[str] = NOTEBOOK_DIR) -> list[LessonNotebook]:
     """All ``NN_name.ipynb`` notebooks of a folder, ordered by their number prefix."""
     lessons = [read_lesson(p) for p in Path(notebook_dir).glob("*.ipynb") if LESSON_NAME.match(p.name)]
     return sorted(lessons, key=lambda lesson: (lesson.number, lesson.path.name))

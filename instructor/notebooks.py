@@ -190,11 +190,12 @@ def install_cell_source(url: str | None) -> str:
 
 
 def install_cell_index(nb: nbformat.NotebookNode) -> int | None:
-    """Index of the install cell: the cell tagged ``install``, else an old untagged one (first code cell)."""
+    """Index of the install cell: the cell tagged ``install``, else a first code cell that installs the course
+    (``pip`` and ``import utils``) but lacks the tag, so syncing tags it instead of adding a second one."""
     for index, cell in enumerate(nb.cells):
         if INSTALL_TAG in cell.metadata.get("tags", []):
             return index
-    for index, cell in enumerate(nb.cells):  # untagged: the first code cell, if it is the old install cell
+    for index, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             return index if "pip" in cell.source and "import utils" in cell.source else None
     return None

@@ -1,7 +1,9 @@
 """The course report: this run's figures beside the classic course's, as pandas tables (``results.md``).
 
-Metrics are found by NAME in the lessons' metrics files (the first lesson, in course order, that wrote the key),
-never by lesson number, so renumbering or adding a lesson never blanks the report. A missing figure shows as "—".
+Every figure is read by lesson title and key, both declared in :mod:`utils.lesson_metrics` (never by lesson
+number, so renumbering a lesson changes nothing). Reading an undeclared figure is an error, and
+:func:`report_gaps` lists the figures the report could not find for a lesson that ran; a figure of a lesson that
+did not run shows as "—".
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Final
 
 import pandas as pd
 
+from utils import lesson_metrics
 from utils.notebook import to_jsonable
 from utils.runtime import atomic_write
 
@@ -35,9 +38,14 @@ RUN_KEYS: Final = ("backbone", "image_size", "n_train", "n_test", "seed")
 MISSING: Final = "—"
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, spec: str = "") -> str:
     if value is None or value == "" or isinstance(value, (dict, list)):
         return MISSING
+    if spec and isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return format(value, spec)
+        except ValueError:  # e.g. "d" for a float that holds a count
+            pass
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
@@ -47,21 +55,30 @@ def _mapping(value: Any) -> dict:
     return dict(value) if isinstance(value, Mapping) else {}
 
 
-def _lesson_metrics(results: Mapping[str, Any]) -> list[dict]:
-    """The lessons' metrics dicts in course order (files that are missing or odd are skipped)."""
-    return [m for m in _mapping(results.get("metrics")).values() if isinstance(m, Mapping)]
+class _Reader:
+    """Reads declared figures from a run's results and remembers those it could not find in a lesson that ran."""
 
+    def __init__(self, results: Mapping[str, Any]) -> None:
+        self.by_lesson = {m.get("lesson"): m for m in _mapping(results.get("metrics")).values()
+                          if isinstance(m, Mapping)}
+        self.gaps: list[str] = []
 
-def metric(results: Mapping[str, Any], key: str, beside: str | None = None, without: str | None = None) -> Any:
-    """The first value of ``key`` in the lessons' metrics, optionally only from a lesson that also wrote
-    ``beside`` and did not write ``without`` (e.g. the per-class accuracy of the lesson whose headline is
-    ``raw_pixel_accuracy``)."""
-    for found in _lesson_metrics(results):
-        if beside is not None and found.get(beside) is None or without is not None and without in found:
-            continue
-        if found.get(key) is not None:
-            return found[key]
-    return None
+    def __call__(self, lesson: str, key: str) -> Any:
+        lesson_metrics.metric(lesson, key)  # an undeclared figure is a bug in this report
+        found = self.by_lesson.get(lesson)
+        if found is None:
+            return None
+        if found.get(key) is None:
+            self.gaps.append(f"{lesson}: {key}")
+        return found.get(key)
+
+    def text(self, lesson: str, key: str) -> str:
+        """The figure formatted as its declaration says."""
+        return _fmt(self(lesson, key), lesson_metrics.metric(lesson, key).format)
+
+    def run_info(self, key: str) -> Any:
+        """A run parameter (backbone, seed, ...) as the first lesson that echoed it recorded it."""
+        return next((m[key] for m in self.by_lesson.values() if m.get(key) is not None), None)
 
 
 def _count(correct: Any, total: Any) -> str:
@@ -83,59 +100,70 @@ def _at(values: Any, index: int) -> Any:
     return values[index] if isinstance(values, list) and index < len(values) else None
 
 
+RAW, DEEP, RETRIEVAL, DISTANCES, FEW_SHOT, FINE_TUNING = (
+    "Raw-pixel classifier", "Deep-features classifier", "Image retrieval", "Per-class distances",
+    "Few-shot recognizer", "Fine-tuning")
+
+
 def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
     """The report as ``{heading: table}`` (cells already formatted; a missing figure is "—")."""
+    return _tables(results, _Reader(results))
+
+
+def report_gaps(results: Mapping[str, Any]) -> list[str]:
+    """``"lesson: key"`` for every figure the report shows that a lesson which ran left empty (should be none)."""
+    reader = _Reader(results)
+    _tables(results, reader)
+    return sorted(set(reader.gaps))
+
+
+def _tables(results: Mapping[str, Any], get: _Reader) -> dict[str, pd.DataFrame]:
     classic = _mapping(results.get("classic")) or dict(CLASSIC_RESULTS)
     raw_classic = classic.get("raw_pixel_accuracy")
     if isinstance(raw_classic, (list, tuple)):
         raw_classic = "–".join(f"{v:.2f}" for v in raw_classic)
-    dog_correct, dog_count = metric(results, "dog_1nn_correct"), metric(results, "dog_test_count")
+    dog_correct, dog_count = get(DISTANCES, "dog_1nn_correct"), get(DISTANCES, "dog_test_count")
     classic_dog = (classic.get("dog_1nn_correct"), classic.get("dog_test_count"))
+    knn_metric = get(DISTANCES, "knn_metric")
     tables = {"Headline results": pd.DataFrame([
-        ["Raw-pixel classifier accuracy", _fmt(metric(results, "raw_pixel_accuracy")), _fmt(raw_classic)],
-        ["Deep-feature classifier accuracy", _fmt(metric(results, "deep_feature_accuracy")),
+        ["Raw-pixel classifier accuracy", get.text(RAW, "raw_pixel_accuracy"), _fmt(raw_classic)],
+        ["Deep-feature classifier accuracy", get.text(DEEP, "deep_feature_accuracy"),
          _fmt(classic.get("deep_feature_accuracy"))],
         ["Dog test images whose 1-NN is a dog (Euclidean)", _count(dog_correct, dog_count),
          "{}/{}".format(*classic_dog)],
-        ["Dog 1-NN accuracy", _fmt(metric(results, "dog_1nn_accuracy") or _ratio(dog_correct, dog_count)),
-         _fmt(_ratio(*classic_dog))],
-        ["Dog test images whose 1-NN is a dog, cosine distance", _count(metric(results, "dog_1nn_correct_cosine"),
-                                                                     dog_count), MISSING],
+        ["Dog 1-NN accuracy", get.text(DISTANCES, "dog_1nn_accuracy"), _fmt(_ratio(*classic_dog))],
+        ["Dog test images whose 1-NN is a dog, cosine distance",
+         _count(get(DISTANCES, "dog_1nn_correct_cosine"), dog_count), MISSING],
         [f"Dog test images whose 1-NN is a dog, distance chosen by cross-validation on the training images "
-         f"({metric(results, 'knn_metric') or '?'})",
-         _count(metric(results, "dog_1nn_correct_chosen"), dog_count), MISSING],
-        ["Retrieval precision@5, Euclidean / cosine", _pair(metric(results, "precision_at_5_euclidean"),
-                                                             metric(results, "precision_at_5_cosine")), MISSING],
+         f"({knn_metric or '?'})", _count(get(DISTANCES, "dog_1nn_correct_chosen"), dog_count), MISSING],
+        ["Retrieval precision@5, Euclidean / cosine", _pair(get(RETRIEVAL, "precision_at_5_euclidean"),
+                                                             get(RETRIEVAL, "precision_at_5_cosine")), MISSING],
         ["Retrieval mean average precision, Euclidean / cosine",
-         _pair(metric(results, "map_euclidean"), metric(results, "map_cosine")), MISSING],
-        ["Deep feature dimension", _fmt(metric(results, "feature_dim")), MISSING],
-        [f"Few-shot test accuracy, 1 / 5 images per class ({metric(results, 'few_shot_classifier') or '?'}, "
+         _pair(get(RETRIEVAL, "map_euclidean"), get(RETRIEVAL, "map_cosine")), MISSING],
+        ["Deep feature dimension", get.text(DEEP, "feature_dim"), MISSING],
+        [f"Few-shot test accuracy, 1 / 5 images per class ({get(FEW_SHOT, 'few_shot_classifier') or '?'}, "
          "chosen on validation)",
-         _pair(metric(results, "one_shot_accuracy"), metric(results, "five_shot_accuracy")), MISSING],
+         _pair(get(FEW_SHOT, "one_shot_accuracy"), get(FEW_SHOT, "five_shot_accuracy")), MISSING],
     ], columns=["Measure", "This run", "Classic course"])}
 
-    probe, tuned = metric(results, "linear_probe_accuracy"), metric(results, "fine_tuned_accuracy")
-    if probe is not None or tuned is not None:  # the fine-tuning lesson ran
+    if FINE_TUNING in get.by_lesson:
         tables["Linear probe vs fine-tuned"] = pd.DataFrame(
-            [["Linear probe (frozen backbone)", _fmt(metric(results, "probe_validation_accuracy")), _fmt(probe)],
-             ["Frozen backbone, Keras head", _fmt(metric(results, "frozen_head_validation_accuracy")), MISSING],
-             [f"Fine-tuned (from block {_fmt(metric(results, 'top_blocks_from'))})",
-              _fmt(metric(results, "fine_tuned_validation_accuracy")), _fmt(tuned)]],
+            [["Linear probe (frozen backbone)", get.text(FINE_TUNING, "probe_validation_accuracy"),
+              get.text(FINE_TUNING, "linear_probe_accuracy")],
+             ["Frozen backbone, Keras head", get.text(FINE_TUNING, "frozen_head_validation_accuracy"), MISSING],
+             [f"Fine-tuned (from block {get.text(FINE_TUNING, 'top_blocks_from')})",
+              get.text(FINE_TUNING, "fine_tuned_validation_accuracy"), get.text(FINE_TUNING, "fine_tuned_accuracy")]],
             columns=["Model", "Validation accuracy (chooses)", "Test accuracy (scored once)"])
 
-    raw = _mapping(metric(results, "raw_pixel_per_class_accuracy")
-                   or metric(results, "per_class_accuracy", beside="raw_pixel_accuracy",
-                             without="deep_feature_accuracy"))
-    deep = _mapping(metric(results, "deep_feature_per_class_accuracy")
-                    or metric(results, "per_class_accuracy", beside="deep_feature_accuracy"))
-    nn = _mapping(metric(results, "per_class_1nn_accuracy"))
+    raw, deep = _mapping(get(RAW, "per_class_accuracy")), _mapping(get(DEEP, "per_class_accuracy"))
+    nn = _mapping(get(DISTANCES, "per_class_1nn_accuracy"))
     classes = list(dict.fromkeys([*raw, *deep, *nn]))
     if classes:
         tables["Per-class accuracy"] = pd.DataFrame(
             [[c, _fmt(raw.get(c)), _fmt(deep.get(c)), _fmt(nn.get(c))] for c in classes],
-            columns=["Class", "Raw pixels", "Deep features", f"1-NN ({metric(results, 'knn_metric') or 'Euclidean'})"])
+            columns=["Class", "Raw pixels", "Deep features", f"1-NN ({knn_metric or 'Euclidean'})"])
 
-    few = _mapping(metric(results, "few_shot"))
+    few = _mapping(get(FEW_SHOT, "few_shot"))
     shots = few.get("shots")
     if isinstance(shots, list) and shots:
         chosen = few.get("classifier")
@@ -146,7 +174,7 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
         tables["Few-shot curve"] = pd.DataFrame(
             [[_fmt(s), *(_fmt(_at(values, i)) for values in curves.values())] for i, s in enumerate(shots)],
             columns=["Shots per class", *curves])
-    validation = _mapping(metric(results, "few_shot_mean_validation"))
+    validation = _mapping(get(FEW_SHOT, "few_shot_mean_validation"))
     if validation:
         tables["Few-shot classifier, chosen on the training images outside the shots"] = pd.DataFrame(
             [[str(name), _fmt(value)] for name, value in validation.items()],
@@ -156,12 +184,12 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
             ("backbone_comparison", "Backbone comparison", "Backbone", "Deep-feature test accuracy"),
             ("image_size_cv_accuracy", "Input size (main backbone), chosen on the training images",
              "Image size (px)", "Mean cross-validation accuracy on the training images")):
-        found = _mapping(metric(results, key))
+        found = _mapping(get(DEEP, key))
         if found:
             tables[heading] = pd.DataFrame([[str(k), _fmt(v)] for k, v in found.items()], columns=[column, value])
 
     run = _mapping(results.get("run"))
-    info = [[key.replace("_", " "), _fmt(metric(results, key))] for key in RUN_KEYS]
+    info = [[key.replace("_", " "), _fmt(get.run_info(key))] for key in RUN_KEYS]
     total = run.get("total_seconds")
     info += [["total seconds", f"{total:.1f}" if isinstance(total, (int, float)) else MISSING],
              ["date", _fmt(run.get("date"))], ["status", _fmt(run.get("status"))],

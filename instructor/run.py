@@ -31,8 +31,8 @@ from utils.notebook import to_jsonable
 from utils.runtime import ANSWERS_ENV_VAR
 
 from . import COURSE_TITLE, NOTEBOOK_DIR, REPO
-from .lessons import Lesson, discover_lessons, read_lesson
-from .report import CLASSIC_RESULTS, write_results
+from .lessons import LessonNotebook, discover_lessons, read_lesson
+from .report import CLASSIC_RESULTS, report_gaps, write_results
 
 #: ``--small``: a quick run for smoke tests and slow machines (also what the tests and the fixture data use).
 SMALL_PARAMETERS: Final[Mapping[str, Any]] = {
@@ -83,10 +83,10 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
-def _as_lessons(notebooks: str | os.PathLike[str] | Iterable[Any] | None) -> list[Lesson]:
+def _as_lessons(notebooks: str | os.PathLike[str] | Iterable[Any] | None) -> list[LessonNotebook]:
     if notebooks is None or isinstance(notebooks, (str, os.PathLike)):
         return discover_lessons(notebooks or NOTEBOOK_DIR)
-    lessons = [nb if isinstance(nb, Lesson) else read_lesson(nb) for nb in notebooks]
+    lessons = [nb if isinstance(nb, LessonNotebook) else read_lesson(nb) for nb in notebooks]
     return sorted(lessons, key=lambda lesson: (lesson.number, lesson.path.name))
 
 
@@ -182,11 +182,14 @@ def run_course(build_dir: str | os.PathLike[str], parameters: Mapping[str, Any] 
     write_results(build, results)
     if failure is not None:
         raise failure
+    gaps = report_gaps(results)
+    if gaps:
+        log(f"  warning: the report found no figure for {', '.join(gaps)}")
     log(f"Course ran in {total:.1f} s; results in {build / 'results.md'}")
     return results
 
 
-def collect_results(build: Path, lessons: list[Lesson], parameters: Mapping[str, Any],
+def collect_results(build: Path, lessons: list[LessonNotebook], parameters: Mapping[str, Any],
                     seconds: Mapping[str, float], total_seconds: float, started: dt.datetime,
                     failure: BaseException | None = None) -> dict:
     """Every notebook's metrics file (``None`` when it wrote none) with the run's information."""

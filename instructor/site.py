@@ -1,8 +1,8 @@
 """The course site: Jupyter Book 1.x (Sphinx + MyST-NB) renders the executed notebooks into ``build/site/``.
 
 Why Jupyter Book: it installs from PyPI, builds offline (its theme, search index and scripts are local files),
-and gives every page previous/next links, a table of contents and a full-text search box -- what the hand-written
-nbconvert site had to re-implement. The notebooks are not re-executed (papermill already ran them); the install
+and gives every page previous/next links, a table of contents and a full-text search box, which nbconvert alone
+does not. The notebooks are not re-executed (papermill already ran them); the install
 cell is hidden, stderr outputs (progress bars) are dropped, and math rendering is off (MathJax would be fetched
 from a CDN).
 """

@@ -2,7 +2,8 @@
 
 They are not the course: each has a ``# Title`` + "Learning objectives" first cell, a
 ``parameters`` cell, a small matplotlib figure and a ``save_metrics`` call with fake
-figures, and they run in a couple of seconds each.
+figures (under a declared lesson title, as ``LessonRun.finish`` writes them), and they run in a couple of
+seconds each.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ metrics_path = ""
 # Parts of each notebook: (name, title, objectives, extra code, metrics dict source)
 FIXTURES = [
     ("01_first_look", "First look", ["Load a tiny array", "Plot it"],
-     "", '{"train_counts": {"cat": 3, "dog": 4}, "image_shape": [image_size, image_size, 3]}'),
+     "", '{"lesson": "Explore the data", "train_counts": {"cat": 3, "dog": 4}, '
+         '"image_shape": [image_size, image_size, 3]}'),
     ("02_raw_fake", "Fake raw pixels", ["Pretend to classify raw pixels"],
-     "", '{"raw_pixel_accuracy": np.float32(0.5), '
+     "", '{"lesson": "Raw-pixel classifier", "raw_pixel_accuracy": np.float32(0.5), '
          '"per_class_accuracy": {"cat": 0.25, "dog": np.float64(0.75)}}'),
     ("05_distances_fake", "Fake distances", ["Count dogs", "Draw a curve"],
-     "", '{"dog_1nn_correct": np.int64(9), "dog_test_count": 12, '
+     "", '{"lesson": "Per-class distances", "dog_1nn_correct": np.int64(9), "dog_test_count": 12, '
          '"per_class_1nn_accuracy": {"cat": 0.5, "dog": 0.75}}'),
 ]
 

@@ -22,6 +22,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell
 from _course_fixtures import REPO, built_course, make_course, make_notebook
 from instructor import NOTEBOOK_DIR, lessons, notebooks, report, run
 from instructor.__main__ import main as instructor_main
+from utils import lesson_metrics, notebook
 from utils.notebook import save_metrics
 
 # Every lesson is sized, seeded and located by the same parameters; lessons that use a network also take
@@ -151,17 +152,20 @@ def test_results_md_beside_classic(built: dict) -> None:
     assert "Linear probe vs fine-tuned" not in (built["build"] / "results.md").read_text()
 
 
-def test_report_finds_metrics_by_name_not_lesson_number() -> None:
-    """Renumbered lessons, a new lesson 7 and lesson 2/3 both writing per_class_accuracy."""
+def test_report_finds_metrics_by_lesson_title_not_number() -> None:
+    """Renumbered lessons; lessons 2, 3 and 7 all write per_class_accuracy, each read from its own lesson."""
     results = {"metrics": {
-        "01_deep": {"deep_feature_accuracy": 0.9, "raw_pixel_accuracy": 0.4, "per_class_accuracy": {"cat": 0.8}},
-        "04_raw": {"raw_pixel_accuracy": 0.4, "per_class_accuracy": {"cat": 0.3}},
-        "09_nn": {"dog_1nn_correct": 3, "dog_test_count": 4, "per_class_1nn_accuracy": {"cat": 0.6}},
-        "12_tune": {"linear_probe_accuracy": 0.81, "fine_tuned_accuracy": 0.86, "fine_tuned_validation_accuracy": 0.87,
-                    "top_blocks_from": 11},
-        "10_retrieval": {"map_euclidean": 0.49, "map_cosine": 0.52},
-        "11_size": {"image_size_cv_accuracy": {"128": 0.81, "224": 0.83}},
+        "01_deep": {"lesson": "Deep-features classifier", "deep_feature_accuracy": 0.9, "raw_pixel_accuracy": 0.4,
+                    "per_class_accuracy": {"cat": 0.8}},
+        "04_raw": {"lesson": "Raw-pixel classifier", "raw_pixel_accuracy": 0.4, "per_class_accuracy": {"cat": 0.3}},
+        "09_nn": {"lesson": "Per-class distances", "dog_1nn_correct": 3, "dog_test_count": 4,
+                  "dog_1nn_accuracy": 0.75, "per_class_1nn_accuracy": {"cat": 0.6}},
+        "12_tune": {"lesson": "Fine-tuning", "linear_probe_accuracy": 0.81, "fine_tuned_accuracy": 0.86,
+                    "fine_tuned_validation_accuracy": 0.87, "top_blocks_from": 11,
+                    "per_class_accuracy": {"probe": {"cat": 0.1}}},
+        "10_retrieval": {"lesson": "Image retrieval", "map_euclidean": 0.49, "map_cosine": 0.52},
     }}
+    results["metrics"]["01_deep"]["image_size_cv_accuracy"] = {"128": 0.81, "224": 0.83}
     markdown = report.tables_markdown(report.results_tables(results))
     rows = _rows(markdown)
     assert rows["Deep-feature classifier accuracy"][0] == "0.900" and rows["Dog 1-NN accuracy"][0] == "0.750"
@@ -170,13 +174,57 @@ def test_report_finds_metrics_by_name_not_lesson_number() -> None:
     assert rows["224"] == ["0.830"] and "chosen on the training images" in markdown
     assert "## Linear probe vs fine-tuned" in markdown
     assert rows["Linear probe (frozen backbone)"] == ["—", "0.810"] and rows["Fine-tuned (from block 11)"] == ["0.870", "0.860"]
-    only_probe = report.results_tables({"metrics": {"07_x": {"linear_probe_accuracy": 0.5}}})
+    assert "Per-class distances: dog_1nn_correct_cosine" in report.report_gaps(results)
+    only_probe = report.results_tables({"metrics": {"07_x": {"lesson": "Fine-tuning", "linear_probe_accuracy": 0.5}}})
     assert only_probe["Linear probe vs fine-tuned"]["Test accuracy (scored once)"].tolist() == ["0.500", "—", "—"]
 
 
+def test_the_report_reads_only_declared_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    reader = report._Reader({"metrics": {"02_x": {"lesson": "Raw-pixel classifier", "raw_pixel_acuracy": 0.5}}})
+    with pytest.raises(lesson_metrics.MetricsContractError, match="raw_pixel_acuracy"):
+        reader("Raw-pixel classifier", "raw_pixel_acuracy")
+    assert reader("Raw-pixel classifier", "raw_pixel_accuracy") is None  # declared, not written: a gap
+    assert reader.gaps == ["Raw-pixel classifier: raw_pixel_accuracy"]
+
+
+def _finish(name: str, path: Path, **metrics) -> dict:
+    return notebook.setup(name, seed=1, backbone="b").finish(path, **metrics)
+
+
+def test_finish_writes_exactly_the_declared_metrics(tmp_path: Path) -> None:
+    declared = lesson_metrics.declared("Raw-pixel classifier")
+    written = {key: 1 for key in declared}
+    saved = _finish("02 Raw-pixel classifier", tmp_path / "m.json", **written)
+    assert saved["lesson"] == "Raw-pixel classifier" and saved["backbone"] == "b" and saved["seed"] == 1
+    assert json.loads((tmp_path / "m.json").read_text()) == saved
+    assert _finish("9 Raw-pixel classifier", tmp_path / "renumbered.json", **written)["raw_pixel_accuracy"] == 1
+
+
+def test_a_renamed_undeclared_or_missing_metric_fails_and_loses_nothing(tmp_path: Path) -> None:
+    written = {key: 1 for key in lesson_metrics.declared("Raw-pixel classifier")}
+    renamed = {("raw_pixel_acc" if k == "raw_pixel_accuracy" else k): v for k, v in written.items()}
+    with pytest.raises(lesson_metrics.MetricsContractError,
+                       match="undeclared: raw_pixel_acc;.*not written: raw_pixel_accuracy"):
+        _finish("02 Raw-pixel classifier", tmp_path / "m.json", **renamed)
+    assert json.loads((tmp_path / "m.json").read_text())["raw_pixel_acc"] == 1  # written all the same
+    with pytest.raises(lesson_metrics.MetricsContractError, match="undeclared: extra"):
+        _finish("02 Raw-pixel classifier", None, **written, extra=2)
+    with pytest.raises(lesson_metrics.MetricsContractError, match="utils/lesson_metrics.py"):
+        notebook.setup("12 A lesson nobody declared")
+
+
+def test_every_declared_metric_has_a_meaning_and_a_valid_format() -> None:
+    for lesson, metrics in lesson_metrics.DECLARED.items():
+        assert lesson == lesson_metrics.lesson_title(lesson)
+        for key, declared in metrics.items():
+            assert key.isidentifier() and declared.meaning, (lesson, key)
+            format(1 if declared.format == "d" else 1.0, declared.format)  # a bad spec raises
+
+
 def test_report_survives_missing_and_odd_metrics() -> None:
-    for results in ({}, {"metrics": {"02_x": None, "03_y": {"few_shot": "oops"}}},
-                    {"metrics": {"06_z": {"few_shot": {"shots": [1, 5], "deep_feature_accuracy": [0.5]}}}}):
+    for results in ({}, {"metrics": {"02_x": None, "03_y": {"lesson": "Few-shot recognizer", "few_shot": "oops"}}},
+                    {"metrics": {"06_z": {"lesson": "Few-shot recognizer",
+                                          "few_shot": {"shots": [1, 5], "deep_feature_accuracy": [0.5]}}}}):
         markdown = report.tables_markdown(report.results_tables(results))
         assert "Classic course" in markdown and "—" in markdown
     assert re.search(r"^\|\s*5\s*\|\s*—\s*\|\s*—\s*\|$", markdown, re.M)

@@ -17,7 +17,7 @@ import utils.backbones as backbones
 import utils.fast_inference as fast_inference
 import utils.features as features
 from utils.data import load_image
-from utils.features import _cache_path, featurize_files, featurize_images, report_skipped
+from utils.features import array_cache_path, featurize_files, featurize_images, report_skipped
 
 SIZE = 64
 
@@ -93,7 +93,7 @@ def test_cache_hit_is_identical_and_does_not_rebuild(crops: np.ndarray, feature_
     def no_model(*_args, **_kwargs):
         raise AssertionError("the backbone was loaded although the features are cached")
 
-    monkeypatch.setattr(features, "backbone_handle", no_model)
+    monkeypatch.setattr(backbones.BackboneHandle, "load", no_model)  # the handle itself builds nothing
     monkeypatch.setattr(backbones, "load_backbone", no_model)
     again = featurize_images(images.copy(), image_size=SIZE)  # same content, another array
     np.testing.assert_array_equal(again, first)
@@ -108,10 +108,10 @@ def test_changed_pixels_size_or_backbone_use_another_cache_file(crops: np.ndarra
     b = featurize_images(images, image_size=SIZE)
     assert len(_feature_files(feature_cache) - before) == 2
     assert not np.array_equal(a, b)
-    paths = {_cache_path("array", "h", "efficientnet_lite0", SIZE), _cache_path("array", "h", "efficientnet_lite0", 96),
-             _cache_path("array", "h", "efficientnet_lite1", SIZE), _cache_path("array", "h2", "efficientnet_lite0", SIZE),
-             _cache_path("files", "h", "efficientnet_lite0", SIZE)}
-    assert len(paths) == 5
+    handle = backbones.backbone_handle
+    paths = {array_cache_path("h", handle("efficientnet_lite0", SIZE)), array_cache_path("h", handle("efficientnet_lite0", 96)),
+             array_cache_path("h", handle("efficientnet_lite1", SIZE)), array_cache_path("h2", handle("efficientnet_lite0", SIZE))}
+    assert len(paths) == 4
 
 
 def test_featurize_files_skips_bad_files_and_matches_arrays(crops: np.ndarray, tmp_path: Path,
@@ -260,8 +260,8 @@ def test_int8_has_its_own_cache_key_and_falls_back_without_vnni(photo_files: lis
     assert fast.resolve_precision() == "float32"  # the environment variable, warned once only
     with pytest.raises(ValueError, match="precision must be one of"):
         fast.resolve_precision("bf17")
-    assert _cache_path("array", "h", "efficientnet_lite0", SIZE, "int8") != _cache_path(
-        "array", "h", "efficientnet_lite0", SIZE)
+    lite0 = backbones.backbone_handle("efficientnet_lite0", SIZE)
+    assert array_cache_path("h", lite0, "int8") != array_cache_path("h", lite0)
 
 
 @pytest.mark.skipif(not __import__("utils.fast_inference").fast_inference.int8_supported(),

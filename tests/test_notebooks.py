@@ -14,9 +14,9 @@ import pytest
 from sklearn.metrics import pairwise_distances
 
 from _course_fixtures import built_real_course
-from instructor import NOTEBOOK_DIR
+from instructor import NOTEBOOK_DIR, report
 from instructor.run import SMALL_PARAMETERS as SMALL
-from utils import data, features
+from utils import data, features, lesson_metrics
 
 pytestmark = pytest.mark.slow
 LESSONS = ["01_explore_data", "02_raw_pixel_classifier", "03_deep_features_classifier", "04_image_retrieval",
@@ -207,3 +207,9 @@ def test_results_report_collects_the_headline_figures(run) -> None:
     assert f"{m['03_deep_features_classifier']['deep_feature_accuracy']:.3f}" in text
     assert f"{m['05_per_class_distances']['dog_1nn_correct']}" in text
     assert "0.788" in text and "678" in text
+
+
+def test_every_lesson_wrote_its_declared_metrics_and_the_report_shows_them_all(run) -> None:
+    for stem, metrics in run["metrics"].items():
+        assert set(lesson_metrics.declared(metrics["lesson"])) <= set(metrics), stem
+    assert report.report_gaps(run["results"]) == []

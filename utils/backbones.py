@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from .cache import entry_path, read_entry, write_entry, write_entry_by_path
 from .data import resize_batch
-from .runtime import atomic_write, cache_root, import_tensorflow_quietly, package_version
+from .runtime import import_tensorflow_quietly, package_version
 
 if TYPE_CHECKING:  # keep `import utils` light: TensorFlow is imported only when a model is built
     import keras
@@ -212,9 +213,9 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def weights_fingerprint(name: str) -> str:
-    """An id that changes whenever ``name``'s weights change (cheap: does not build the model)."""
-    spec = get_spec(name)
+def weights_fingerprint(name: "str | BackboneSpec") -> str:
+    """An id that changes whenever the backbone's weights change (cheap: does not build the model)."""
+    spec = name if isinstance(name, BackboneSpec) else get_spec(name)
     if spec.offline:
         return f"{spec.name}-{_file_sha256(lite_checkpoint_path(spec.name))[:16]}"
     return f"{spec.name}-keras{package_version('keras')}-imagenet"
@@ -225,24 +226,23 @@ def _build_lite(name: str, input_size: int) -> Backbone:
 
     checkpoint = lite_checkpoint_path(name)
     weights_id = weights_fingerprint(name)
-    converted = cache_root() / "weights" / f"{weights_id}.weights.h5"
-    architecture = cache_root() / "weights" / f"{weights_id}.blocks.json"
-    if converted.exists() and architecture.exists():
-        blocks = [LiteBlock(**b) for b in json.loads(architecture.read_text())]
+    converted = entry_path("weights", name, weights_id, suffix=".weights.h5")
+    architecture = converted.with_name(converted.name.replace(".weights.h5", ".blocks.json"))
+    blocks = read_entry(architecture, lambda p: [LiteBlock(**b) for b in json.loads(p.read_text())],
+                        "converted weights")
+    model = None
+    if blocks is not None:
         model = build_efficientnet_lite(blocks, input_size, name=name)
-        model.load_weights(converted)
-    else:  # first use: read the PyTorch checkpoint, convert, cache as Keras weights
+        model = read_entry(converted, lambda p: model.load_weights(p) or model, "converted weights")
+    if model is None:  # first use, or a damaged entry: read the PyTorch checkpoint, convert, cache as Keras weights
         from .torch_checkpoint import load_legacy_checkpoint
 
         state = load_legacy_checkpoint(checkpoint)
         blocks = lite_blocks_from_state_dict(state)
         model = build_efficientnet_lite(blocks, input_size, name=name)
         load_lite_state_dict(model, state)
-        converted.parent.mkdir(parents=True, exist_ok=True)
-        tmp = converted.with_name(f".tmp-{os.getpid()}-{converted.name}")  # keras needs a .weights.h5 name
-        model.save_weights(tmp)
-        os.replace(tmp, converted)
-        atomic_write(architecture, json.dumps([b.__dict__ for b in blocks]))
+        write_entry_by_path(converted, model.save_weights)  # Keras needs a file name ending in .weights.h5
+        write_entry(architecture, json.dumps([b.__dict__ for b in blocks]))
     features = model.get_layer("avg_pool").output
     feature_model = keras.Model(model.input, features, name=f"{name}_features")
     probabilities = keras.layers.Softmax(name="probabilities")(model.output)
@@ -360,10 +360,10 @@ class BackboneHandle:
     TFLite path, so a run whose converted model is already cached never builds the Keras model.
     """
 
-    def __init__(self, name: str, input_size: int) -> None:
-        spec = get_spec(name)
+    def __init__(self, name: "str | BackboneSpec", input_size: int) -> None:
+        spec = name if isinstance(name, BackboneSpec) else get_spec(name)
         self.name, self.input_size, self.feature_dim = spec.name, int(input_size), spec.feature_dim
-        self.weights_id = weights_fingerprint(spec.name)
+        self.weights_id = weights_fingerprint(spec)
 
     def load(self) -> Backbone:
         """The built backbone (Keras models), the same object :func:`load_backbone` returns."""
@@ -392,7 +392,7 @@ def _checked_size(spec: BackboneSpec, image_size: int | None) -> int:
 def backbone_handle(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> BackboneHandle:
     """A :class:`BackboneHandle` for ``name`` at ``image_size`` (one per process): cheap, builds nothing."""
     spec = get_spec(name)
-    return BackboneHandle(spec.name, _checked_size(spec, image_size))
+    return BackboneHandle(spec, _checked_size(spec, image_size))
 
 
 @functools.lru_cache(maxsize=8)

@@ -6,9 +6,9 @@ no quantization: float32 in, float32 out) and run by the XNNPACK delegate is abo
 features to ~1e-5 (see ``benchmarks/README.md``).
 
 The converted model takes the uint8 images as they come (cast and bilinear resize are inside it, as in the Keras
-step). The conversion (~6-9 s) happens once per backbone, weights, model size and input image size: the flatbuffer
-is cached under ``cache_root()/tflite`` with the weights id in its name, written atomically, and checked against the
-Keras model when it is made. Whenever TFLite is unavailable or a conversion fails, the Keras path is used instead
+step). The conversion happens once per backbone, weights, model size, input image size and precision: the
+flatbuffer is cached by :mod:`utils.cache` (``tflite/``, keyed also by the TensorFlow version) and checked against
+the Keras model when it is made. Whenever TFLite is unavailable or a conversion fails, the Keras path is used instead
 (:func:`tflite_featurizer` returns ``None``, or the featurizer falls back for that input size, with a warning);
 ``DEEP_FEATURES_FAST=0`` asks for the Keras path explicitly.
 
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .runtime import (atomic_write, cache_root, cpu_flags, import_tensorflow_quietly, native_stderr_silenced,
-                      package_version)
+from .cache import entry_path, read_entry, write_entry
+from .runtime import cpu_flags, import_tensorflow_quietly, native_stderr_silenced, package_version
 
 if TYPE_CHECKING:
     from .backbones import Backbone, BackboneHandle
@@ -47,7 +47,6 @@ PRECISIONS = ("float32", "int8")
 INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
 CALIBRATION_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 INT8_MAX_REL_DIFF = 0.5  # an int8 model further than this from the Keras features (relative L2) is broken
-TFLITE_FORMAT = 2  # bump when the conversion changes, to invalidate cached flatbuffers
 CHUNK_SIZE = 8  # images per interpreter call: XNNPACK is fastest on small batches (cache-resident activations)
 NUM_THREADS = min(os.cpu_count() or 1, 4)
 MAX_ABS_DIFF = 1e-3  # a converted model whose features differ more from the Keras model's is rejected
@@ -68,8 +67,8 @@ _warned_fallback: set[str] = set()
 def resolve_precision(precision: str | None = None) -> str:
     """The inference precision to use: ``precision``, else ``$DEEP_FEATURES_PRECISION``, else ``"float32"``.
 
-    ``"int8"`` is the reduced-precision fast path (post-training quantization, run by XNNPACK): about 2-3x the
-    float32 speed on CPUs with VNNI dot products, linear-probe accuracy within half a point (benchmarks/README.md).
+    ``"int8"`` is the reduced-precision fast path (post-training quantization, run by XNNPACK), faster than
+    float32 only on CPUs with int8 dot products (VNNI); its speed and accuracy: ``benchmarks/README.md``.
     Where the CPU lacks those instructions, or the float32 fast path is off, it falls back to ``"float32"`` with
     one warning. Features of each precision are cached under their own key.
     """
@@ -120,13 +119,23 @@ def _interpreter_class():
 
 def tflite_path(backbone: "Backbone | BackboneHandle", input_hw: tuple[int, int],
                 precision: str = "float32") -> Path:
-    """Where the converted model is cached: named by weights, model size, input size, precision and converter
+    """Where the converted model is cached: keyed by weights, model size, input size, precision and converter
     version (read from the installed package, so finding a cached model imports neither TensorFlow nor Keras)."""
     h, w = input_hw
-    tag = "" if precision == "float32" else f"-{precision}"
     tf_version = package_version("tensorflow")
-    name = (f"{backbone.weights_id}-{backbone.input_size}px-in{h}x{w}{tag}-tf{tf_version}-f{TFLITE_FORMAT}.tflite")
-    return cache_root() / "tflite" / name
+    return entry_path("tflite", backbone.name, backbone.weights_id, backbone.input_size, precision,
+                      detail=[h, w, tf_version], label=f"in{h}x{w}-tf{tf_version}", suffix=".tflite")
+
+
+def _read_flatbuffer(path: Path) -> bytes:
+    """A cached flatbuffer, checked by its file identifier and by loading it into an interpreter."""
+    flatbuffer = path.read_bytes()
+    if flatbuffer[4:8] != b"TFL3":
+        raise ValueError("not a TFLite flatbuffer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        _interpreter_class()(model_content=flatbuffer)
+    return flatbuffer
 
 
 def _keras_reference(backbone: "Backbone | BackboneHandle", images: np.ndarray) -> np.ndarray:
@@ -219,8 +228,9 @@ def load_or_convert(backbone: "Backbone | BackboneHandle", input_hw: tuple[int, 
     float32 must give the Keras model's features to :data:`MAX_ABS_DIFF`; int8 to :data:`INT8_MAX_REL_DIFF`
     (relative L2 distance, on natural images)."""
     path = tflite_path(backbone, input_hw, precision)
-    if path.exists():
-        return path.read_bytes()
+    cached = read_entry(path, _read_flatbuffer, "TFLite model")
+    if cached is not None:
+        return cached
     if precision == "int8":
         calibration = calibration_images(input_hw)
         flatbuffer = convert_to_tflite(backbone, input_hw, "int8", calibration=calibration)
@@ -236,7 +246,7 @@ def load_or_convert(backbone: "Backbone | BackboneHandle", input_hw: tuple[int, 
         diff = float(np.abs(TFLiteRunner(flatbuffer)(x) - _keras_reference(backbone, x)).max())
         if not diff <= MAX_ABS_DIFF:
             raise ValueError(f"TFLite features differ from the Keras model's by {diff:g} (> {MAX_ABS_DIFF})")
-    atomic_write(path, flatbuffer)
+    write_entry(path, flatbuffer)
     return flatbuffer
 
 

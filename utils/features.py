@@ -1,8 +1,8 @@
 """Batched featurization with a disk cache: images -> float32 deep-feature matrix.
 
-The cache key is a hash of the images' content (pixels, or file bytes), the backbone and its weights, the image
-size, the inference precision and :data:`FEATURE_FORMAT`; entries are written atomically, so a re-run or another
-notebook pays nothing and a changed parameter never reads stale features.
+Entries are keyed by :mod:`utils.cache` (the images' content, pixels or file bytes, the backbone and its weights,
+the image size and the inference precision) and written atomically, so a re-run or another notebook pays nothing
+and a changed parameter never reads stale features.
 
 Files are featurized in chunks of :data:`CHUNK_FILES`, each cached on its own as soon as it is done: a killed or
 interrupted run resumes at the first chunk not yet cached and gives the same features. A small stat index (path,
@@ -19,20 +19,17 @@ import json
 import queue
 import sys
 import threading
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, Backbone, BackboneHandle, backbone_handle, get_spec, weights_fingerprint
+from .backbones import DEFAULT_BACKBONE, Backbone, BackboneHandle, backbone_handle
+from .cache import content_hash, entry_path, read_entry, write_entry
 from .data import NO_SUCH_FILE, ImageLoadError, load_image
 from .fast_inference import keras_step, resolve_precision, tflite_featurizer
-from .runtime import atomic_write, cache_root
 
-FEATURE_FORMAT = 2  # bump when preprocessing, resizing or the cache layout changes: invalidates every entry
 DEFAULT_BATCH_SIZE = 64
 CHUNK_FILES = 256  # files per cached chunk: what a kill can lose at most
 MAX_CHUNKS_AHEAD = 2  # decoded chunks waiting for the model (plus one being decoded and one being featurized)
@@ -76,16 +73,15 @@ def _progress(total: int, description: str, enabled: bool | None):
     return tqdm(total=total, desc=description, unit="img", disable=not show, file=sys.stderr, mininterval=interval)
 
 
-def _cache_path(kind: str, content_hash: str, backbone: str, size: int, precision: str = "float32") -> Path:
-    key = hashlib.sha256(
-        json.dumps([FEATURE_FORMAT, kind, content_hash, weights_fingerprint(backbone), size, precision]).encode()
-    ).hexdigest()[:24]
-    tag = "" if precision == "float32" else f"-{precision}"
-    return cache_root() / "features" / f"{get_spec(backbone).name}-{size}px{tag}-{kind}-{key}.npz"
+def array_cache_path(images_hash: str, backbone: BackboneHandle, precision: str = "float32") -> Path:
+    """Where the features of an image array (by its :func:`array_hash`) are cached."""
+    return entry_path("features", backbone.name, backbone.weights_id, backbone.input_size, precision,
+                      content=images_hash, label="array", suffix=".npz")
 
 
-def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {k: npz[k] for k in keys}
 
 
 def array_hash(images: np.ndarray) -> str:
@@ -111,38 +107,29 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image
         raise ValueError(f"expected uint8 images (0-255), got {images.dtype}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    spec = get_spec(backbone)
-    size = int(image_size or spec.input_size)
+    bb = backbone_handle(backbone, image_size)  # resolved once here, passed down; builds no Keras model
     precision = resolve_precision(precision)
-    path = _cache_path("array", array_hash(images), spec.name, size, precision) if use_cache else None
-    if path is not None and path.exists():
-        cached = _read_npz(path, ("features",))
-        if cached is not None and cached["features"].shape[0] == len(images):
-            return cached["features"]
-    bb = backbone_handle(spec.name, size)  # builds the Keras model only if no converted model is cached
+    path = array_cache_path(array_hash(images), bb, precision) if use_cache else None
+    if path is not None:
+        def read(p: Path) -> np.ndarray:
+            found = _load_npz(p, ("features",))["features"]
+            if found.shape != (len(images), bb.feature_dim):
+                raise ValueError(f"shape {found.shape}, expected {(len(images), bb.feature_dim)}")
+            return found
+
+        cached = read_entry(path, read, "feature")
+        if cached is not None:
+            return cached
     step = _inference_step(bb, precision)
     out = np.empty((len(images), bb.feature_dim), dtype=np.float32)
-    with _progress(len(images), f"{spec.name} {size}px", progress) as bar:
+    with _progress(len(images), f"{bb.name} {bb.input_size}px", progress) as bar:
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
             out[start : start + len(batch)] = np.asarray(step(batch))
             bar.update(len(batch))
     if path is not None:
-        _atomic_save(path, features=out)
+        write_entry(path, lambda f: np.savez(f, features=out))
     return out
-
-
-def _read_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
-    """The arrays of a cache file, or ``None`` (with one warning) when it is truncated or corrupt."""
-    try:
-        with np.load(path) as npz:
-            return {k: npz[k] for k in keys}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        warnings.warn(f"feature cache file {path} is unreadable ({type(exc).__name__}: {exc}); recomputing it",
-                      stacklevel=3)
-        return None
 
 
 @dataclass
@@ -159,16 +146,15 @@ class _Chunk:
 
 
 class _ChunkCache:
-    """Where chunks live: ``features/chunks/<content key>.npz`` and the stat index ``features/index/<key>``."""
+    """Where chunks live: ``features/chunks/`` (by content) and their stat index ``features/index/``."""
 
-    def __init__(self, backbone: str, size: int, precision: str) -> None:
-        self.prefix = json.dumps([FEATURE_FORMAT, "files", weights_fingerprint(backbone), size, precision])
-        tag = "" if precision == "float32" else f"-{precision}"
-        self.name = f"{get_spec(backbone).name}-{size}px{tag}"
-        self.root = cache_root() / "features"
+    def __init__(self, backbone: BackboneHandle, precision: str) -> None:
+        self.backbone, self.precision = backbone, precision
 
-    def _key(self, parts: Sequence[object]) -> str:
-        return hashlib.sha256(json.dumps([self.prefix, *parts]).encode()).hexdigest()[:32]
+    def _path(self, kind: str, content: str, suffix: str) -> Path:
+        bb = self.backbone
+        return entry_path(kind, bb.name, bb.weights_id, bb.input_size, self.precision, content=content,
+                          suffix=suffix)
 
     def stat_key(self, paths: Sequence[Path]) -> str:
         stats: list[object] = []
@@ -178,39 +164,35 @@ class _ChunkCache:
                 stats.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
             except OSError:
                 stats.append([str(p), None])
-        return self._key(stats)
+        return content_hash(json.dumps(stats))
 
     def content_key(self, digests: Sequence[str]) -> str:
-        return self._key(digests)
+        return content_hash(json.dumps(list(digests)))
 
     def index_file(self, stat_key: str) -> Path:
-        return self.root / "index" / f"{self.name}-{stat_key}.txt"
+        return self._path("features/index", stat_key, ".txt")
 
     def chunk_file(self, content_key: str) -> Path:
-        return self.root / "chunks" / f"{self.name}-{content_key}.npz"
+        return self._path("features/chunks", content_key, ".npz")
 
     def read(self, content_key: str, count: int, dim: int | None) -> dict[str, np.ndarray] | None:
-        path = self.chunk_file(content_key)
-        if not path.exists():
-            return None
-        arrays = _read_npz(path, ("features", "kept", "skipped", "reasons"))
-        if arrays is None:
-            return None
-        n_kept = len(arrays["kept"])
-        consistent = (arrays["features"].ndim == 2 and arrays["features"].shape[0] == n_kept
-                      and n_kept + len(arrays["skipped"]) == count
-                      and (dim is None or arrays["features"].shape[1] == dim))
-        if not consistent:
-            warnings.warn(f"feature cache file {path} does not match its files; recomputing it", stacklevel=2)
-            return None
-        return arrays
+        def read_consistent(path: Path) -> dict[str, np.ndarray]:
+            arrays = _load_npz(path, ("features", "kept", "skipped", "reasons"))
+            n_kept = len(arrays["kept"])
+            if not (arrays["features"].ndim == 2 and arrays["features"].shape[0] == n_kept
+                    and n_kept + len(arrays["skipped"]) == count
+                    and (dim is None or arrays["features"].shape[1] == dim)):
+                raise ValueError("it does not match its files")
+            return arrays
+
+        return read_entry(self.chunk_file(content_key), read_consistent, "feature")
 
     def write(self, chunk: _Chunk, features: np.ndarray, kept: list[int]) -> dict[str, np.ndarray]:
         arrays = {"features": features, "kept": np.asarray(kept, dtype=np.int64),
                   "skipped": np.asarray([i for i, _ in chunk.skipped], dtype=np.int64),
                   "reasons": np.asarray([r for _, r in chunk.skipped], dtype=str)}
-        atomic_write(self.chunk_file(chunk.content_key), lambda f: np.savez(f, **arrays))
-        atomic_write(chunk.index_file, chunk.content_key)
+        write_entry(self.chunk_file(chunk.content_key), lambda f: np.savez(f, **arrays))
+        write_entry(chunk.index_file, chunk.content_key)
         return arrays
 
 
@@ -247,7 +229,7 @@ def _prepare_chunk(cache: _ChunkCache | None, paths: Sequence[Path], start: int,
     if cache is not None and content_key != indexed_key:  # a corrupt entry is reported once, not twice
         cached = cache.read(content_key, len(paths), dim)
         if cached is not None:
-            atomic_write(index_file, content_key)
+            write_entry(index_file, content_key)
             return _Chunk(start, len(paths), content_key, index_file, cached=cached)
     chunk = _Chunk(start, len(paths), content_key, index_file)
     for i, (path, content) in enumerate(zip(paths, contents)):
@@ -322,27 +304,25 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
     paths = [Path(p) for p in paths]
     if batch_size < 1 or chunk_files < 1:
         raise ValueError(f"batch_size and chunk_files must be positive, got {batch_size} and {chunk_files}")
-    spec = get_spec(backbone)
-    size = int(image_size or spec.input_size)
+    bb = backbone_handle(backbone, image_size)  # resolved once here, passed down; builds no Keras model
+    size, dim = bb.input_size, bb.feature_dim
     precision = resolve_precision(precision)
-    cache = _ChunkCache(spec.name, size, precision) if use_cache else None
+    cache = _ChunkCache(bb, precision) if use_cache else None
     # One output matrix filled in place (concatenating chunks at the end would hold every feature twice).
-    out = np.empty((len(paths), spec.feature_dim), dtype=np.float32)
+    out = np.empty((len(paths), dim), dtype=np.float32)
     kept_idx: list[int] = []
     skipped: list[tuple[int, str]] = []
     step = None
-    dim = spec.feature_dim
     resumed = 0
-    with _progress(len(paths), f"{spec.name} {size}px", progress) as bar:
+    with _progress(len(paths), f"{bb.name} {size}px", progress) as bar:
         for chunk in _chunks_ahead(cache, paths, size, dim, chunk_files):
             if chunk.cached is not None:
                 arrays = chunk.cached
                 resumed += chunk.count
                 bar.set_postfix_str(f"{resumed} from cache", refresh=False)
             else:
-                if step is None:
-                    bb = backbone_handle(spec.name, size)  # Keras is built only if a conversion is needed
-                    step, dim = _inference_step(bb, precision), bb.feature_dim
+                if step is None:  # Keras is built only if a conversion is needed
+                    step = _inference_step(bb, precision)
                 good = chunk.images
                 features = np.empty((len(good), dim), dtype=np.float32)
                 for s in range(0, len(good), batch_size):

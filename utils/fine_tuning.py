@@ -11,15 +11,13 @@ activations (``flip=True``).
   backbone that :func:`utils.features.featurize_images` uses).
 * :meth:`SplitBackbone.activations`: the bottom's activations of uint8 images, cached on disk as float16.
 * :func:`cpu_has_bf16` / :func:`compute_dtype`: bfloat16 mixed precision only where the CPU computes it natively.
-  Native is not enough to be faster: on an AVX512-BF16 CPU (AMD EPYC, TensorFlow 2.21) a training step of lite0's
-  top blocks took 1.6-1.7x the CPU time of float32 (``benchmarks/fine_tuning.py``), so lesson 7 uses float32.
+  Native is not enough to be faster: measured slower than float32 for these top blocks
+  (``benchmarks/fine_tuning.py``, ``benchmarks/results/fine_tuning.json``), so lesson 7 uses float32.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -30,13 +28,13 @@ import numpy as np
 
 from . import fast_inference
 from .backbones import Backbone
+from .cache import entry_path, read_entry, write_entry
 from .features import array_hash
-from .runtime import atomic_write, cache_root, cpu_flags
+from .runtime import cpu_flags
 
 if TYPE_CHECKING:
     import keras
 
-ACTIVATION_FORMAT = 1  # bump when the split or the conversion changes, to invalidate cached activations
 _BLOCK = re.compile(r"^blocks_(\d+)_")
 
 
@@ -108,10 +106,10 @@ class SplitBackbone:
         return tuple(int(d) for d in self.bottom.output.shape[1:])
 
     def _cache_path(self, images: np.ndarray, flip: bool) -> Path:
-        key = hashlib.sha256(json.dumps([ACTIVATION_FORMAT, array_hash(images), self.backbone.weights_id,
-                                         self.backbone.input_size, self.first_top_block, flip]).encode())
-        name = f"{self.backbone.name}-{self.backbone.input_size}px-block{self.first_top_block}"
-        return cache_root() / "activations" / f"{name}-{'flip-' if flip else ''}{key.hexdigest()[:24]}.npy"
+        bb = self.backbone
+        return entry_path("activations", bb.name, bb.weights_id, bb.input_size, content=array_hash(images),
+                          detail=[self.first_top_block, flip],
+                          label=f"block{self.first_top_block}{'-flip' if flip else ''}", suffix=".npy")
 
     def _inference_step(self, input_hw: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
         """uint8 images -> bottom activations: the bottom converted to TFLite (XNNPACK), else plain Keras."""
@@ -140,8 +138,16 @@ class SplitBackbone:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} {images.shape}")
         path = self._cache_path(images, flip)
-        if use_cache and path.exists():
-            return np.load(path).astype(np.float32)
+        if use_cache:
+            def read(p: Path) -> np.ndarray:
+                found = np.load(p)
+                if found.shape != (len(images), *self.activation_shape):
+                    raise ValueError(f"shape {found.shape}, expected {(len(images), *self.activation_shape)}")
+                return found.astype(np.float32)
+
+            cached = read_entry(path, read, "activation")
+            if cached is not None:
+                return cached
         if flip:
             images = np.ascontiguousarray(images[:, :, ::-1])
         if self._step is None:
@@ -150,7 +156,7 @@ class SplitBackbone:
         for start in range(0, len(images), batch_size):
             out[start : start + batch_size] = self._step(images[start : start + batch_size])
         if use_cache:
-            atomic_write(path, lambda f: np.save(f, out))
+            write_entry(path, lambda f: np.save(f, out))
         return out.astype(np.float32)
 
 

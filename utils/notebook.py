@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .lesson_metrics import check_written, declared, lesson_title
 from .runtime import atomic_write
 
 
@@ -54,8 +55,8 @@ def save_metrics(path: str | os.PathLike[str] | None, metrics: Mapping[str, Any]
 
 
 @dataclass
-class Lesson:
-    """A running lesson: its parameters, its start time and the metrics it collects."""
+class LessonRun:
+    """A lesson being run: its name, parameters and start time, and the metrics it collects."""
 
     name: str
     parameters: dict[str, Any]
@@ -67,22 +68,36 @@ class Lesson:
         return time.perf_counter() - self.started
 
     def finish(self, metrics_path: str | Path | None = None, **metrics: Any) -> dict[str, Any]:
-        """Record final metrics (plus parameters and run time); write them as JSON when ``metrics_path`` is set."""
+        """Record the lesson's metrics (plus its title, parameters and run time); write them as JSON when
+        ``metrics_path`` is set.
+
+        The keys must be exactly those the lesson declares in :mod:`utils.lesson_metrics`: otherwise the file is
+        still written (nothing is lost) and :class:`~utils.lesson_metrics.MetricsContractError` names the
+        difference.
+        """
         self.metrics.update(metrics)
         self.metrics.update({k: v for k, v in self.parameters.items() if k not in {"metrics_path", "data_dir"}})
         self.metrics["seconds"] = round(self.elapsed(), 2)
-        return save_metrics(metrics_path, self.metrics)
+        self.metrics["lesson"] = lesson_title(self.name)
+        saved = save_metrics(metrics_path, self.metrics)
+        check_written(self.name, metrics)
+        return saved
 
 
-def setup(name: str, seed: int = 0, **parameters: Any) -> Lesson:
-    """Seed numpy and TensorFlow, set readable figure defaults, print the versions used; returns the :class:`Lesson`."""
+def setup(name: str, seed: int = 0, **parameters: Any) -> LessonRun:
+    """Seed numpy's global generator, set readable figure defaults, print the versions used.
+
+    ``name`` is the lesson's number and title (``"02 Raw-pixel classifier"``); the title names the lesson's
+    declared metrics (:mod:`utils.lesson_metrics`). Returns the :class:`LessonRun` whose ``finish`` writes them.
+    """
     import matplotlib
 
     import matplotlib.pyplot as plt
 
+    declared(name)  # an undeclared lesson fails here, not after its run
     np.random.seed(seed)
     np.set_printoptions(precision=3, suppress=True)
     plt.rcParams.update({"figure.dpi": 90, "axes.titlesize": 11, "figure.max_open_warning": 50})
     versions = f"python {platform.python_version()}, numpy {np.__version__}, matplotlib {matplotlib.__version__}"
     print(f"{name}: seed {seed}; {versions}")
-    return Lesson(name, {"seed": seed, **parameters})
+    return LessonRun(name, {"seed": seed, **parameters})
