@@ -142,14 +142,12 @@ def test_cli_index_then_similar(photos: Path, tmp_path: Path, capsys) -> None:
 
 @pytest.fixture(scope="module")
 def dask_client():
-    from utils.dask_features import open_client
+    from utils.dask_features import close_client, open_client
 
     featurize_files([FIXTURE / "train" / "cat" / "0000.jpg"], image_size=SIZE, use_cache=False, progress=False)
     client = open_client(workers=2)  # after the model is converted above: the workers read it from the cache
     yield client
-    cluster = client.cluster
-    client.close()
-    cluster.close()
+    close_client(client)
 
 
 def _with_broken(tmp_path: Path) -> list[Path]:

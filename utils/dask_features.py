@@ -41,9 +41,21 @@ def open_client(workers: int | None = None, scheduler: str | None = None):
         return Client(scheduler)
     if not workers or workers < 1:
         raise ValueError(f"workers must be a positive number, got {workers}")
+    # No dashboard; the scheduler's HTTP endpoints on a free port (8787 may be another cluster's).
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.ERROR)
+                           scheduler_kwargs={"dashboard_address": ":0"}, silence_logs=logging.ERROR)
     return Client(cluster)
+
+
+def close_client(client) -> None:
+    """Close ``client`` and its ``LocalCluster`` if it has one, without the cluster's shutdown log lines."""
+    from distributed.utils import silence_logging_cmgr
+
+    cluster = client.cluster
+    with silence_logging_cmgr(logging.ERROR):
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBONE,
@@ -84,10 +96,7 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
                 bar.update(1)
     finally:
         if own_client:
-            cluster = client.cluster
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            close_client(client)
     out = np.empty((sum(len(p.paths) for p in parts), spec.feature_dim), dtype=np.float32)
     kept: list[Path] = []
     skipped: list[tuple[Path, str]] = []
