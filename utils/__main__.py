@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m utils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_backbone(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"one of: {', '.join(REGISTRY)}")
+    def with_backbone(p: argparse.ArgumentParser, backbone: str | None = DEFAULT_BACKBONE) -> argparse.ArgumentParser:
+        default = backbone or f"{DEFAULT_BACKBONE}; an index folder's own"
+        p.add_argument("--backbone", default=backbone, help=f"one of: {', '.join(REGISTRY)} (default: {default})")
         p.add_argument("--image-size", type=int, default=None, help="pixels (default: the backbone's own)")
         p.add_argument("--precision", choices=PRECISIONS, default=None,
                        help=f"inference precision (default: ${PRECISION_ENV_VAR} or float32); int8 is 2-3x faster "
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="featurize on an existing Dask cluster at this address (e.g. tcp://host:8786)")
         return p
 
-    p = with_backbone(sub.add_parser("similar", help="the images in a folder, or an index, closest to a query"))
+    p = with_backbone(sub.add_parser("similar", help="the images in a folder, or an index, closest to a query"),
+                      backbone=None)
     p.add_argument("query", type=Path)
     p.add_argument("folder", type=Path, help="a folder of images, or an index folder (python -m utils index)")
     p.add_argument("--top", type=int, default=5)

@@ -81,5 +81,5 @@ def find_similar_in_index(query: str | Path, index: str | Path | SearchIndex, to
     similarities, rows = index.search(found.features, top + 1, settings)
     query = Path(query).resolve()
     results = [SimilarImage(index.paths[r], 1.0 - float(s)) for s, r in zip(similarities[0], rows[0])
-               if r >= 0 and index.paths[r] != query]  # the query itself is not an answer
+               if r >= 0 and index.paths[r].resolve() != query]  # the query itself is not an answer
     return results[:top]
