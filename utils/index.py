@@ -30,7 +30,7 @@ from .runtime import atomic_write
 
 INDEX_FORMAT = 1  # bump when the folder's layout changes
 INDEX_KINDS = ("auto", "exact", "hnsw")
-EXACT_MAX_IMAGES = 20_000  # "auto": exact up to here: ~0.46 ms of CPU per 1000 images per query (one thread)
+EXACT_MAX_IMAGES = 20_000  # "auto": exact up to here: ~0.41 ms of CPU per 1000 images per query (one thread)
 HNSW_M = 32  # graph neighbours per vector: recall vs memory (benchmarks/index.py)
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 64  # candidates kept per query: recall vs query time
