@@ -100,9 +100,9 @@ def _at(values: Any, index: int) -> Any:
     return values[index] if isinstance(values, list) and index < len(values) else None
 
 
-RAW, DEEP, RETRIEVAL, DISTANCES, FEW_SHOT, FINE_TUNING = (
+RAW, DEEP, RETRIEVAL, DISTANCES, FEW_SHOT, FINE_TUNING, LARGE_SEARCH = (
     "Raw-pixel classifier", "Deep-features classifier", "Image retrieval", "Per-class distances",
-    "Few-shot recognizer", "Fine-tuning")
+    "Few-shot recognizer", "Fine-tuning", "Search a large collection")
 
 
 def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
@@ -144,6 +144,8 @@ def _tables(results: Mapping[str, Any], get: _Reader) -> dict[str, pd.DataFrame]
         [f"Few-shot test accuracy, 1 / 5 images per class ({get(FEW_SHOT, 'few_shot_classifier') or '?'}, "
          "chosen on validation)",
          _pair(get(FEW_SHOT, "one_shot_accuracy"), get(FEW_SHOT, "five_shot_accuracy")), MISSING],
+        ["Search a large collection: HNSW recall@10 against exact search",
+         get.text(LARGE_SEARCH, "recall_at_10_hnsw"), MISSING],
     ], columns=["Measure", "This run", "Classic course"])}
 
     if FINE_TUNING in get.by_lesson:

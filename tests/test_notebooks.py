@@ -20,7 +20,7 @@ from utils import data, features, lesson_metrics
 
 pytestmark = pytest.mark.slow
 LESSONS = ["01_explore_data", "02_raw_pixel_classifier", "03_deep_features_classifier", "04_image_retrieval",
-           "05_per_class_distances", "06_few_shot_recognizer", "07_fine_tuning"]
+           "05_per_class_distances", "06_few_shot_recognizer", "07_fine_tuning", "08_search_a_large_collection"]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,10 @@ def test_the_lessons_write_the_library_calls_in_their_cells() -> None:
                                            "ConfusionMatrixDisplay(", "def is_dog(row"],
                 "06_few_shot_recognizer": ["Pipeline(", "DeepFeatures(", "joblib.dump(", "joblib.load(",
                                            "StandardScaler(", "Normalizer(", "NearestCentroid(",
-                                           "LogisticRegression("]}
+                                           "LogisticRegression("],
+                "08_search_a_large_collection": ["NearestNeighbors(", "faiss.normalize_L2(", "faiss.IndexFlatIP(",
+                                                 "faiss.IndexHNSWFlat(", ".search(", "LocalCluster(",
+                                                 "client.submit(", "client.gather("]}
     for name, calls in required.items():
         for call in calls:
             assert call in code[name], f"{name} does not write {call}"
@@ -199,6 +202,42 @@ def test_fine_tuning_reports_the_probe_beside_the_fine_tuned_model(run) -> None:
     assert 0.25 < m["fine_tuned_accuracy"] <= 1
     assert len(m["fine_tune_curves"]["loss"]) == m["fine_tune_epochs_run"] >= 1
     assert m["reload_difference"] < 1e-5
+
+
+def test_search_index_matches_a_recomputation(run, small_split) -> None:
+    m = run["metrics"]["08_search_a_large_collection"]
+    train, test = small_split
+    f_train = features.featurize_images(train.images, "efficientnet_lite0", SMALL["image_size"])
+    f_test = features.featurize_images(test.images, "efficientnet_lite0", SMALL["image_size"])
+    assert (m["n_collection"], m["n_queries"]) == (len(train), len(test))
+    # Recomputed: the exact index against a cosine brute force, and a one-thread HNSW build (deterministic).
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    collection, queries = f_train.copy(), f_test.copy()
+    faiss.normalize_L2(collection)
+    faiss.normalize_L2(queries)
+    flat = faiss.IndexFlatIP(collection.shape[1])
+    flat.add(collection)
+    flat_rows = flat.search(queries, 10)[1]
+    brute = np.argsort(pairwise_distances(f_test, f_train, metric="cosine"), axis=1, kind="stable")[:, :10]
+    assert m["same_neighbors_flat_vs_sklearn"] == pytest.approx((flat_rows == brute).mean(), abs=0.02)
+    hnsw = faiss.IndexHNSWFlat(collection.shape[1], m["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = 64
+    hnsw.add(collection)
+    hnsw.hnsw.efSearch = m["ef_search"]
+    found = hnsw.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) for a, b in zip(found, flat_rows)]) / 10
+    assert m["recall_at_10_hnsw"] == pytest.approx(recall, abs=1e-9) and 0.9 <= recall <= 1
+    assert set(m["ms_per_query"]) == set(m["bytes_per_image"]) == {
+        "NearestNeighbors (cosine)", "faiss IndexFlatIP", "faiss IndexHNSWFlat"}
+    assert m["bytes_per_image"]["faiss IndexFlatIP"] == pytest.approx(4 * f_train.shape[1], abs=2)
+    assert m["bytes_per_image"]["faiss IndexHNSWFlat"] > m["bytes_per_image"]["faiss IndexFlatIP"]
+    assert all(v > 0 for v in m["ms_per_query"].values())
+    assert len(m["outside_query_neighbor_labels"]) == 10
+    assert m["dask_identical"] is True and m["dask_tasks"] >= 1
+    assert m["index_update_added"] == 1 and m["index_update_kept"] == m["index_first_added"]
+    assert m["index_photo_first"] == "chelsea_query_photo.png"  # the photo itself, now in the folder, comes first
 
 
 def test_results_report_collects_the_headline_figures(run) -> None:

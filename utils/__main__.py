@@ -1,4 +1,4 @@
-"""Command line: ``python -m utils {predict,similar,featurize,backbones} ...``.
+"""Command line: ``python -m utils {predict,similar,featurize,index,backbones} ...``.
 
 Running the whole course, its site and notebook hygiene are instructor tools: ``python -m instructor``.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 from .backbones import DEFAULT_BACKBONE, REGISTRY, BackboneUnavailableError, UnknownBackboneError
 from .data import DataNotFoundError, ImageLoadError
 from .fast_inference import PRECISION_ENV_VAR, PRECISIONS
+from .index import EXACT_MAX_IMAGES, INDEX_KINDS
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -26,8 +27,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _similar(args: argparse.Namespace) -> int:
     from .features import report_skipped
-    from .retrieval import find_similar
+    from .retrieval import find_similar, find_similar_in_index
 
+    if (args.folder / "index.json").is_file():
+        for result in find_similar_in_index(args.query, args.folder, args.top, args.backbone, args.image_size,
+                                            precision=args.precision):
+            print(f"{result.distance:8.3f}  {result.path}")
+        return 0
     results, skipped = find_similar(args.query, args.folder, args.top, args.backbone, args.image_size,
                                     precision=args.precision)
     for result in results:
@@ -42,12 +48,31 @@ def _featurize(args: argparse.Namespace) -> int:
     from .data import list_images
     from .features import featurize_files, report_skipped
 
-    result = featurize_files(list_images(args.folder), args.backbone, args.image_size, progress=True,
-                             precision=args.precision)
+    if args.workers or args.scheduler:
+        from .dask_features import featurize_files_on_dask
+
+        result = featurize_files_on_dask(list_images(args.folder), args.backbone, args.image_size, args.precision,
+                                         workers=args.workers, scheduler=args.scheduler, progress=True)
+    else:
+        result = featurize_files(list_images(args.folder), args.backbone, args.image_size, progress=True,
+                                 precision=args.precision)
     np.savez(args.output, features=result.features, paths=np.asarray([str(p) for p in result.paths]))
     report_skipped(result.skipped)
     print(f"{len(result.paths)} images -> {result.features.shape} features in {args.output}; "
           f"{len(result.skipped)} skipped")
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from .index import build_index
+
+    update = build_index(args.folder, args.output, args.backbone, args.image_size, args.precision, args.kind,
+                         workers=args.workers, scheduler=args.scheduler, progress=True, report=True)
+    index = update.index
+    how = "built" if update.rebuilt else "updated in place"
+    print(f"{len(index)} images in {index.folder} ({index.kind}, {how}): {update.added} added, "
+          f"{update.removed} removed, {update.kept} unchanged; {len(update.skipped)} skipped; "
+          f"{index.settings.describe()}")
     return 0
 
 
@@ -66,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m utils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_backbone(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"one of: {', '.join(REGISTRY)}")
+    def with_backbone(p: argparse.ArgumentParser, backbone: str | None = DEFAULT_BACKBONE) -> argparse.ArgumentParser:
+        default = backbone or f"{DEFAULT_BACKBONE}; an index folder's own"
+        p.add_argument("--backbone", default=backbone, help=f"one of: {', '.join(REGISTRY)} (default: {default})")
         p.add_argument("--image-size", type=int, default=None, help="pixels (default: the backbone's own)")
         p.add_argument("--precision", choices=PRECISIONS, default=None,
                        help=f"inference precision (default: ${PRECISION_ENV_VAR} or float32); int8 is 2-3x faster "
@@ -80,16 +106,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(run=_predict)
 
-    p = with_backbone(sub.add_parser("similar", help="the images in a folder closest to a query image"))
+    def with_dask(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--workers", type=int, default=None,
+                       help="featurize on a Dask LocalCluster of N worker processes (default: this process)")
+        p.add_argument("--scheduler", default=None,
+                       help="featurize on an existing Dask cluster at this address (e.g. tcp://host:8786)")
+        return p
+
+    p = with_backbone(sub.add_parser("similar", help="the images in a folder, or an index, closest to a query"),
+                      backbone=None)
     p.add_argument("query", type=Path)
-    p.add_argument("folder", type=Path)
+    p.add_argument("folder", type=Path, help="a folder of images, or an index folder (python -m utils index)")
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(run=_similar)
 
-    p = with_backbone(sub.add_parser("featurize", help="deep features of every image in a folder, to a .npz"))
+    p = with_dask(with_backbone(sub.add_parser("featurize",
+                                               help="deep features of every image in a folder, to a .npz")))
     p.add_argument("folder", type=Path)
     p.add_argument("--output", type=Path, default=Path("features.npz"))
     p.set_defaults(run=_featurize)
+
+    p = with_dask(with_backbone(sub.add_parser(
+        "index", help="build or update a faiss index of a folder's images, for `similar QUERY INDEX_DIR`")))
+    p.add_argument("folder", type=Path)
+    p.add_argument("--output", type=Path, required=True, help="the index folder (updated if it exists)")
+    p.add_argument("--kind", choices=INDEX_KINDS, default="auto",
+                   help=f"exact (IndexFlatIP), hnsw (IndexHNSWFlat) or auto: exact up to {EXACT_MAX_IMAGES} "
+                        "images, hnsw above")
+    p.set_defaults(run=_index)
 
     sub.add_parser("backbones", help="list the backbones and whether they are ready here").set_defaults(run=_backbones)
 
@@ -101,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
-        if args.command in {"featurize", "similar"}:
+        if args.command in {"featurize", "similar", "index"}:
             print("\ninterrupted: the finished chunks are cached, rerun the same command to resume", file=sys.stderr)
         else:
             print("\ninterrupted", file=sys.stderr)

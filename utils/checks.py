@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import faiss
 import numpy as np
 from sklearn.base import clone
 from sklearn.metrics import confusion_matrix, pairwise_distances
@@ -274,3 +275,32 @@ def _(fine_tuned_predicted, probe_predicted, labels):
         raise ValueError("the test set was not scored: run with score_test = True")
     labels = np.asarray(labels)
     return int(((np.asarray(fine_tuned_predicted) == labels) & (np.asarray(probe_predicted) != labels)).sum())
+
+
+# ---- Lesson 8: search a large collection ----
+
+def _exact_top(exact: Any, queries: np.ndarray, k: int) -> np.ndarray:
+    return exact.search(np.atleast_2d(queries).astype(np.float32), k)[1]
+
+
+@exercise("8.1", tolerance=0, hint="search both indexes for queries[:1] with k=10 and count the common rows")
+def _(approximate, exact, query):
+    found = approximate.search(np.atleast_2d(query).astype(np.float32), 10)[1][0]
+    return len(set(found.tolist()) & set(_exact_top(exact, query, 10)[0].tolist()))
+
+
+@exercise("8.2", tolerance=1e-3, hint="hnsw.hnsw.efSearch = 8, search with k=10, then the mean share of each "
+                                      "query's exact 10 found")
+def _(approximate, queries, exact_rows):
+    probe = faiss.clone_index(approximate)  # the student's index keeps its own efSearch
+    probe.hnsw.efSearch = 8
+    found = probe.search(queries, 10)[1]
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, np.asarray(exact_rows)[:, :10])]))
+
+
+@exercise("8.3", tolerance=1.0, hint="faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT), add the collection, "
+                                    "then faiss.serialize_index(index).nbytes / index.ntotal")
+def _(collection):
+    index = faiss.IndexHNSWFlat(collection.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
+    index.add(np.asarray(collection, dtype=np.float32))
+    return faiss.serialize_index(index).nbytes / index.ntotal

@@ -136,6 +136,26 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         "cpu_seconds": Metric("CPU seconds of the whole notebook", ".1f"),
         "n_validation": Metric("training images held out for validation", "d"),
     },
+    "Search a large collection": {
+        "n_collection": Metric("images in the indexed collection", "d"),
+        "n_queries": Metric("query images", "d"),
+        "same_neighbors_flat_vs_sklearn": Metric("share of neighbours IndexFlatIP and NearestNeighbors agree on", ".3f"),
+        "recall_at_10_hnsw": Metric("recall@10 of the HNSW index against exact search", ".3f"),
+        "hnsw_m": Metric("HNSW links per node (M)", "d"),
+        "ef_search": Metric("HNSW efSearch", "d"),
+        "hnsw_build_seconds": Metric("seconds to build the HNSW index", ".2f"),
+        "ms_per_query": Metric("milliseconds per query, per search method"),
+        "bytes_per_image": Metric("index memory per image, per search method"),
+        "outside_query": Metric("file name of the photo from outside the set"),
+        "outside_query_neighbor_labels": Metric("labels of its neighbours in the index"),
+        "dask_workers": Metric("Dask workers of the LocalCluster", "d"),
+        "dask_tasks": Metric("Dask tasks (chunks of files)", "d"),
+        "dask_identical": Metric("Dask features equal the single-process ones"),
+        "index_first_added": Metric("files featurized by the first indexing", "d"),
+        "index_update_added": Metric("files featurized by the update", "d"),
+        "index_update_kept": Metric("files the update kept from the index", "d"),
+        "index_photo_first": Metric("first hit of the photo's query after the update"),
+    },
 }
 
 
