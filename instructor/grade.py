@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import NOTEBOOK_DIR, REPO
-from .lessons import Lesson, discover_lessons
+from .lessons import LessonNotebook, discover_lessons
 
 STATUSES: Final = ("correct", "wrong", "not attempted", "error", "timeout", "missing")
 COLUMNS: Final = ("student", "notebook", "exercise", "status", "detail")
@@ -58,7 +58,7 @@ class Submission:
     """One student's notebook of one lesson (``path`` is never written)."""
 
     student: str
-    lesson: Lesson
+    lesson: LessonNotebook
     path: Path
 
 
@@ -81,15 +81,15 @@ def _exercise_key(exercise_id: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in exercise_id.split("."))
 
 
-def lesson_exercises(lesson: Lesson) -> list[str]:
+def lesson_exercises(lesson: LessonNotebook) -> list[str]:
     """The exercise ids the checks registry holds for this lesson's number (``5.1``, ``5.2``, ...)."""
     from utils.checks import EXERCISES
 
     return sorted((e for e in EXERCISES if e.split(".")[0] == str(lesson.number)), key=_exercise_key)
 
 
-def find_submissions(submissions: Path, lessons: Iterable[Lesson], log: Log = print
-                     ) -> tuple[list[str], list[Lesson], list[Submission], dict[str, list[str]]]:
+def find_submissions(submissions: Path, lessons: Iterable[LessonNotebook], log: Log = print
+                     ) -> tuple[list[str], list[LessonNotebook], list[Submission], dict[str, list[str]]]:
     """The students (folder names), the lessons anyone submitted, the submissions, and per student the notebooks
     not named after a lesson (ignored, and named in the gradebook when that student's lesson is missing)."""
     if not submissions.is_dir():
@@ -332,7 +332,7 @@ def _worker_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- the gradebook
 
 
-def _rows(submission: Submission | None, student: str, lesson: Lesson, run: Run | None,
+def _rows(submission: Submission | None, student: str, lesson: LessonNotebook, run: Run | None,
           unmatched: list[str]) -> list[dict[str, str]]:
     """One gradebook row per exercise of the lesson for this student."""
     rows = []
