@@ -113,10 +113,15 @@ def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
 
     probe, tuned = metric(results, "linear_probe_accuracy"), metric(results, "fine_tuned_accuracy")
     if probe is not None or tuned is not None:  # the fine-tuning lesson ran
+        size = metric(results, "image_size", beside="fine_tuned_accuracy")  # lesson 7's, maybe not lesson 3's
+        at = f", {size} px" if size is not None else ""
+        epochs = metric(results, "fine_tune_epochs_run")
         tables["Linear probe vs fine-tuned"] = pd.DataFrame(
-            [["Linear probe (frozen backbone)", _fmt(metric(results, "probe_validation_accuracy")), _fmt(probe)],
+            [[f"Linear probe (frozen backbone{at})", _fmt(metric(results, "probe_validation_accuracy")),
+              _fmt(probe)],
              ["Frozen backbone, Keras head", _fmt(metric(results, "frozen_head_validation_accuracy")), MISSING],
-             [f"Fine-tuned (from block {_fmt(metric(results, 'top_blocks_from'))})",
+             [f"Fine-tuned (from block {_fmt(metric(results, 'top_blocks_from'))}{at}"
+              + (f", {epochs} epochs)" if epochs is not None else ")"),
               _fmt(metric(results, "fine_tuned_validation_accuracy")), _fmt(tuned)]],
             columns=["Model", "Validation accuracy (chooses)", "Test accuracy (scored once)"])
 
