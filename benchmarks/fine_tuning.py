@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
+    if args.tiny:  # a smoke test: the plain Keras path, no TFLite conversion of each bottom
+        os.environ.setdefault("DEEP_FEATURES_FAST", "0")
     import_tensorflow_quietly()
     from sklearn.model_selection import train_test_split
 

@@ -134,6 +134,18 @@ def test_lesson_7_checks(net, images, capsys) -> None:
     assert str(round(expected, 3)) not in capsys.readouterr().out  # the check never shows the answer
 
 
+def test_report_names_the_fine_tuning_settings() -> None:
+    from instructor import report
+
+    lesson_3 = {"deep_feature_accuracy": 0.82, "image_size": 224}
+    lesson_7 = {"linear_probe_accuracy": 0.81, "fine_tuned_accuracy": 0.86, "fine_tuned_validation_accuracy": 0.87,
+                "top_blocks_from": 11, "image_size": 160, "fine_tune_epochs_run": 4}
+    table = report.results_tables({"metrics": {"03_deep": lesson_3, "07_tune": lesson_7}})["Linear probe vs fine-tuned"]
+    assert table["Model"].tolist() == ["Linear probe (frozen backbone, 160 px)", "Frozen backbone, Keras head",
+                                       "Fine-tuned (from block 11, 160 px, 4 epochs)"]
+    assert table["Test accuracy (scored once)"].tolist() == ["0.810", "—", "0.860"]
+
+
 @pytest.mark.slow
 def test_notebook_fine_tunes_above_the_frozen_head(tmp_path, course_data_dir) -> None:
     import papermill
