@@ -8,7 +8,7 @@ activations), the block the top starts at, the epochs, whether the flipped train
 learning rate. All run in this one process, one after the other, so they share the machine's load: compare
 their CPU seconds. The test set is scored only with ``--score-test`` (for the chosen default, once).
 
-    python benchmarks/fine_tuning.py                          # every variant (~25 min on 2 cores)
+    python benchmarks/fine_tuning.py                          # every variant (100-500 CPU s each)
     python benchmarks/fine_tuning.py --variants default --score-test   # the lesson's default, with the test set
     python benchmarks/fine_tuning.py --tiny                   # seconds, on tests/data/cifar10-4class-small
 
