@@ -1,11 +1,20 @@
-"""Compare fine-tuning settings of lesson 7 on the VALIDATION split only: one papermill run of
-notebooks/07_fine_tuning.ipynb per setting, with ``score_test=False`` (the test set stays untouched).
+"""Lesson 7's fine-tuning recipe under several settings, timed and scored on the VALIDATION split.
 
-    PYTHONPATH=. python benchmarks/fine_tuning.py                      # every variant, in sequence
-    PYTHONPATH=. python benchmarks/fine_tuning.py "lite0 block 11 224px bf16" --score-test   # one, with test
+The recipe is the lesson's (notebooks/07_fine_tuning.ipynb): cut EfficientNet-Lite before a block, cache the
+frozen bottom's activations, train a Dropout + Dense softmax head on the frozen top, then unfreeze the top and
+fine-tune it with the head (Adam, cosine decay to 0, label smoothing 0.1, random shifts of the activations,
+BatchNorm in inference mode). The variants change what their columns say: the image size (so the size of the
+activations), the block the top starts at, the epochs, whether the flipped training images are added, and the
+learning rate. All run in this one process, one after the other, so they share the machine's load: compare
+their CPU seconds. The test set is scored only with ``--score-test`` (for the chosen default, once).
 
-Each finished variant is merged into ``benchmarks/results/fine_tuning.json`` (validation accuracy, epochs, wall and
-CPU seconds of the notebook's kernel, load average), which lesson 7's closing note displays.
+    python benchmarks/fine_tuning.py                          # every variant (100-500 CPU s each)
+    python benchmarks/fine_tuning.py --variants default --score-test   # the lesson's default, with the test set
+    python benchmarks/fine_tuning.py --tiny                   # seconds, on tests/data/cifar10-4class-small
+
+Data: ``--data-dir``, else ``$DEEP_FEATURES_DATA``, else the course default (``utils.data.load_course_data``).
+Writes ``benchmarks/results/fine_tuning.json`` (``--tiny``: nothing unless ``--json`` is given) and prints the
+Markdown table that benchmarks/README.md shows.
 """
 
 from __future__ import annotations
@@ -13,83 +22,162 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "fine_tuning.json"
+import numpy as np
 
-# Every variant below changes these settings (the notebook's default until lr 1e-3 won on validation) on top of
-# the notebook's other defaults: lite0, 224 px, block 11, float32, flip TTA, shift 0.1, label smoothing 0.1, cosine.
-BASE = {"fine_tune_learning_rate": 1e-4, "fine_tune_epochs": 8}
+from utils import backbones, data, fine_tuning
+from utils.runtime import cpu_flags, import_tensorflow_quietly
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "fine_tuning.json"
+TINY_DATA = HERE.parent / "tests" / "data" / "cifar10-4class-small"
+
+#: The lesson's default; every variant changes some of these.
+DEFAULT = {"image_size": 160, "first_top_block": 11, "epochs": 4, "flips": True, "learning_rate": 1e-3}
 VARIANTS: dict[str, dict] = {
-    "lite0 block 11 224px": {},
-    "lite0 block 11 224px no shift": {"shift_augmentation": 0.0},
-    "lite0 block 8 224px": {"first_top_block": 8},
-    "lite2 block 15 260px": {"backbone": "efficientnet_lite2", "image_size": 260, "first_top_block": 15},
-    "lite0 block 11 224px lr 3e-4": {"fine_tune_learning_rate": 3e-4},
-    "lite0 block 15 224px": {"first_top_block": 15},
-    "lite0 block 11 160px": {"image_size": 160},
-    "lite0 block 11 224px bf16": {"mixed_precision": "mixed_bfloat16"},
-    "lite0 block 11 224px no smoothing no shift": {"label_smoothing": 0.0, "shift_augmentation": 0.0},
-    "lite0 block 11 224px old recipe (no smoothing, no shift, constant lr, 4 epochs)": {
-        "label_smoothing": 0.0, "shift_augmentation": 0.0, "lr_schedule": "constant", "fine_tune_epochs": 4},
-    "lite0 block 11 224px lr 1e-3": {"fine_tune_learning_rate": 1e-3},
-    "lite0 block 11 224px 12 epochs patience 3": {"fine_tune_epochs": 12, "patience": 3},
-    "lite0 block 11 224px lr 3e-4 12 epochs patience 3": {"fine_tune_learning_rate": 3e-4, "fine_tune_epochs": 12,
-                                                         "patience": 3},
-    "lite0 block 11 224px lr 1e-3 6 epochs": {"fine_tune_learning_rate": 1e-3, "fine_tune_epochs": 6},
-    "lite0 block 8 224px lr 1e-3 4 epochs": {"first_top_block": 8, "fine_tune_learning_rate": 1e-3,
-                                            "fine_tune_epochs": 4},
-    "lite1 top two stages 240px": {"backbone": "efficientnet_lite1", "image_size": 240},
-    "lite1 top two stages 240px lr 1e-3 6 epochs": {"backbone": "efficientnet_lite1", "image_size": 240,
-                                                   "fine_tune_learning_rate": 1e-3, "fine_tune_epochs": 6},
+    "default": {},
+    "224 px, last block only, 6 epochs": {"image_size": 224, "first_top_block": 15, "epochs": 6},
+    "3 epochs": {"epochs": 3},
+    "last block only, 6 epochs": {"first_top_block": 15, "epochs": 6},
+    "128 px": {"image_size": 128},
+    "no flips": {"flips": False},
+    "no flips, 6 epochs": {"flips": False, "epochs": 6},
+    "224 px": {"image_size": 224},
+    "224 px, 6 epochs (the earlier default)": {"image_size": 224, "epochs": 6},
 }
+TINY = {"n_train_per_class": 24, "n_test_per_class": 12, "image_size": 64, "epochs": 1}
+VALIDATION_FRACTION, LABEL_SMOOTHING, SHIFT, BATCH_SIZE, SEED = 0.2, 0.1, 0.1, 32, 0
 
 
-def run(name: str, parameters: dict, score_test: bool) -> dict:
-    import papermill
+def recipe(split, a_fit, y_fit, a_val, y_val, a_val_flipped, n_classes: int, epochs: int,
+           learning_rate: float) -> dict:
+    """The lesson's two steps: head on the frozen top, then fine-tune top + head; validation figures."""
+    import keras
 
-    with tempfile.TemporaryDirectory() as tmp:
-        metrics_path = Path(tmp) / "metrics.json"
-        start = time.perf_counter()
-        papermill.execute_notebook(str(REPO / "notebooks" / "07_fine_tuning.ipynb"), str(Path(tmp) / "out.ipynb"),
-                                   parameters={**parameters, "score_test": score_test,
-                                               "metrics_path": str(metrics_path)},
-                                   cwd=str(REPO / "notebooks"), progress_bar=False)
-        m = json.loads(metrics_path.read_text())
-    row = {"variant": name, "validation accuracy": round(m["fine_tuned_validation_accuracy"], 3),
-           "best epoch validation (no flip TTA)": round(m["best_epoch_validation_accuracy"], 3),
-           "frozen head validation": round(m["frozen_head_validation_accuracy"], 3),
-           "epochs": m["fine_tune_epochs_run"], "fine-tune s": round(m["fine_tune_seconds"]),
-           "fine-tune CPU s": round(m["fine_tune_cpu_seconds"]), "notebook s": round(time.perf_counter() - start),
-           "kernel CPU s": round(m["cpu_seconds"]), "load avg": round(os.getloadavg()[0], 1),
-           "test accuracy": round(m["fine_tuned_accuracy"], 3) if score_test else None,
-           "linear probe test accuracy": round(m["linear_probe_accuracy"], 3) if score_test else None}
-    print(json.dumps(row), flush=True)
+    keras.utils.set_random_seed(SEED)
+    one_hot = lambda y: keras.utils.to_categorical(y, n_classes)  # noqa: E731
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING)
+    split.top.trainable = False
+    z_fit, z_val = split.top.predict(a_fit, verbose=0), split.top.predict(a_val, verbose=0)
+    head = keras.Sequential([keras.Input(z_fit.shape[1:]), keras.layers.Dropout(0.2),
+                             keras.layers.Dense(n_classes, activation="softmax")])
+    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])
+    head.fit(z_fit, one_hot(y_fit), validation_data=(z_val, one_hot(y_val)), epochs=60, batch_size=BATCH_SIZE,
+             verbose=0, callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)])
+    frozen = float((head.predict(z_val, verbose=0).argmax(1) == y_val).mean())
+
+    split.top.trainable = True
+    inputs = keras.Input(a_fit.shape[1:])
+    x = keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="nearest", seed=SEED)(inputs)
+    model = keras.Model(inputs, head(split.top(x, training=False)))
+    steps = epochs * int(np.ceil(len(a_fit) / BATCH_SIZE))
+    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps)),
+                  loss=loss, metrics=["accuracy"])
+    wall, cpu = time.perf_counter(), time.process_time()
+    history = model.fit(a_fit, one_hot(y_fit), epochs=epochs, batch_size=BATCH_SIZE, verbose=0,
+                        validation_data=(a_val, one_hot(y_val)))
+    both = model.predict(a_val, verbose=0) + model.predict(a_val_flipped, verbose=0)
+    return {"model": model, "frozen head validation": round(frozen, 3),
+            "validation accuracy": round(float(history.history["val_accuracy"][-1]), 3),
+            "validation, flip TTA": round(float((both.argmax(1) == y_val).mean()), 3),
+            "fine-tune CPU s": round(time.process_time() - cpu, 1),
+            "fine-tune wall s": round(time.perf_counter() - wall, 1)}
+
+
+def run_variant(net, train, fit_idx, val_idx, test, settings: dict, score_test: bool) -> dict:
+    wall, cpu = time.perf_counter(), time.process_time()
+    split = fine_tuning.split_backbone(net, settings["first_top_block"])
+    a_fit = split.activations(train.images[fit_idx])
+    a_val = split.activations(train.images[val_idx])
+    y_fit, y_val = train.labels[fit_idx], train.labels[val_idx]
+    if settings["flips"]:  # the mirror images of the fit images, as more training images
+        a_fit = np.concatenate([a_fit, split.activations(train.images[fit_idx], flip=True)])
+        y_fit = np.concatenate([y_fit, y_fit])
+    activation_cpu = time.process_time() - cpu
+    a_val_flipped = split.activations(train.images[val_idx], flip=True)  # for test-time flips only
+    result = recipe(split, a_fit, y_fit, a_val, y_val, a_val_flipped, len(train.class_names),
+                    settings["epochs"], settings["learning_rate"])
+    model = result.pop("model")
+    row = {**settings, "activation shape": list(split.activation_shape),
+           "trainable parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+           "activations CPU s": round(activation_cpu, 1), **result,
+           "variant wall s": round(time.perf_counter() - wall, 1),
+           "variant CPU s": round(time.process_time() - cpu, 1)}
+    if score_test:
+        predicted = model.predict(split.activations(test.images), verbose=0).argmax(1)
+        row["test accuracy"] = round(float((predicted == test.labels).mean()), 3)
     return row
 
 
-def main() -> int:
+COLUMNS = ["variant", "image_size", "first_top_block", "epochs", "flips", "learning_rate", "activations CPU s",
+           "fine-tune CPU s", "fine-tune wall s", "frozen head validation", "validation accuracy", "validation, flip TTA",
+           "test accuracy"]
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join("" if row.get(c) is None else str(row[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def write(out: Path, rows: list[dict], train, val_idx, test) -> None:
+    previous = json.loads(out.read_text())["variants"] if out.exists() else []
+    names = {r["variant"] for r in rows}
+    keep = [r for r in previous if r["variant"] not in names and r["variant"] in VARIANTS and "flips" in r]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "bf16": bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}),
+                    "load average": round(os.getloadavg()[0], 1)},
+        "n_train": len(train), "n_validation": len(val_idx), "n_test": len(test),
+        "variants": keep + rows}, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variants", nargs="*", help=f"default: all of {list(VARIANTS)}")
-    parser.add_argument("--score-test", action="store_true", help="also score the test set (chosen variants only)")
-    args = parser.parse_args()
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help=f"default: all of {list(VARIANTS)}")
+    parser.add_argument("--data-dir", default=None, help="course images (default: $DEEP_FEATURES_DATA, then "
+                                                         "the loader's default)")
+    parser.add_argument("--score-test", action="store_true", help="also score the test set (the chosen default)")
+    parser.add_argument("--tiny", action="store_true", help="a few images, one epoch: checks that it runs")
+    parser.add_argument("--json", type=Path, default=None, help=f"where to write the rows (default: {RESULTS}, "
+                                                                "none with --tiny)")
+    args = parser.parse_args(argv)
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
-    for name in args.variants or VARIANTS:
-        row = run(name, {**BASE, **VARIANTS[name]}, args.score_test)
-        rows = json.loads(RESULTS.read_text())["variants"] if RESULTS.exists() else []
-        previous = next((r for r in rows if r["variant"] == name), {})
-        if row["test accuracy"] is None:  # keep a test figure measured earlier for the same variant
-            row["test accuracy"] = previous.get("test accuracy")
-            row["linear probe test accuracy"] = previous.get("linear probe test accuracy")
-        rows = [r for r in rows if r["variant"] != name] + [row]
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({"cpu": os.cpu_count(), "variants": rows}, indent=1) + "\n")
+    if args.tiny:  # a smoke test: the plain Keras path, no TFLite conversion of each bottom
+        os.environ.setdefault("DEEP_FEATURES_FAST", "0")
+    import_tensorflow_quietly()
+    from sklearn.model_selection import train_test_split
+
+    data_dir = args.data_dir or os.environ.get("DEEP_FEATURES_DATA")
+    sizes = (TINY["n_train_per_class"], TINY["n_test_per_class"]) if args.tiny else (None, None)
+    train, test = data.load_course_data(TINY_DATA if args.tiny else data_dir, *sizes, seed=SEED)
+    fit_idx, val_idx = train_test_split(np.arange(len(train)), test_size=VALIDATION_FRACTION, random_state=SEED,
+                                        stratify=train.labels)
+    names = ["default", "last block only, 6 epochs"] if args.tiny else args.variants
+    rows, nets = [], {}
+    out = args.json or (None if args.tiny else RESULTS)
+    for name in names:
+        settings = {**DEFAULT, **VARIANTS[name]}
+        if args.tiny:
+            settings.update(image_size=TINY["image_size"], epochs=TINY["epochs"])
+        size = settings["image_size"]
+        if size not in nets:
+            nets[size] = backbones.load_backbone("efficientnet_lite0", size)
+        row = {"variant": name, **run_variant(nets[size], train, fit_idx, val_idx, test, settings,
+                                              args.score_test)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if out is not None:  # after every variant: a long run that is stopped keeps what it measured
+            write(out, rows, train, val_idx, test)
+    print(markdown(rows))
     return 0
 
 

@@ -149,11 +149,15 @@ def _tables(results: Mapping[str, Any], get: _Reader) -> dict[str, pd.DataFrame]
     ], columns=["Measure", "This run", "Classic course"])}
 
     if FINE_TUNING in get.by_lesson:
+        size = get.by_lesson[FINE_TUNING].get("image_size")  # lesson 7's own, maybe not lesson 3's
+        at = f", {size} px" if size is not None else ""
+        epochs = get(FINE_TUNING, "fine_tune_epochs_run")
         tables["Linear probe vs fine-tuned"] = pd.DataFrame(
-            [["Linear probe (frozen backbone)", get.text(FINE_TUNING, "probe_validation_accuracy"),
+            [[f"Linear probe (frozen backbone{at})", get.text(FINE_TUNING, "probe_validation_accuracy"),
               get.text(FINE_TUNING, "linear_probe_accuracy")],
              ["Frozen backbone, Keras head", get.text(FINE_TUNING, "frozen_head_validation_accuracy"), MISSING],
-             [f"Fine-tuned (from block {get.text(FINE_TUNING, 'top_blocks_from')})",
+             [f"Fine-tuned (from block {get.text(FINE_TUNING, 'top_blocks_from')}{at}"
+              + (f", {epochs} epochs)" if epochs is not None else ")"),
               get.text(FINE_TUNING, "fine_tuned_validation_accuracy"), get.text(FINE_TUNING, "fine_tuned_accuracy")]],
             columns=["Model", "Validation accuracy (chooses)", "Test accuracy (scored once)"])
 

@@ -8,7 +8,7 @@ Everything the course caches lives under :func:`~utils.runtime.cache_root` (``$D
     features/index/<model>-<size>px[-<precision>]-<key>.txt   a chunk's stat index: (path, size, mtime) -> chunk file
     weights/<model>-<key>.weights.h5 and .blocks.json         EfficientNet-Lite weights converted from PyTorch
     tflite/<model>-<size>px[-<precision>]-in<h>x<w>-tf<version>-<key>.tflite   the feature model as TFLite
-    activations/<model>-<size>px-block<b>[-flip]-<key>.npy    fine-tuning: the frozen bottom's activations
+    activations/bottom-<size>px-<h>x<w>x<c>-<n>[-flip]-<key>.npy   fine-tuning: a frozen bottom's activations
 
 The readable part of a name is for people; the key, made by :func:`cache_key` alone, is what makes an entry
 unique: a hash of the content (pixels or file bytes), the model, its weights id, the image size, the precision,

@@ -33,6 +33,7 @@ from sklearn.metrics import confusion_matrix, pairwise_distances
 from sklearn.model_selection import train_test_split
 
 from .data import take_per_class
+from .fine_tuning import activations, block_count
 from .runtime import ANSWERS_ENV_VAR, CHECK_RESULTS_ENV_VAR
 
 
@@ -264,17 +265,33 @@ def _(draws, X_train, y_train, X_test, y_test):
 
 # ---- Lesson 7: fine-tuning ----
 
-@exercise("7.1", tolerance=0, hint="multiply the height, width and channels of the activation shape")
-def _(activation_shape):
-    return int(np.prod(activation_shape))
+@exercise("7.1", tolerance=0, hint="count the validation images where fine_tuned_val_predicted == y_val "
+                                    "and frozen_val_predicted != y_val")
+def _(fine_tuned_predicted, frozen_predicted, labels):
+    labels = np.asarray(labels)
+    return int(((np.asarray(fine_tuned_predicted) == labels) & (np.asarray(frozen_predicted) != labels)).sum())
 
 
 @exercise("7.2", tolerance=0, hint="count images where fine_tuned_predicted == y_test and probe_predicted != y_test")
 def _(fine_tuned_predicted, probe_predicted, labels):
-    if fine_tuned_predicted is None or probe_predicted is None:
-        raise ValueError("the test set was not scored: run with score_test = True")
     labels = np.asarray(labels)
     return int(((np.asarray(fine_tuned_predicted) == labels) & (np.asarray(probe_predicted) != labels)).sum())
+
+
+@exercise("7.3", tolerance=1e-3, hint="last_bottom, last_top = cut(net.feature_model, n_blocks - 1); their "
+                                      "activations; step 2 for 2 epochs; answer: the validation accuracy")
+def _(bottom, model, network, images, labels):
+    # right only for a bottom cut just before the network's last block, and a model that takes its activations
+    if bottom is None or model is None or block_count(bottom) != block_count(network) - 1:
+        return None
+    try:
+        takes = tuple(model.inputs[0].shape[1:])
+    except (AttributeError, IndexError, TypeError, ValueError):  # a model never built or called
+        return None
+    if takes != tuple(bottom.output.shape[1:]):
+        return None
+    predicted = np.asarray(model.predict(activations(bottom, images), verbose=0)).argmax(axis=1)
+    return float((predicted == np.asarray(labels)).mean())
 
 
 # ---- Lesson 8: search a large collection ----

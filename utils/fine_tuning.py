@@ -1,23 +1,24 @@
-"""Fine-tuning on a CPU: cut a pretrained EfficientNet-Lite in two and cache what the frozen part computes.
+"""Fine-tuning on a CPU: the frozen bottom of a pretrained network, computed once and cached.
 
 Fine-tuning only the top blocks of a network leaves the bottom blocks frozen: for a given image they always compute
 the same activations. So compute them **once** (fast, with the TFLite machinery of :mod:`utils.fast_inference`),
-keep them on disk, and train the top blocks + head on them for as many epochs as needed, in seconds rather than
-minutes. Flipping an image flips its activations only approximately, so flipped images get their own cached
-activations (``flip=True``).
+keep them on disk, and train the top blocks + head on them for as many epochs as needed. Lesson 7 cuts the network
+itself with ``keras.Model``; this module holds what a student need not read:
 
-* :func:`split_backbone` -> :class:`SplitBackbone`: ``bottom`` (images -> activations) and ``top`` (activations ->
-  features), two Keras models holding a *copy* of the backbone's weights (training ``top`` never changes the
-  backbone that :func:`utils.features.featurize_images` uses).
-* :meth:`SplitBackbone.activations`: the bottom's activations of uint8 images, cached on disk as float16.
+* :func:`activations`: the activations of any frozen Keras ``bottom`` model for uint8 images, cached on disk by
+  content (the bottom's weights and shapes, the images, the flip). Flipping an image flips its activations only
+  approximately, so flipped images get their own cached activations (``flip=True``).
+* :func:`split_backbone` -> :class:`SplitBackbone`: the same cut as lesson 7's cells, as a function (for the
+  benchmark and the tests): ``bottom`` and ``top`` holding a *copy* of the backbone's weights.
 * :func:`cpu_has_bf16` / :func:`compute_dtype`: bfloat16 mixed precision only where the CPU computes it natively.
   Native is not enough to be faster: measured slower than float32 for these top blocks
-  (``benchmarks/fine_tuning.py``, ``benchmarks/results/fine_tuning.json``), so lesson 7 uses float32.
+  (``benchmarks/fine_tuning.py``, ``benchmarks/README.md``), so lesson 7 uses float32.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
+import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -91,6 +92,78 @@ def _apply(layers_by_name: dict, names: list[str], x):
     return x
 
 
+def _weights_digest(model: "keras.Model") -> str:
+    digest = hashlib.sha256(json.dumps([tuple(map(int, model.input.shape[1:])),
+                                        tuple(map(int, model.output.shape[1:]))]).encode())
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+def _cached_array(path: Path, compute: Callable[[], np.ndarray], use_cache: bool = True) -> np.ndarray:
+    """``compute()`` stored as float16 at the cache entry ``path`` and read back as float32 on the next call."""
+    if use_cache:
+        cached = read_entry(path, lambda p: np.load(p).astype(np.float32), "activation")
+        if cached is not None:
+            return cached
+    out = np.asarray(compute(), dtype=np.float16)  # half the space, far below what training can tell apart
+    if use_cache:
+        write_entry(path, lambda f: np.save(f, out))
+    return out.astype(np.float32)
+
+
+_STEPS: dict[tuple[str, tuple[int, int]], Callable[[np.ndarray], np.ndarray]] = {}
+
+
+def _inference_step(bottom: "keras.Model", digest: str, input_hw: tuple[int, int]) -> Callable[[np.ndarray],
+                                                                                                np.ndarray]:
+    """uint8 images -> bottom activations: the bottom converted to TFLite (XNNPACK), else plain Keras."""
+    if (digest, input_hw) in _STEPS:
+        return _STEPS[digest, input_hw]
+    handle = Backbone(name=bottom.name, input_size=int(bottom.input.shape[1]),
+                      feature_dim=int(bottom.output.shape[-1]), feature_model=bottom, classifier=None,
+                      weights_id=digest)
+    step = fast_inference.keras_step(handle)
+    if fast_inference.fast_path_enabled():
+        try:
+            runner = fast_inference.TFLiteRunner(fast_inference.convert_to_tflite(handle, input_hw))
+            probe = np.random.default_rng(0).integers(0, 256, (2, *input_hw, 3), dtype=np.uint8)
+            reference = step(probe)
+            diff = float(np.abs(runner(probe) - reference).max())
+            if diff <= 1e-2 * max(1.0, float(np.abs(reference).max())):
+                step = runner
+            else:
+                warnings.warn(f"TFLite activations differ from Keras by {diff:g}: using Keras", stacklevel=3)
+        except Exception as exc:  # any failure of the optional fast path means: the plain Keras path
+            warnings.warn(f"fast TFLite inference unavailable, using Keras ({type(exc).__name__}: {exc})",
+                          stacklevel=3)
+    _STEPS[digest, input_hw] = step
+    return step
+
+
+def activations(bottom: "keras.Model", images: np.ndarray, flip: bool = False, batch_size: int = 64,
+                use_cache: bool = True) -> np.ndarray:
+    """The activations of the frozen Keras model ``bottom`` ([0, 255] RGB images at its input size -> a feature
+    map) for uint8 images (N, H, W, 3), resized to its input size: float32 (N, h, w, c), cached on disk by content
+    (the bottom's weights and shapes, the images, ``flip``). ``flip`` mirrors the images left-right first."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} {images.shape}")
+    if len(bottom.output.shape) != 4:
+        raise ValueError(f"bottom must output a feature map (N, h, w, c), got {bottom.output.shape}")
+    digest = _weights_digest(bottom)
+
+    def compute() -> np.ndarray:
+        x = np.ascontiguousarray(images[:, :, ::-1]) if flip else images
+        step = _inference_step(bottom, digest, (int(x.shape[1]), int(x.shape[2])))
+        return np.concatenate([step(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+    shape = "x".join(str(d) for d in bottom.output.shape[1:])
+    path = entry_path("activations", "bottom", digest, int(bottom.input.shape[1]), content=array_hash(images),
+                      detail=[flip], label=f"{shape}-{len(images)}{'-flip' if flip else ''}", suffix=".npy")
+    return _cached_array(path, compute, use_cache)
+
+
 @dataclass
 class SplitBackbone:
     """A backbone cut before block ``first_top_block``: ``bottom`` (frozen, images -> activations) and ``top``."""
@@ -99,65 +172,15 @@ class SplitBackbone:
     first_top_block: int
     bottom: "keras.Model"
     top: "keras.Model"
-    _step: Callable[[np.ndarray], np.ndarray] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def activation_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.bottom.output.shape[1:])
 
-    def _cache_path(self, images: np.ndarray, flip: bool) -> Path:
-        bb = self.backbone
-        return entry_path("activations", bb.name, bb.weights_id, bb.input_size, content=array_hash(images),
-                          detail=[self.first_top_block, flip],
-                          label=f"block{self.first_top_block}{'-flip' if flip else ''}", suffix=".npy")
-
-    def _inference_step(self, input_hw: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
-        """uint8 images -> bottom activations: the bottom converted to TFLite (XNNPACK), else plain Keras."""
-        bottom_backbone = dataclasses.replace(self.backbone, feature_model=self.bottom,
-                                              feature_dim=self.activation_shape[-1], classifier=None)
-        if fast_inference.fast_path_enabled():
-            try:
-                runner = fast_inference.TFLiteRunner(fast_inference.convert_to_tflite(bottom_backbone, input_hw))
-                probe = np.random.default_rng(0).integers(0, 256, (2, *input_hw, 3), dtype=np.uint8)
-                reference = fast_inference.keras_step(bottom_backbone)(probe)
-                diff = float(np.abs(runner(probe) - reference).max())
-                if diff <= 1e-2 * max(1.0, float(np.abs(reference).max())):
-                    return runner
-                warnings.warn(f"TFLite activations differ from Keras by {diff:g}: using Keras", stacklevel=3)
-            except Exception as exc:  # any failure of the optional fast path means: the plain Keras path
-                warnings.warn(f"fast TFLite inference unavailable, using Keras ({type(exc).__name__}: {exc})",
-                              stacklevel=3)
-        return fast_inference.keras_step(bottom_backbone)
-
     def activations(self, images: np.ndarray, flip: bool = False, batch_size: int = 64,
                     use_cache: bool = True) -> np.ndarray:
-        """The frozen bottom's activations of uint8 images (N, H, W, 3) -> float32 (N, h, w, c), cached on disk
-        (as float16: half the space, and far below what training can tell apart). ``flip`` mirrors the images
-        left-right first."""
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} {images.shape}")
-        path = self._cache_path(images, flip)
-        if use_cache:
-            def read(p: Path) -> np.ndarray:
-                found = np.load(p)
-                if found.shape != (len(images), *self.activation_shape):
-                    raise ValueError(f"shape {found.shape}, expected {(len(images), *self.activation_shape)}")
-                return found.astype(np.float32)
-
-            cached = read_entry(path, read, "activation")
-            if cached is not None:
-                return cached
-        if flip:
-            images = np.ascontiguousarray(images[:, :, ::-1])
-        if self._step is None:
-            self._step = self._inference_step((int(images.shape[1]), int(images.shape[2])))
-        out = np.empty((len(images), *self.activation_shape), dtype=np.float16)
-        for start in range(0, len(images), batch_size):
-            out[start : start + batch_size] = self._step(images[start : start + batch_size])
-        if use_cache:
-            write_entry(path, lambda f: np.save(f, out))
-        return out.astype(np.float32)
+        """:func:`activations` of ``self.bottom``."""
+        return activations(self.bottom, images, flip, batch_size, use_cache)
 
 
 def split_backbone(backbone: Backbone, first_top_block: int | None = None, dtype: str = "float32") -> SplitBackbone:
