@@ -52,8 +52,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from utils.backbones import REGISTRY  # noqa: E402  (after the path is set)
+
 DATA_DIR = Path(os.environ.get("DEEP_FEATURES_DATA", "/work/shared/data/cifar10-4class"))
-OFFLINE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+OFFLINE = tuple(name for name, spec in REGISTRY.items() if spec.offline)
 GOAL_VS_PEER = 1.3
 GOAL_ROOFLINE = 0.60
 GOAL_E2E_IMAGES_PER_S = 120.0

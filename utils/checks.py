@@ -21,8 +21,11 @@ from typing import Any, Callable
 
 import numpy as np
 from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, pairwise_distances
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from .data import take_per_class
 
@@ -137,9 +140,9 @@ def _(model, X_train, y_train, X_test, y_test):
 
 
 # Lesson 3: deep features.
-@exercise("3.1", tolerance=0, hint="look at the shape of feature_model's output")
-def _(feature_model):
-    return int(feature_model.output.shape[-1])
+@exercise("3.1", tolerance=0, hint="model.count_params() minus feature_model.count_params()")
+def _(model, feature_model):
+    return int(model.count_params() - feature_model.count_params())
 
 
 @exercise("3.2", tolerance=0, hint="count the right predictions of each model, then subtract")
@@ -161,6 +164,24 @@ def _(deep_predicted, raw_predicted, y_test, class_names):
 def _(model, X_train, y_train, seed):
     fit_x, val_x, fit_y, val_y = train_test_split(X_train, y_train, test_size=0.2, random_state=seed, stratify=y_train)
     return _accuracy(clone(model).fit(fit_x, fit_y), val_x, val_y)
+
+
+@exercise("3.5", tolerance=1e-3, hint="keras.Model(model.input, GlobalAveragePooling2D()(model.get_layer(name)"
+                                      ".output)); predict on the images resized to the model's input size; "
+                                      "fit StandardScaler + LogisticRegression on the training probe")
+def _(model, layer, C, X_train, y_train, X_test, y_test):
+    import keras  # here, not at the top: importing the checks must not start TensorFlow
+
+    pooled = keras.layers.GlobalAveragePooling2D()(model.get_layer(layer).output)
+    cut = keras.Model(model.input, pooled)
+    size = model.input.shape[1:3]
+    resize = keras.layers.Resizing(*size, interpolation="bilinear")
+
+    def featurize(images: np.ndarray) -> np.ndarray:
+        return cut.predict(keras.ops.convert_to_numpy(resize(np.asarray(images, "float32"))), verbose=0)
+
+    probe = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(C=C, max_iter=1000))])
+    return _accuracy(probe.fit(featurize(X_train), y_train), featurize(X_test), y_test)
 
 
 # Lesson 4: retrieval.

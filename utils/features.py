@@ -76,9 +76,11 @@ def _progress(total: int, description: str, enabled: bool | None):
     return tqdm(total=total, desc=description, unit="img", disable=not show, file=sys.stderr, mininterval=interval)
 
 
-def _cache_path(kind: str, content_hash: str, backbone: str, size: int, precision: str = "float32") -> Path:
+def _cache_path(kind: str, content_hash: str, backbone: str, size: int, precision: str = "float32",
+                weights: str | None = "imagenet") -> Path:
     key = hashlib.sha256(
-        json.dumps([FEATURE_FORMAT, kind, content_hash, weights_fingerprint(backbone), size, precision]).encode()
+        json.dumps([FEATURE_FORMAT, kind, content_hash, weights_fingerprint(backbone, weights), size,
+                    precision]).encode()
     ).hexdigest()[:24]
     tag = "" if precision == "float32" else f"-{precision}"
     return cache_root() / "features" / f"{get_spec(backbone).name}-{size}px{tag}-{kind}-{key}.npz"
@@ -97,12 +99,15 @@ def array_hash(images: np.ndarray) -> str:
 
 def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
                      batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True,
-                     progress: bool | None = None, precision: str | None = None) -> np.ndarray:
+                     progress: bool | None = None, precision: str | None = None,
+                     weights: str | None = "imagenet") -> np.ndarray:
     """Deep features of RGB images (N, H, W, 3) uint8 -> (N, feature_dim) float32, resized on the fly.
 
     ``image_size`` defaults to the backbone's native size. Served from the disk cache when the same images were
     featurized before with the same backbone, weights, size and precision. ``precision`` (default
     ``$DEEP_FEATURES_PRECISION`` or ``"float32"``): see :func:`utils.fast_inference.resolve_precision`.
+    ``weights``: ``"imagenet"``, or ``None`` for a keras.applications network's random weights (see
+    :func:`utils.backbones.load_backbone`).
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -114,12 +119,12 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image
     spec = get_spec(backbone)
     size = int(image_size or spec.input_size)
     precision = resolve_precision(precision)
-    path = _cache_path("array", array_hash(images), spec.name, size, precision) if use_cache else None
+    path = _cache_path("array", array_hash(images), spec.name, size, precision, weights) if use_cache else None
     if path is not None and path.exists():
         cached = _read_npz(path, ("features",))
         if cached is not None and cached["features"].shape[0] == len(images):
             return cached["features"]
-    bb = backbone_handle(spec.name, size)  # builds the Keras model only if no converted model is cached
+    bb = backbone_handle(spec.name, size, weights)  # builds Keras only if no converted model is cached
     step = _inference_step(bb, precision)
     out = np.empty((len(images), bb.feature_dim), dtype=np.float32)
     with _progress(len(images), f"{spec.name} {size}px", progress) as bar:
@@ -161,8 +166,8 @@ class _Chunk:
 class _ChunkCache:
     """Where chunks live: ``features/chunks/<content key>.npz`` and the stat index ``features/index/<key>``."""
 
-    def __init__(self, backbone: str, size: int, precision: str) -> None:
-        self.prefix = json.dumps([FEATURE_FORMAT, "files", weights_fingerprint(backbone), size, precision])
+    def __init__(self, backbone: str, size: int, precision: str, weights: str | None = "imagenet") -> None:
+        self.prefix = json.dumps([FEATURE_FORMAT, "files", weights_fingerprint(backbone, weights), size, precision])
         tag = "" if precision == "float32" else f"-{precision}"
         self.name = f"{get_spec(backbone).name}-{size}px{tag}"
         self.root = cache_root() / "features"
@@ -304,7 +309,7 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
                     batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True,
                     progress: bool | None = None, precision: str | None = None,
                     on_chunk: Callable[[int, int], None] | None = None, report: bool = False,
-                    chunk_files: int = CHUNK_FILES) -> FileFeatures:
+                    chunk_files: int = CHUNK_FILES, weights: str | None = "imagenet") -> FileFeatures:
     """Deep features of image files. Unreadable files are skipped and listed with the reason, never fatal.
 
     Images are loaded upright, converted to RGB and resized to ``image_size`` (default: the backbone's own).
@@ -317,7 +322,7 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
     ``precision``: ``"float32"`` (default) or ``"int8"``, see :func:`utils.fast_inference.resolve_precision`.
     ``on_chunk(done, total)`` is called after every chunk (files done so far, including resumed ones).
     Skipped files are in the result's ``skipped`` list; ``report=True`` also prints them on stderr
-    (:func:`report_skipped`), as the command line does.
+    (:func:`report_skipped`), as the command line does. ``weights``: as in :func:`featurize_images`.
     """
     paths = [Path(p) for p in paths]
     if batch_size < 1 or chunk_files < 1:
@@ -325,7 +330,7 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
     spec = get_spec(backbone)
     size = int(image_size or spec.input_size)
     precision = resolve_precision(precision)
-    cache = _ChunkCache(spec.name, size, precision) if use_cache else None
+    cache = _ChunkCache(spec.name, size, precision, weights) if use_cache else None
     # One output matrix filled in place (concatenating chunks at the end would hold every feature twice).
     out = np.empty((len(paths), spec.feature_dim), dtype=np.float32)
     kept_idx: list[int] = []
@@ -341,7 +346,7 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
                 bar.set_postfix_str(f"{resumed} from cache", refresh=False)
             else:
                 if step is None:
-                    bb = backbone_handle(spec.name, size)  # Keras is built only if a conversion is needed
+                    bb = backbone_handle(spec.name, size, weights)  # Keras built only to convert
                     step, dim = _inference_step(bb, precision), bb.feature_dim
                 good = chunk.images
                 features = np.empty((len(good), dim), dtype=np.float32)
