@@ -177,13 +177,11 @@ def _(model, layer, C, X_train, y_train, X_test, y_test):
     size = model.input.shape[1:3]
     resize = keras.layers.Resizing(*size, interpolation="bilinear")
 
-    def featurize(images: np.ndarray, batch_size: int = 32) -> np.ndarray:  # eager calls: no retracing
-        images = np.asarray(images, "float32")
-        return np.concatenate([keras.ops.convert_to_numpy(cut(resize(images[i : i + batch_size]), training=False))
-                               for i in range(0, len(images), batch_size)])
-
+    images = np.concatenate([X_train, X_test]).astype("float32")
+    cut_features = cut.predict(keras.ops.convert_to_numpy(resize(images)), verbose=0)  # one call: one trace
+    f_train, f_test = np.split(cut_features, [len(X_train)])
     probe = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(C=C, max_iter=1000))])
-    return _accuracy(probe.fit(featurize(X_train), y_train), featurize(X_test), y_test)
+    return _accuracy(probe.fit(f_train, y_train), f_test, y_test)
 
 
 # Lesson 4: retrieval.
