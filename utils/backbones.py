@@ -456,15 +456,18 @@ def _checked_size(spec: BackboneSpec, image_size: int | None) -> int:
     return size
 
 
-@functools.lru_cache(maxsize=8)
 def backbone_handle(name: str = DEFAULT_BACKBONE, image_size: int | None = None,
                     weights: str | None = "imagenet") -> BackboneHandle:
     """A :class:`BackboneHandle` for ``name`` at ``image_size`` (one per process): cheap, builds nothing."""
     spec = get_spec(name)
-    return BackboneHandle(spec.name, _checked_size(spec, image_size), checked_weights(spec, weights))
+    return _handle(spec.name, _checked_size(spec, image_size), checked_weights(spec, weights))
 
 
 @functools.lru_cache(maxsize=8)
+def _handle(name: str, size: int, weights: str | None) -> BackboneHandle:
+    return BackboneHandle(name, size, weights)
+
+
 def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None,
                   weights: str | None = "imagenet") -> Backbone:
     """Build (once per process) the backbone ``name`` for square images of ``image_size`` pixels.
@@ -473,10 +476,18 @@ def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None,
     ``weights=None`` builds a keras.applications network with random weights (no download).
     """
     spec = get_spec(name)
-    size = _checked_size(spec, image_size)
-    checked_weights(spec, weights)
+    return _load(spec.name, _checked_size(spec, image_size), checked_weights(spec, weights))
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str, size: int, weights: str | None) -> Backbone:  # one model per (name, size, weights)
+    spec = get_spec(name)
     import_tensorflow_quietly()
     return (spec.build or _BUILDERS[spec.kind])(spec.name, size, weights)
+
+
+backbone_handle.cache_clear = _handle.cache_clear  # type: ignore[attr-defined]
+load_backbone.cache_clear = _load.cache_clear  # type: ignore[attr-defined]
 
 
 @functools.lru_cache(maxsize=1)
