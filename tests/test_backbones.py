@@ -107,7 +107,8 @@ def test_online_backbone_offline_names_the_offline_choices(fresh_backbones, monk
 
 def test_online_code_path_builds_untrained_models() -> None:
     mobilenet = build_keras_application("mobilenet_v2", 96, weights=None)
-    assert mobilenet.feature_dim == 1280 and mobilenet.classifier is None  # no classifier away from 224 px
+    assert mobilenet.feature_dim == 1280  # random weights: the whole network at any size, cut at "predictions"
+    assert mobilenet.classifier is not None and mobilenet.classifier.output_shape == (None, 1000)
     out = np.asarray(mobilenet.feature_model(np.zeros((2, 96, 96, 3), "float32")))
     assert out.shape == (2, 1280)
 
@@ -156,3 +157,46 @@ def test_too_small_image_size_is_refused() -> None:
 def test_imagenet_class_names() -> None:
     names = imagenet_class_names()
     assert len(names) == 1000 and names[967] == "espresso" and names[281] == "tabby"
+
+
+def test_a_backbone_added_to_the_table_is_seen_everywhere(fresh_backbones, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One row in REGISTRY is the whole registration: names, availability, spec, builder, featurizer, transformer."""
+    from utils.features import featurize_images
+    from utils.transformers import DeepFeatures
+
+    fake = backbones.BackboneSpec("tiny_net", backbones.KERAS_APPLICATIONS, 64, 1280, "predictions",
+                                  "mobilenet_v2", "MobileNetV2", "a test backbone", weights_file="tiny_net")
+    monkeypatch.setitem(REGISTRY, "tiny_net", fake)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert "tiny_net" not in backbones.available_backbones()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny_net_weights.h5").write_bytes(b"")  # what a download would leave
+    assert "tiny_net" in backbones.available_backbones() and "tiny_net" not in backbones.available_backbones(True)
+    assert get_spec("Tiny-Net") is fake
+    with pytest.raises(UnknownBackboneError, match="tiny_net"):
+        get_spec("tiny_nett")
+
+    built = load_backbone("tiny_net", None, None)  # the table's size; random weights: no download
+    assert built.input_size == 64 and built.feature_model.output_shape == (None, 1280)
+    assert built.weights_id == backbones.weights_fingerprint("tiny_net", None)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    got = featurize_images(images, "tiny_net", weights=None, use_cache=False)
+    import keras
+
+    resized = keras.layers.Resizing(64, 64)(images.astype("float32"))  # as the featurizer resizes
+    want = np.asarray(backbones.backbone_handle("tiny_net", 64, None).feature_model(resized))
+    assert got.shape == (3, 1280)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert DeepFeatures("tiny_net", weights=None).fit(images).n_features_out_ == 1280
+
+
+def test_random_weights_are_the_same_in_every_build_and_only_for_keras_applications(fresh_backbones) -> None:
+    first = np.asarray(load_backbone("mobilenet_v2", 64, None).feature_model.get_layer("Conv1").get_weights()[0])
+    load_backbone.cache_clear()
+    again = np.asarray(load_backbone("mobilenet_v2", 64, None).feature_model.get_layer("Conv1").get_weights()[0])
+    np.testing.assert_array_equal(first, again)
+    with pytest.raises(ValueError, match="ImageNet weights only"):
+        load_backbone("efficientnet_lite0", 64, None)
+    with pytest.raises(ValueError, match="weights must be"):
+        backbones.weights_fingerprint("mobilenet_v2", "random")

@@ -76,6 +76,8 @@ def cases(t: SimpleNamespace) -> list[tuple[str, dict, object, object]]:
     """(id, objects, a right answer computed independently, a wrong answer)."""
     bright = [t.train.images[t.labels == c].mean() for c in range(4)]
     d = np.linalg.norm(t.queries[:, None] - t.feats[None], axis=2)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    cosine = 1 - unit(t.queries) @ unit(t.feats).T
     dog_q, cats = t.queries[t.query_labels == 3], t.feats[t.labels == 2]
     accuracy = float((t.model.predict(t.queries) == t.query_labels).mean())
     curve = pd.DataFrame({"deep features": [0.6, 0.7, 0.8], "raw pixels": [0.3, 0.5, 0.65]}, index=[1, 2, 5])
@@ -90,7 +92,9 @@ def cases(t: SimpleNamespace) -> list[tuple[str, dict, object, object]]:
         ("2.1", {"model": t.model, "X_test": t.queries, "y_test": t.query_labels}, accuracy, accuracy - 0.2),
         ("3.2", {"deep_predicted": np.array([0, 1, 2, 3]), "raw_predicted": np.array([0, 0, 0, 0]),
                  "y_test": np.array([0, 1, 2, 2])}, 2, 3),
-        ("4.1", {"query": t.queries[0], "collection": t.feats}, d[0].min(), d[0].min() + 0.01),
+        ("3.1", {"model": SimpleNamespace(count_params=lambda: 1_281_000 + 10),
+                 "feature_model": SimpleNamespace(count_params=lambda: 10)}, 1_281_000, 1280),
+        ("4.1", {"query": t.queries[0], "collection": t.feats}, cosine[0].min(), d[0].min()),
         ("4.2", {"query": t.queries[0], "query_label": 0, "collection": t.feats, "collection_labels": t.labels},
          int((t.labels[np.argsort(d[0])[:5]] == 0).sum()), 6),
         ("5.2", {"dog_queries": dog_q, "cat_collection": cats},

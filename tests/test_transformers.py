@@ -47,7 +47,7 @@ def recognizer(size: int = SIZE) -> Pipeline:
 def test_params_and_clone() -> None:
     step = DeepFeatures(image_size=96, batch_size=8)
     assert step.get_params() == {"backbone": "efficientnet_lite0", "image_size": 96, "batch_size": 8,
-                                 "use_cache": True, "progress": None}
+                                 "use_cache": True, "progress": None, "weights": "imagenet"}
     copy = clone(step)
     assert copy is not step and copy.get_params() == step.get_params()
     assert clone(step.set_params(image_size=64)).image_size == 64

