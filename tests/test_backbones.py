@@ -163,7 +163,7 @@ def test_a_backbone_added_to_the_table_is_seen_everywhere(fresh_backbones, tmp_p
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """One row in REGISTRY is the whole registration: names, availability, spec, builder, featurizer, transformer."""
     from utils.features import featurize_images
-    from utils.transformers import DeepFeatures
+    from utils.deep_features import DeepFeatures
 
     fake = backbones.BackboneSpec("tiny_net", backbones.KERAS_APPLICATIONS, 64, 1280, "predictions",
                                   "mobilenet_v2", "MobileNetV2", "a test backbone", weights_file="tiny_net")

@@ -1,4 +1,4 @@
-"""utils.transformers.DeepFeatures as a scikit-learn citizen: clone, params, Pipeline, GridSearchCV, joblib, files.
+"""utils.deep_features.DeepFeatures as a scikit-learn citizen: clone, params, Pipeline, GridSearchCV, joblib, files.
 
 Real photos (scikit-image's cat and coffee cup), cut into small crops and featurized at 64 px, so it is fast.
 """
@@ -18,10 +18,10 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from utils import transformers
+from utils import deep_features
 from utils.data import ImageLoadError, load_image
 from utils.features import featurize_files, featurize_images
-from utils.transformers import DeepFeatures
+from utils.deep_features import DeepFeatures
 
 SIZE = 64
 
@@ -104,7 +104,7 @@ def test_joblib_round_trip_predicts_the_same_without_a_tf_model(crops, tmp_path)
     joblib.dump(model, path)
     assert path.stat().st_size < 200_000  # the scaler and the weights, not a network
     assert b"keras" not in pickle.dumps(model) and b"tensorflow" not in pickle.dumps(model)
-    transformers.clear_memo()  # the loaded model computes its features afresh
+    deep_features.clear_memo()  # the loaded model computes its features afresh
     loaded = joblib.load(path)
     np.testing.assert_allclose(loaded.predict_proba(images), before, atol=1e-5)
 
