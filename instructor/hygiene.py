@@ -9,7 +9,8 @@ wide for the site. ``python -m instructor check BUILD`` reports all three; the t
 Which answers can be looked for (:func:`answer_pattern`): a number is found as it is printed, so the search is
 on numbers, not on strings, and only on *distinctive* ones. An integer counts when it has at least three digits
 (smaller ones -- 1, 4, 12 -- are printed all over a lesson as counts, sizes and indices), found as a whole number,
-also with thousands separators ("1280", "1,280"). A float counts unless it is a whole number; it is found where a
+also with thousands separators ("1280", "1,280"). A float counts unless it is a whole number or exactly a fraction with a denominator of at most 100 (an accuracy
+over a few dozen images in a small run, which other figures of that run equal by chance: 3/4, 61/96); it is found where a
 printed number has at least three decimals and equals the answer rounded to them ("23.456", "0.8125", numpy's
 "0.812"), or is a percentage with at least one decimal ("81.2%"). And a printed number gives the answer away only
 when the check would accept it: within the exercise's tolerance (so "test accuracy 0.333" above "compute the test
@@ -112,6 +113,15 @@ def _tokens(text: str) -> Iterator[tuple[float, int, bool, str]]:
         yield float(f"{whole}.{decimals}" if decimals else whole), len(decimals), percent, match.group(0)
 
 
+SMALL_DENOMINATOR = 100
+
+
+def _small_fraction(value: float) -> bool:
+    """True when ``value`` is exactly k/n with n <= :data:`SMALL_DENOMINATOR`: an accuracy over a few dozen
+    images (a small run) that other figures of the same run hit by chance (3/4, 61/96)."""
+    return any(abs(value * n - round(value * n)) < 1e-9 for n in range(1, SMALL_DENOMINATOR + 1))
+
+
 def answer_pattern(expected: Any, tolerance: float | None = None) -> Any:
     """A function ``text -> the printed numbers that give expected away`` when ``expected`` is distinctive (see
     the module's docstring), else ``None``. ``tolerance``: the check's (``None``: any printed rounding)."""
@@ -120,6 +130,8 @@ def answer_pattern(expected: Any, tolerance: float | None = None) -> Any:
     if float(expected).is_integer():
         if isinstance(expected, float) or abs(expected) < 100:
             return None
+    elif _small_fraction(float(expected)):
+        return None
         target = int(expected)
         return lambda text: [shown for value, decimals, percent, shown in _tokens(text)
                              if not decimals and not percent and value == target]

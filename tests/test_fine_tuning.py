@@ -79,7 +79,7 @@ def test_activations_are_cached_by_content(net, images, feature_cache) -> None:
     assert not np.allclose(changed, first)
     assert len(set((feature_cache / "activations").glob("*.npy")) - files) == 1
     written.write_bytes(b"not an array")
-    with pytest.warns(UserWarning, match="damaged cache file"):
+    with pytest.warns(UserWarning, match="unreadable"):
         np.testing.assert_array_equal(fine_tuning.activations(split.bottom, images), first)
     np.testing.assert_array_equal(np.load(written).astype(np.float32), first)  # rewritten whole
     with pytest.raises(ValueError, match="uint8"):
@@ -137,8 +137,8 @@ def test_lesson_7_checks(net, images, capsys) -> None:
 def test_report_names_the_fine_tuning_settings() -> None:
     from instructor import report
 
-    lesson_3 = {"deep_feature_accuracy": 0.82, "image_size": 224}
-    lesson_7 = {"linear_probe_accuracy": 0.81, "fine_tuned_accuracy": 0.86, "fine_tuned_validation_accuracy": 0.87,
+    lesson_3 = {"lesson": "Deep-features classifier", "deep_feature_accuracy": 0.82, "image_size": 224}
+    lesson_7 = {"lesson": "Fine-tuning", "linear_probe_accuracy": 0.81, "fine_tuned_accuracy": 0.86, "fine_tuned_validation_accuracy": 0.87,
                 "top_blocks_from": 11, "image_size": 160, "fine_tune_epochs_run": 4}
     table = report.results_tables({"metrics": {"03_deep": lesson_3, "07_tune": lesson_7}})["Linear probe vs fine-tuned"]
     assert table["Model"].tolist() == ["Linear probe (frozen backbone, 160 px)", "Frozen backbone, Keras head",

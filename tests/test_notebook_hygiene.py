@@ -97,12 +97,14 @@ def test_which_answers_are_looked_for_and_how() -> None:
     distance = find(23.45678)
     assert distance("nearest at 23.457; next 23.46, 23.4568 and [23.457 24.1]") == ["23.457", "23.4568", "23.457"]
     assert distance("23.458 23.45 23") == []
-    accuracy = find(0.8125)
-    assert accuracy("accuracy 0.812 (81.2%), pandas 0.812500") == ["0.812", "81.2%", "0.812500"]
+    accuracy = find(0.81225)  # 3249/4000: a full-size test accuracy
+    assert accuracy("accuracy 0.812 (81.2%), pandas 0.812250") == ["0.812", "81.2%", "0.812250"]
     assert accuracy("0.81 or 81% or 0.814 or 81.4%") == []
-    # only what the check would accept: to 1e-4, the three decimals printed do not give 0.8125 away
-    assert find(0.8125, tolerance=1e-3)("0.812") == ["0.812"] and find(0.8125, tolerance=1e-4)("0.812") == []
-    assert find(0.8125, tolerance=1e-4)("pandas prints 0.812500") == ["0.812500"]
+    # only what the check would accept: to 1e-4, the three decimals printed do not give 0.81225 away
+    assert find(0.81225, tolerance=1e-3)("0.812") == ["0.812"] and find(0.81225, tolerance=1e-4)("0.812") == []
+    assert find(0.81225, tolerance=1e-4)("pandas prints 0.812250") == ["0.812250"]
+    # an accuracy over a few dozen images (exactly k/n, n <= 100) is too common a number to call a leak
+    assert find(0.75) is None and find(61 / 96) is None and find(0.8125) is None
 
 
 def test_a_check_records_its_answer_only_where_the_runner_asks(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -110,21 +112,21 @@ def test_a_check_records_its_answer_only_where_the_runner_asks(tmp_path: Path, m
 
     key = tmp_path / "answers.jsonl"
     monkeypatch.delenv(runtime.ANSWERS_ENV_VAR, raising=False)
-    assert checks.check("7.1", 119, activation_shape=(4, 5, 6)) is False and not key.exists()
+    assert checks.check("7.2", 119, fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is False and not key.exists()
     monkeypatch.setenv(runtime.ANSWERS_ENV_VAR, str(key))
-    assert checks.check("7.1", ..., activation_shape=(4, 5, 6)) is None and not key.exists()  # nothing computed
-    assert checks.check("7.1", 120, activation_shape=(4, 5, 6)) is True
-    assert hygiene.read_answer_key(key) == {"7.1": hygiene.Answer(120, 0)}
+    assert checks.check("7.2", ..., fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is None and not key.exists()  # nothing computed
+    assert checks.check("7.2", 120, fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is True
+    assert hygiene.read_answer_key(key) == {"7.2": hygiene.Answer(120, 0)}
     assert "120" not in capsys.readouterr().out
 
 
 def _exercise_notebook(tmp_path: Path, leak: bool) -> Path:
-    """A fixture lesson with exercise 7.1 (activation shape (4, 5, 6): answer 120), its solution at the end and,
+    """A fixture lesson with exercise 7.2 (120 images fixed by fine-tuning), its solution at the end and,
     when ``leak``, a cell that prints the answer before the exercise."""
     path = make_notebook(tmp_path, "07_ask", "Ask", ["Answer"], "{}")
     nb = nbformat.read(path, as_version=4)
     printed = "print(f'the activations hold {4 * 5 * 6} numbers')" if leak else "print('4 x 5 x 6 activations')"
-    exercise = "from utils import checks\nanswer = ...\nchecks.check('7.1', answer, activation_shape=(4, 5, 6));"
+    exercise = "from utils import checks\nanswer = ...\nchecks.check('7.2', answer, fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200)));"
     solution = new_code_cell(exercise.replace("...", "4 * 5 * 6"))
     solution.metadata["tags"] = ["solution"]
     nb.cells += [new_code_cell(printed), new_markdown_cell("**1.** How many numbers?"), new_code_cell(exercise),
@@ -138,12 +140,12 @@ def test_the_run_records_each_answer_and_a_leak_is_found(tmp_path: Path, leak: b
     path = _exercise_notebook(tmp_path, leak)
     run.run_course(tmp_path / "build", {}, notebooks=[path], log=lambda _: None)
     key = hygiene.read_answer_key(tmp_path / "build" / "answers" / "07_ask.jsonl")
-    assert key == {"7.1": hygiene.Answer(120, 0)}
+    assert key == {"7.2": hygiene.Answer(120, 0)}
     executed = nbformat.read(tmp_path / "build" / "notebooks" / "07_ask.ipynb", as_version=4)
     leaks, unchecked = hygiene.answer_leaks(executed, key)
     assert unchecked == []
     assert [(l.exercise, l.shown, executed.cells[l.cell].source) for l in leaks] == (
-        [("7.1", "120", executed.cells[-5].source)] if leak else [])
+        [("7.2", "120", executed.cells[-5].source)] if leak else [])
     assert "120" not in "".join(hygiene.output_text(c) for c in executed.cells[-3:])  # the check never shows it
 
 

@@ -17,7 +17,6 @@ itself with ``keras.Model``; this module holds what a student need not read:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import warnings
@@ -29,7 +28,7 @@ import numpy as np
 
 from . import fast_inference
 from .backbones import Backbone
-from .cache import entry_path, read_entry, write_entry
+from .cache import content_hash, entry_path, read_entry, write_entry
 from .features import array_hash
 from .runtime import cpu_flags
 
@@ -93,11 +92,8 @@ def _apply(layers_by_name: dict, names: list[str], x):
 
 
 def _weights_digest(model: "keras.Model") -> str:
-    digest = hashlib.sha256(json.dumps([tuple(map(int, model.input.shape[1:])),
-                                        tuple(map(int, model.output.shape[1:]))]).encode())
-    for weight in model.get_weights():
-        digest.update(np.ascontiguousarray(weight).tobytes())
-    return digest.hexdigest()
+    shapes = json.dumps([tuple(map(int, model.input.shape[1:])), tuple(map(int, model.output.shape[1:]))])
+    return content_hash(shapes, *(np.ascontiguousarray(w).tobytes() for w in model.get_weights()))
 
 
 def _cached_array(path: Path, compute: Callable[[], np.ndarray], use_cache: bool = True) -> np.ndarray:

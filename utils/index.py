@@ -28,7 +28,7 @@ from .fast_inference import resolve_precision
 from .features import featurize_files
 from .runtime import atomic_write
 
-INDEX_FORMAT = 1  # bump when the folder's layout changes
+INDEX_LAYOUT_VERSION = 1  # of the index folder the user keeps (not a cache entry): bump when its layout changes
 INDEX_KINDS = ("auto", "exact", "hnsw")
 EXACT_MAX_IMAGES = 20_000  # "auto": exact up to here: ~0.41 ms of CPU per 1000 images per query (one thread)
 HNSW_M = 32  # graph neighbours per vector: recall vs memory (benchmarks/index.py)
@@ -163,8 +163,8 @@ def _read_meta(folder: Path) -> dict | None:
     if not path.exists():
         return None
     meta = json.loads(path.read_text("utf-8"))
-    if meta.get("format") != INDEX_FORMAT:
-        raise ValueError(f"{folder}: index format {meta.get('format')} is not this version's ({INDEX_FORMAT}); "
+    if meta.get("format") != INDEX_LAYOUT_VERSION:
+        raise ValueError(f"{folder}: index format {meta.get('format')} is not this version's ({INDEX_LAYOUT_VERSION}); "
                          "build the index again into a new folder")
     return meta
 
@@ -253,7 +253,7 @@ def _write(output: Path, settings: IndexSettings, kind: str, faiss_index, featur
     faiss.write_index(faiss_index, str(output / files["index"]))
     np.save(output / files["features"], np.ascontiguousarray(features, np.float32))
     (output / files["entries"]).write_text(json.dumps(entries), "utf-8")
-    meta = {"format": INDEX_FORMAT, "settings": asdict(settings), "kind": kind, "count": len(entries),
+    meta = {"format": INDEX_LAYOUT_VERSION, "settings": asdict(settings), "kind": kind, "count": len(entries),
             "dim": int(features.shape[1]), "files": files}
     if kind == "hnsw":
         meta.update(m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
