@@ -130,11 +130,11 @@ def answer_pattern(expected: Any, tolerance: float | None = None) -> Any:
     if float(expected).is_integer():
         if isinstance(expected, float) or abs(expected) < 100:
             return None
-    elif _small_fraction(float(expected)):
-        return None
         target = int(expected)
         return lambda text: [shown for value, decimals, percent, shown in _tokens(text)
                              if not decimals and not percent and value == target]
+    if _small_fraction(float(expected)):
+        return None
 
     def found(text: str) -> list[str]:
         hits = []
