@@ -23,14 +23,20 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+def _run_parameters(args: argparse.Namespace, small: dict[str, Any]) -> dict[str, Any]:
+    """The notebooks' parameters from --small, --data-dir and -p NAME VALUE (course and grade alike)."""
+    parameters: dict[str, Any] = dict(small) if args.small else {}
+    if args.data_dir is not None:
+        parameters["data_dir"] = str(args.data_dir.resolve())
+    parameters.update({name: _parse_value(value) for name, value in args.parameter})
+    return parameters
+
+
 def course(args: argparse.Namespace) -> int:
     """Run every notebook, write the report, the student copies and (unless --no-site) the site."""
     from . import notebooks, run
 
-    parameters: dict[str, Any] = dict(run.SMALL_PARAMETERS) if args.small else {}
-    if args.data_dir is not None:
-        parameters["data_dir"] = str(args.data_dir.resolve())
-    parameters.update({name: _parse_value(value) for name, value in args.parameter})
+    parameters = _run_parameters(args, run.SMALL_PARAMETERS)
     try:
         run.run_course(args.out, parameters, notebooks=args.notebooks, kernel_name=args.kernel, log=_log)
     except run.CourseRunError as exc:
@@ -111,10 +117,7 @@ def grade(args: argparse.Namespace) -> int:
     """Execute every student's submitted notebooks and write the gradebook."""
     from . import grade as grading, run
 
-    parameters: dict[str, Any] = dict(run.SMALL_PARAMETERS) if args.small else {}
-    if args.data_dir is not None:
-        parameters["data_dir"] = str(args.data_dir.resolve())
-    parameters.update({name: _parse_value(value) for name, value in args.parameter})
+    parameters = _run_parameters(args, run.SMALL_PARAMETERS)
     try:
         grading.grade(args.submissions, args.out, parameters, notebooks=args.notebooks, timeout=args.timeout,
                       jobs=args.jobs, memory_gb=args.memory_gb, log=_log)
