@@ -37,11 +37,15 @@ RESULTS = HERE / "results" / "fine_tuning.json"
 TINY_DATA = HERE.parent / "tests" / "data" / "cifar10-4class-small"
 
 #: The lesson's default; every variant changes some of these.
-DEFAULT = {"image_size": 160, "first_top_block": 11, "epochs": 4, "flips": True, "learning_rate": 1e-3}
+DEFAULT = {"image_size": 160, "first_top_block": 11, "epochs": 4, "flips": True, "learning_rate": 1e-3,
+           "batchnorm_frozen": False}
 VARIANTS: dict[str, dict] = {
     "default": {},
     "224 px, last block only, 6 epochs": {"image_size": 224, "first_top_block": 15, "epochs": 6},
     "3 epochs": {"epochs": 3},
+    "2 epochs": {"epochs": 2},
+    "2 epochs, BatchNorm frozen": {"epochs": 2, "batchnorm_frozen": True},
+    "from block 12, 2 epochs": {"first_top_block": 12, "epochs": 2},
     "last block only, 6 epochs": {"first_top_block": 15, "epochs": 6},
     "128 px": {"image_size": 128},
     "no flips": {"flips": False},
@@ -54,7 +58,7 @@ VALIDATION_FRACTION, LABEL_SMOOTHING, SHIFT, BATCH_SIZE, SEED = 0.2, 0.1, 0.1, 3
 
 
 def recipe(split, a_fit, y_fit, a_val, y_val, a_val_flipped, n_classes: int, epochs: int,
-           learning_rate: float) -> dict:
+           learning_rate: float, batchnorm_frozen: bool = False) -> dict:
     """The lesson's two steps: head on the frozen top, then fine-tune top + head; validation figures."""
     import keras
 
@@ -71,6 +75,10 @@ def recipe(split, a_fit, y_fit, a_val, y_val, a_val_flipped, n_classes: int, epo
     frozen = float((head.predict(z_val, verbose=0).argmax(1) == y_val).mean())
 
     split.top.trainable = True
+    if batchnorm_frozen:  # a frozen BatchNormalization layer also runs in inference mode (Keras)
+        for layer in split.top.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
     inputs = keras.Input(a_fit.shape[1:])
     x = keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="nearest", seed=SEED)(inputs)
     model = keras.Model(inputs, head(split.top(x, training=False)))
@@ -100,7 +108,7 @@ def run_variant(net, train, fit_idx, val_idx, test, settings: dict, score_test: 
     activation_cpu = time.process_time() - cpu
     a_val_flipped = split.activations(train.images[val_idx], flip=True)  # for test-time flips only
     result = recipe(split, a_fit, y_fit, a_val, y_val, a_val_flipped, len(train.class_names),
-                    settings["epochs"], settings["learning_rate"])
+                    settings["epochs"], settings["learning_rate"], settings["batchnorm_frozen"])
     model = result.pop("model")
     row = {**settings, "activation shape": list(split.activation_shape),
            "trainable parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
@@ -113,7 +121,7 @@ def run_variant(net, train, fit_idx, val_idx, test, settings: dict, score_test: 
     return row
 
 
-COLUMNS = ["variant", "image_size", "first_top_block", "epochs", "flips", "learning_rate", "activations CPU s",
+COLUMNS = ["variant", "image_size", "first_top_block", "epochs", "flips", "learning_rate", "batchnorm_frozen", "activations CPU s",
            "fine-tune CPU s", "fine-tune wall s", "frozen head validation", "validation accuracy", "validation, flip TTA",
            "test accuracy"]
 
