@@ -32,8 +32,6 @@ SETTINGS = {"oneDNN off": "0", "oneDNN on": "1"}
 
 def worker(data_dir: Path, image_size: int, first_top_block: int, steps: int, batch_size: int) -> dict:
     """ms per image of one training step and of one forward pass, in this process's TensorFlow setting."""
-    import numpy as np
-
     from utils import backbones, data, fine_tuning
     from utils.runtime import import_tensorflow_quietly
 
