@@ -4,10 +4,11 @@ TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it starts, so each setting
 settings alternate (off, on, on, off, ...) for ``--rounds`` rounds so that the machine's background load hits both
 alike, and the ratio is taken within each round. TensorFlow's Linux wheels turn oneDNN on by default only on CPUs
 with AVX-512 VNNI/BF16 or AMX; this measures whether turning it on elsewhere (e.g. AVX2) would pay. The step is
-lesson 7's: EfficientNet-Lite0 cut before ``--first-top-block``, ``RandomTranslation`` + the top
-(BatchNorm in inference mode) + Dropout + a softmax Dense head, Adam, label smoothing, batches of 32, on random
-activations of the course's training images (not random ones: on random activations both settings ran at the
-same, intermediate speed -- the values matter to the kernels). Forward passes (``predict``) are timed too.
+lesson 7's (the constants of ``fine_tuning.py``): EfficientNet-Lite0 cut before ``--first-top-block``,
+``RandomTranslation`` + the top (BatchNorm in inference mode) + Dropout + a softmax Dense head, Adam, label
+smoothing, on the activations of the course's training images (not random ones: on random activations both
+settings ran at the same, intermediate speed -- the values matter to the kernels). Forward passes (``predict``)
+are timed too.
 
     python benchmarks/training_step.py                        # 160 px, from block 11, 5 rounds
     python benchmarks/training_step.py --image-size 224 --rounds 3
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 from _common import REPO, add_common_arguments, data_dir, load_average, log, table
+from fine_tuning import LABEL_SMOOTHING, SEED, SHIFT  # lesson 7's recipe, declared once for the benchmarks
 
 SETTINGS = {"oneDNN off": "0", "oneDNN on": "1"}
 
@@ -45,11 +47,11 @@ def worker(data_dir: Path, image_size: int, first_top_block: int, steps: int, ba
     a = split.activations(train.images[:n])  # cached on disk after the first process
     y = keras.utils.to_categorical(train.labels[:n], len(train.class_names))
     inputs = keras.Input(split.activation_shape)
-    x = keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=0)(inputs)
+    x = keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="nearest", seed=SEED)(inputs)
     x = keras.layers.Dropout(0.2)(split.top(x, training=False))
     model = keras.Model(inputs, keras.layers.Dense(y.shape[1], activation="softmax")(x))
     model.compile(optimizer=keras.optimizers.Adam(1e-4),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1))
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING))
     model.fit(a[: 2 * batch_size], y[: 2 * batch_size], batch_size=batch_size, verbose=0)  # traces, thread pools
     model.predict(a[:batch_size], batch_size=batch_size, verbose=0)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -64,8 +66,9 @@ def worker(data_dir: Path, image_size: int, first_top_block: int, steps: int, ba
 
 def run_worker(setting: str, args: argparse.Namespace) -> dict:
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, __file__, "--worker", "--data-dir", str(data_dir(args)), "--image-size", str(args.image_size), "--first-top-block",
-           str(args.first_top_block), "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    cmd = [sys.executable, __file__, "--worker", "--data-dir", str(data_dir(args)), "--image-size",
+           str(args.image_size), "--first-top-block", str(args.first_top_block), "--steps", str(args.steps),
+           "--batch-size", str(args.batch_size)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise SystemExit(f"the worker failed (TF_ENABLE_ONEDNN_OPTS={setting}):\n{done.stderr[-2000:]}")
