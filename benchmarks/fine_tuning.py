@@ -1,9 +1,13 @@
 """Lesson 7's fine-tuning recipe under several settings, timed and scored on the VALIDATION split.
 
 The recipe is the lesson's (notebooks/07_fine_tuning.ipynb): cut EfficientNet-Lite before a block, cache the
-frozen bottom's activations, train a Dropout + Dense softmax head on the frozen top, then unfreeze the top and
-fine-tune it with the head (Adam, cosine decay to 0, label smoothing 0.1, random shifts of the activations,
-BatchNorm in inference mode). The variants change what their columns say: the image size (so the size of the
+frozen bottom's activations, train a Dropout + Dense softmax head on the frozen top's features (fit images, no
+mirrors), then unfreeze the top (its 1x1 convolutions as Dense layers: ``fine_tuning.pointwise_as_dense``) and
+fine-tune it with the head (Adam, cosine decay to 0, label smoothing 0.1, random shifts of the activations, batches
+from ``fine_tuning.batches``). Inside ``fit`` Keras 3 runs the top's BatchNorm layers in training mode (batch
+statistics), whatever ``training=`` the top was called with; ``batchnorm_frozen`` keeps them in inference mode.
+Rows without "1x1 as Dense" were measured with the Conv2D top and ``fit`` on NumPy arrays (same arithmetic,
+slower: ``benchmarks/training_step.py``). The variants change what their columns say: the image size (so the size of the
 activations), the block the top starts at, the epochs, whether the flipped training images are added, and the
 learning rate. All run in this one process, one after the other, so they share the machine's load: compare
 their CPU seconds. The test set is scored only with ``--score-test`` (for the chosen default, once).
@@ -37,10 +41,11 @@ RESULTS = HERE / "results" / "fine_tuning.json"
 TINY_DATA = HERE.parent / "tests" / "data" / "cifar10-4class-small"
 
 #: The lesson's default; every variant changes some of these.
-DEFAULT = {"image_size": 160, "first_top_block": 11, "epochs": 3, "flips": True, "learning_rate": 1e-3,
+DEFAULT = {"image_size": 160, "first_top_block": 11, "epochs": 2, "flips": True, "learning_rate": 1e-3,
            "batchnorm_frozen": False}
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "3 epochs": {"epochs": 3},
     "224 px, last block only, 6 epochs": {"image_size": 224, "first_top_block": 15, "epochs": 6},
     "4 epochs (the default until 2026-11-30)": {"epochs": 4},
     "2 epochs": {"epochs": 2},
@@ -58,15 +63,16 @@ VALIDATION_FRACTION, LABEL_SMOOTHING, SHIFT, BATCH_SIZE, SEED = 0.2, 0.1, 0.1, 3
 
 
 def recipe(split, a_fit, y_fit, a_val, y_val, a_val_flipped, n_classes: int, epochs: int,
-           learning_rate: float, batchnorm_frozen: bool = False) -> dict:
-    """The lesson's two steps: head on the frozen top, then fine-tune top + head; validation figures."""
+           learning_rate: float, batchnorm_frozen: bool = False, head_rows: int | None = None) -> dict:
+    """The lesson's two steps: head on the frozen top (the first ``head_rows`` of ``a_fit``), then fine-tune top +
+    head; validation figures."""
     import keras
 
     keras.utils.set_random_seed(SEED)
     one_hot = lambda y: keras.utils.to_categorical(y, n_classes)  # noqa: E731
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING)
     split.top.trainable = False
-    z_fit, z_val = split.top.predict(a_fit, verbose=0), split.top.predict(a_val, verbose=0)
+    z_fit, z_val = split.top.predict(a_fit[:head_rows], verbose=0), split.top.predict(a_val, verbose=0)
     head = keras.Sequential([keras.Input(z_fit.shape[1:]), keras.layers.Dropout(0.2),
                              keras.layers.Dense(n_classes, activation="softmax")])
     head.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])
@@ -74,20 +80,22 @@ def recipe(split, a_fit, y_fit, a_val, y_val, a_val_flipped, n_classes: int, epo
              verbose=0, callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)])
     frozen = float((head.predict(z_val, verbose=0).argmax(1) == y_val).mean())
 
-    split.top.trainable = True
+    top = fine_tuning.pointwise_as_dense(split.top)
+    top.trainable = True
     if batchnorm_frozen:  # a frozen BatchNormalization layer also runs in inference mode (Keras)
-        for layer in split.top.layers:
+        for layer in top.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
     inputs = keras.Input(a_fit.shape[1:])
     x = keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="nearest", seed=SEED)(inputs)
-    model = keras.Model(inputs, head(split.top(x, training=False)))
-    steps = epochs * int(np.ceil(len(a_fit) / BATCH_SIZE))
+    model = keras.Model(inputs, head(top(x)))
+    train_batches = fine_tuning.batches(a_fit, one_hot(y_fit), BATCH_SIZE, seed=SEED)
+    steps = epochs * len(train_batches)
     model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps)),
                   loss=loss, metrics=["accuracy"])
     wall, cpu = time.perf_counter(), time.process_time()
-    history = model.fit(a_fit, one_hot(y_fit), epochs=epochs, batch_size=BATCH_SIZE, verbose=0,
-                        validation_data=(a_val, one_hot(y_val)))
+    history = model.fit(train_batches, epochs=epochs, verbose=0, shuffle=False,
+                        validation_data=fine_tuning.batches(a_val, one_hot(y_val), shuffle=False))
     both = model.predict(a_val, verbose=0) + model.predict(a_val_flipped, verbose=0)
     return {"model": model, "frozen head validation": round(frozen, 3),
             "validation accuracy": round(float(history.history["val_accuracy"][-1]), 3),
@@ -108,9 +116,9 @@ def run_variant(net, train, fit_idx, val_idx, test, settings: dict, score_test: 
     activation_cpu = time.process_time() - cpu
     a_val_flipped = split.activations(train.images[val_idx], flip=True)  # for test-time flips only
     result = recipe(split, a_fit, y_fit, a_val, y_val, a_val_flipped, len(train.class_names),
-                    settings["epochs"], settings["learning_rate"], settings["batchnorm_frozen"])
+                    settings["epochs"], settings["learning_rate"], settings["batchnorm_frozen"], len(fit_idx))
     model = result.pop("model")
-    row = {**settings, "activation shape": list(split.activation_shape),
+    row = {**settings, "1x1 as Dense": True, "activation shape": list(split.activation_shape),
            "trainable parameters": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
            "activations CPU s": round(activation_cpu, 1), **result,
            "variant wall s": round(time.perf_counter() - wall, 1),
@@ -122,6 +130,7 @@ def run_variant(net, train, fit_idx, val_idx, test, settings: dict, score_test: 
 
 
 COLUMNS = ["variant", "image_size", "first_top_block", "epochs", "flips", "learning_rate", "batchnorm_frozen",
+           "1x1 as Dense",
            "activations CPU s", "fine-tune CPU s", "fine-tune wall s", "frozen head validation", "validation accuracy",
            "validation, flip TTA", "test accuracy"]
 

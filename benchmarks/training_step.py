@@ -1,20 +1,22 @@
-"""Lesson 7's training step with TensorFlow's oneDNN kernels off and on, as a ratio measured in the same run.
+"""Lesson 7's training step, timed: the top's 1x1 convolutions as ``Conv2D`` or ``Dense`` layers, ``fit`` on NumPy
+arrays or on ``fine_tuning.batches``, and (``--onednn``) TensorFlow's oneDNN kernels off and on.
 
-TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it starts, so each setting runs in a fresh process; the
-settings alternate (off, on, on, off, ...) for ``--rounds`` rounds so that the machine's background load hits both
-alike, and the ratio is taken within each round. TensorFlow's Linux wheels turn oneDNN on by default only on CPUs
-with AVX-512 VNNI/BF16 or AMX; this measures whether turning it on elsewhere (e.g. AVX2) would pay. The step is
+Four in-process settings -- Conv2D or Dense top (``fine_tuning.pointwise_as_dense``: same weights, same outputs) x
+``fit(arrays)`` or ``fit(fine_tuning.batches(...))`` (tf.data autotuning off) -- are timed one epoch at a time,
+in rotating order, ``--repeats`` times each in one process, so that the machine's load hits all alike. Besides the
+median, it counts the **slow fits** (over 1.5x the setting's fastest): on a 2-core CPU, ``fit`` on NumPy arrays
+sometimes leaves a core idle (tf.data's autotuner) and runs at half speed. TensorFlow reads
+``TF_ENABLE_ONEDNN_OPTS`` once, at start-up, so ``--onednn`` runs the worker again in fresh processes, alternating
+off and on (TensorFlow's Linux wheels enable oneDNN only on CPUs with AVX-512 VNNI/BF16 or AMX). The step is
 lesson 7's (the constants of ``fine_tuning.py``): EfficientNet-Lite0 cut before ``--first-top-block``,
-``RandomTranslation`` + the top (BatchNorm in inference mode) + Dropout + a softmax Dense head, Adam, label
-smoothing, on the activations of the course's training images (not random ones: on random activations both
-settings ran at the same, intermediate speed -- the values matter to the kernels). Forward passes (``predict``)
-are timed too.
+``RandomTranslation`` + the top + Dropout + a softmax Dense head, Adam, label smoothing, on the activations of the
+course's training images (not random ones: the values matter to the kernels). A forward pass (``predict``) is timed
+too.
 
-    python benchmarks/training_step.py                        # 160 px, from block 11, 5 rounds
-    python benchmarks/training_step.py --image-size 224 --rounds 3
+    python benchmarks/training_step.py                        # 160 px, from block 11, 6 repeats
+    python benchmarks/training_step.py --onednn --rounds 3    # also oneDNN on vs off, fresh processes
     python benchmarks/training_step.py --tiny                 # seconds: checks that it runs
 """
-
 from __future__ import annotations
 
 import argparse
@@ -30,10 +32,11 @@ from _common import REPO, add_common_arguments, data_dir, load_average, log, tab
 from fine_tuning import LABEL_SMOOTHING, SEED, SHIFT  # lesson 7's recipe, declared once for the benchmarks
 
 SETTINGS = {"oneDNN off": "0", "oneDNN on": "1"}
+VARIANTS = ["Conv2D top, fit(arrays)", "Conv2D top, fit(batches)", "Dense top, fit(arrays)", "Dense top, fit(batches)"]
 
 
-def worker(data_dir: Path, image_size: int, first_top_block: int, steps: int, batch_size: int) -> dict:
-    """ms per image of one training step and of one forward pass, in this process's TensorFlow setting."""
+def worker(data_dir: Path, image_size: int, first_top_block: int, steps: int, batch_size: int, repeats: int) -> dict:
+    """ms per image of one training epoch for each of VARIANTS, in this process's TensorFlow setting."""
     from utils import backbones, data, fine_tuning
     from utils.runtime import import_tensorflow_quietly
 
@@ -46,30 +49,57 @@ def worker(data_dir: Path, image_size: int, first_top_block: int, steps: int, ba
     train, _ = data.load_course_data(data_dir, n_train_per_class=-(-n // 4), n_test_per_class=1)
     a = split.activations(train.images[:n])  # cached on disk after the first process
     y = keras.utils.to_categorical(train.labels[:n], len(train.class_names))
-    inputs = keras.Input(split.activation_shape)
-    x = keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="nearest", seed=SEED)(inputs)
-    x = keras.layers.Dropout(0.2)(split.top(x, training=False))
-    model = keras.Model(inputs, keras.layers.Dense(y.shape[1], activation="softmax")(x))
-    model.compile(optimizer=keras.optimizers.Adam(1e-4),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING))
-    model.fit(a[: 2 * batch_size], y[: 2 * batch_size], batch_size=batch_size, verbose=0)  # traces, thread pools
-    model.predict(a[:batch_size], batch_size=batch_size, verbose=0)
-    wall, cpu = time.perf_counter(), time.process_time()
-    model.fit(a, y, batch_size=batch_size, epochs=1, verbose=0)
-    fit_wall, fit_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    tops = {"Conv2D": split.top, "Dense": fine_tuning.pointwise_as_dense(split.top)}
+    models = {}
+    for name, top in tops.items():
+        inputs = keras.Input(split.activation_shape)
+        x = keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="nearest", seed=SEED)(inputs)
+        x = keras.layers.Dropout(0.2)(top(x))
+        model = keras.Model(inputs, keras.layers.Dense(y.shape[1], activation="softmax")(x))
+        model.compile(optimizer=keras.optimizers.Adam(1e-4),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING))
+        models[name] = model
+
+    def fit(variant: str) -> None:
+        model = models[variant.split()[0]]
+        if variant.endswith("fit(arrays)"):
+            model.fit(a, y, batch_size=batch_size, epochs=1, verbose=0)
+        else:
+            model.fit(fine_tuning.batches(a, y, batch_size, seed=SEED), epochs=1, verbose=0, shuffle=False)
+
+    for variant in VARIANTS:  # traces, thread pools
+        fit(variant)
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu_times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for r in range(repeats):
+        for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            fit(variant)
+            times[variant].append(1000 * (time.perf_counter() - wall) / n)
+            cpu_times[variant].append(1000 * (time.process_time() - cpu) / n)
     wall = time.perf_counter()
-    model.predict(a, batch_size=batch_size, verbose=0)
-    return {"fit ms/image": 1000 * fit_wall / n, "fit CPU ms/image": 1000 * fit_cpu / n,
-            "predict ms/image": 1000 * (time.perf_counter() - wall) / n,
+    models["Dense"].predict(a, batch_size=batch_size, verbose=0)
+    return {"ms/image": times, "CPU ms/image": cpu_times,
+            "Dense top predict ms/image": 1000 * (time.perf_counter() - wall) / n,
             "activation shape": list(split.activation_shape)}
 
 
-def run_worker(setting: str, args: argparse.Namespace) -> dict:
-    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": setting, "PYTHONPATH": str(REPO)}
+def summary(ms: list[float]) -> dict:
+    fastest = min(ms)
+    return {"median ms/image": round(statistics.median(ms), 2), "fastest": round(fastest, 2),
+            "slow fits": sum(t > 1.5 * fastest for t in ms), "fits": len(ms)}
+
+
+def run_worker(setting: str | None, args: argparse.Namespace) -> dict:
+    """The worker in a fresh process; ``setting``: TF_ENABLE_ONEDNN_OPTS, or None for TensorFlow's default."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
     cmd = [sys.executable, __file__, "--worker", "--data-dir", str(data_dir(args)), "--image-size",
            str(args.image_size), "--first-top-block", str(args.first_top_block), "--steps", str(args.steps),
-           "--batch-size", str(args.batch_size)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+           "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         raise SystemExit(f"the worker failed (TF_ENABLE_ONEDNN_OPTS={setting}):\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -80,43 +110,51 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser)
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--first-top-block", type=int, default=11)
-    parser.add_argument("--steps", type=int, default=25, help="timed training steps per process")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per timed fit")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=6, help="timed fits of each variant per process")
+    parser.add_argument("--onednn", action="store_true", help="also compare oneDNN off/on in fresh processes")
+    parser.add_argument("--rounds", type=int, default=2, help="with --onednn: off/on process pairs")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(data_dir(args), args.image_size, args.first_top_block, args.steps, args.batch_size)))
+        print(json.dumps(worker(data_dir(args), args.image_size, args.first_top_block, args.steps, args.batch_size,
+                                args.repeats)))
         return 0
     if args.tiny:
-        args.image_size, args.steps, args.rounds = 64, 2, 1
+        args.image_size, args.steps, args.repeats, args.rounds = 64, 2, 1, 1
     load_before = load_average()
-    rounds = []
-    for r in range(args.rounds):
-        order = list(SETTINGS) if r % 2 == 0 else list(SETTINGS)[::-1]
-        row = {name: run_worker(SETTINGS[name], args) for name in order}
-        rounds.append(row)
-        log(f"round {r + 1}: " + ", ".join(f"{k} {v['fit ms/image']:.2f} ms/image" for k, v in row.items()))
-    fit_ratio = [row["oneDNN off"]["fit ms/image"] / row["oneDNN on"]["fit ms/image"] for row in rounds]
-    predict_ratio = [row["oneDNN off"]["predict ms/image"] / row["oneDNN on"]["predict ms/image"] for row in rounds]
+    runs: list[tuple[str, dict]] = []
+    if args.onednn:
+        for r in range(args.rounds):
+            for name in (list(SETTINGS) if r % 2 == 0 else list(SETTINGS)[::-1]):
+                runs.append((name, run_worker(SETTINGS[name], args)))
+                log(f"round {r + 1}, {name}: done")
+    else:
+        runs.append(("TensorFlow's default", run_worker(None, args)))
+    settings = list(dict.fromkeys(name for name, _ in runs))
+    pooled = {(s, v): [t for name, run in runs if name == s for t in run["ms/image"][v]] for s in settings
+              for v in VARIANTS}
+    pooled_cpu = {(s, v): [t for name, run in runs if name == s for t in run["CPU ms/image"][v]] for s in settings
+                  for v in VARIANTS}
+    rows = [{"setting": s, "variant": v, **summary(pooled[s, v]),
+             "median CPU ms/image": round(statistics.median(pooled_cpu[s, v]), 2)} for s in settings for v in VARIANTS]
     result = {"image_size": args.image_size, "first_top_block": args.first_top_block, "batch_size": args.batch_size,
-              "steps": args.steps, "cpus": os.cpu_count(), "load average": [round(load_before, 2),
-                                                                           round(load_average(), 2)],
-              "rounds": rounds, "fit speed-up (median of rounds)": round(statistics.median(fit_ratio), 3),
-              "predict speed-up (median of rounds)": round(statistics.median(predict_ratio), 3)}
+              "steps": args.steps, "repeats": args.repeats, "cpus": os.cpu_count(),
+              "load average": [round(load_before, 2), round(load_average(), 2)], "rows": rows, "runs": runs}
     table(f"Lesson 7 training step, EfficientNet-Lite0 {args.image_size} px from block {args.first_top_block}, "
-          f"batch {args.batch_size}, {args.rounds} rounds",
-          ["setting", "fit ms/image (median)", "fit CPU ms/image", "predict ms/image"],
-          [[name, statistics.median(r[name]["fit ms/image"] for r in rounds),
-            statistics.median(r[name]["fit CPU ms/image"] for r in rounds),
-            statistics.median(r[name]["predict ms/image"] for r in rounds)] for name in SETTINGS])
-    log(f"oneDNN on vs off, same rounds: training step {result['fit speed-up (median of rounds)']:.2f}x faster, "
-        f"forward {result['predict speed-up (median of rounds)']:.2f}x (per-round ratios "
-        f"{[round(x, 2) for x in fit_ratio]})")
+          f"batch {args.batch_size}, {args.steps} steps per fit",
+          ["setting", "variant", "median ms/image", "fastest", "slow fits", "median CPU ms/image"],
+          [[r["setting"], r["variant"], r["median ms/image"], r["fastest"], f"{r['slow fits']} of {r['fits']}",
+            r["median CPU ms/image"]] for r in rows])
+    for s in settings:
+        base, best = pooled[s, VARIANTS[0]], pooled[s, VARIANTS[-1]]
+        log(f"{s}: {VARIANTS[-1]} vs {VARIANTS[0]}: {statistics.median(base) / statistics.median(best):.2f}x "
+            "faster (medians)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}))
+    print(json.dumps(rows))
     return 0
 
 

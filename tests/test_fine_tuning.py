@@ -88,6 +88,43 @@ def test_activations_are_cached_by_content(net, images, feature_cache) -> None:
         fine_tuning.activations(net.feature_model, images)
 
 
+def test_pointwise_as_dense_computes_the_same_top(net) -> None:
+    import keras
+
+    top = fine_tuning.split_backbone(net, 11).top
+    dense = fine_tuning.pointwise_as_dense(top)
+    pointwise = [layer.name for layer in top.layers
+                 if type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)]
+    assert len(pointwise) == 11  # expand + project of blocks 11-14, project of block 15, conv_head
+    assert [layer.name for layer in dense.layers if isinstance(layer, keras.layers.Dense)] == pointwise
+    assert len([layer for layer in dense.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]) == 5
+    assert dense.count_params() == top.count_params()
+    x = np.random.default_rng(2).normal(size=(3, *top.input.shape[1:])).astype("float32")
+    np.testing.assert_allclose(np.asarray(dense(x)), np.asarray(top(x)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dense(x, training=True)), np.asarray(top(x, training=True)), atol=1e-4)
+    assert all(w is not v for w, v in zip(dense.weights, top.weights))  # a copy: training one leaves the other
+
+
+def test_batches_shuffle_every_epoch_and_cover_every_row() -> None:
+    x = np.arange(10, dtype="float32")[:, None]
+    y = np.arange(10) % 2
+    dataset = fine_tuning.batches(x, y, batch_size=4, seed=0)
+    assert len(dataset) == 3
+    epochs = [np.concatenate([np.asarray(b[0])[:, 0] for b in dataset]) for _ in range(2)]
+    for order in epochs:
+        assert sorted(order) == list(range(10))
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled each epoch
+    again = np.concatenate([np.asarray(b[0])[:, 0] for b in fine_tuning.batches(x, y, batch_size=4, seed=0)])
+    np.testing.assert_array_equal(again, epochs[0])  # seeded
+    ordered = fine_tuning.batches(x, y, batch_size=4, shuffle=False)
+    np.testing.assert_array_equal(np.concatenate([np.asarray(b[1]) for b in ordered]), y)
+    assert not ordered.options().autotune.enabled
+    with pytest.raises(ValueError, match="same, non-zero number of rows"):
+        fine_tuning.batches(x, y[:5])
+    with pytest.raises(ValueError, match="same, non-zero number of rows"):
+        fine_tuning.batches(x[:0], y[:0])
+
+
 def test_bf16_only_where_the_cpu_has_it(monkeypatch) -> None:
     monkeypatch.setattr(fine_tuning, "cpu_flags", lambda: {"avx2", "fma"})
     assert fine_tuning.compute_dtype("auto") == "float32"
@@ -161,6 +198,8 @@ def test_notebook_fine_tunes_above_the_frozen_head(tmp_path, course_data_dir) ->
         cwd=str(NOTEBOOK_DIR), progress_bar=False)
     m = json.loads(metrics_path.read_text())
     assert m["chain_difference"] < 1e-3  # the cells' bottom + top is the whole feature model
+    assert m["dense_difference"] < 1e-4  # 1x1 convolutions as Dense layers: the same top
+    assert m["top_difference"] < 0.05  # the frozen top's output is the featurizer's cached features
     assert m["fine_tuned_validation_accuracy"] >= m["frozen_head_validation_accuracy"]
     assert len(m["fine_tune_curves"]["val_accuracy"]) == len(m["fine_tune_curves"]["loss"]) == m["fine_tune_epochs"]
     assert m["fine_tune_epochs_run"] == m["fine_tune_epochs"]

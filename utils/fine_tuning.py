@@ -10,6 +10,10 @@ itself with ``keras.Model``; this module holds what a student need not read:
   approximately, so flipped images get their own cached activations (``flip=True``).
 * :func:`split_backbone` -> :class:`SplitBackbone`: the same cut as lesson 7's cells, as a function (for the
   benchmark and the tests): ``bottom`` and ``top`` holding a *copy* of the backbone's weights.
+* :func:`pointwise_as_dense`: the same model with its 1x1 convolutions as ``Dense`` layers (same weights, same
+  outputs): TensorFlow's CPU gradient of a 1x1 ``Conv2D`` is several times slower than the same matrix product's.
+* :func:`batches`: a shuffled ``tf.data`` pipeline for ``fit`` with tf.data's autotuning off: on a 2-core CPU the
+  autotuner's background work left one core idle in about one ``fit`` call out of three (``benchmarks/README.md``).
 * :func:`cpu_has_bf16` / :func:`compute_dtype`: bfloat16 mixed precision only where the CPU computes it natively.
   Native is not enough to be faster: measured slower than float32 for these top blocks
   (``benchmarks/fine_tuning.py``, ``benchmarks/README.md``), so lesson 7 uses float32.
@@ -83,6 +87,50 @@ def _clone(model: "keras.Model", dtype: str) -> "keras.Model":
     clone = keras.models.clone_model(model, clone_function=copy_layer)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def pointwise_as_dense(model: "keras.Model") -> "keras.Model":
+    """A copy of the functional ``model`` in which every 1x1, stride-1 ``Conv2D`` is a ``Dense`` layer with the same
+    name and weights. A 1x1 convolution is a Dense layer applied at every position, so the outputs are the same; the
+    gradients are computed as matrix products, several times faster on a CPU than TensorFlow's
+    ``Conv2DBackpropInput``. Other layers are copied with their weights."""
+    import keras
+
+    def is_pointwise(layer) -> bool:
+        return (type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)
+                and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1) and layer.groups == 1)
+
+    def copy_layer(layer):
+        if is_pointwise(layer):
+            return keras.layers.Dense(layer.filters, activation=layer.activation, use_bias=layer.use_bias,
+                                      name=layer.name, dtype=layer.dtype_policy)
+        return layer.__class__.from_config(layer.get_config())
+
+    clone = keras.models.clone_model(model, clone_function=copy_layer)
+    for source, target in zip(model.layers, clone.layers):
+        weights = source.get_weights()
+        if is_pointwise(source):
+            weights[0] = weights[0].reshape(weights[0].shape[2:])  # (1, 1, in, out) -> (in, out)
+        target.set_weights(weights)
+    clone.trainable = model.trainable
+    return clone
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int = 32, shuffle: bool = True, seed: int = 0):
+    """``(x, y)`` as a ``tf.data.Dataset`` of batches for ``fit``/``evaluate``, reshuffled every epoch when
+    ``shuffle`` (seeded), with tf.data's autotuning off. ``fit`` on NumPy arrays builds such a pipeline with
+    autotuning on; on a 2-core CPU that made about one ``fit`` call in three run on one core, at half the speed
+    (measured: ``benchmarks/training_step.py``)."""
+    import tensorflow as tf
+
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x and y must hold the same, non-zero number of rows, got {len(x)} and {len(y)}")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.batch(batch_size).prefetch(1).with_options(options)
 
 
 def _apply(layers_by_name: dict, names: list[str], x):
