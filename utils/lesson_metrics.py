@@ -124,6 +124,8 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         "frozen_head_validation_accuracy": Metric("validation accuracy, frozen backbone + Keras head", ".3f"),
         "fine_tuned_validation_accuracy": Metric("validation accuracy of the fine-tuned network", ".3f"),
         "chain_difference": Metric("largest |top(bottom(x)) - whole network(x)| on a few images", ".1e"),
+        "dense_difference": Metric("largest output difference of the top with its 1x1 convolutions as Dense", ".1e"),
+        "top_difference": Metric("largest |frozen top(activations) - cached features| on 64 validation images", ".1e"),
         "per_class_accuracy": Metric("test accuracy per class of each model"),
         "fine_tuned_confusion_matrix": Metric("fine-tuned test confusion matrix (rows: true class)"),
         "top_blocks_from": Metric("first fine-tuned block", "d"),
