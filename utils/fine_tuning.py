@@ -12,8 +12,8 @@ itself with ``keras.Model``; this module holds what a student need not read:
   benchmark and the tests): ``bottom`` and ``top`` holding a *copy* of the backbone's weights.
 * :func:`pointwise_as_dense`: the same model with its 1x1 convolutions as ``Dense`` layers (same weights, same
   outputs): TensorFlow's CPU gradient of a 1x1 ``Conv2D`` is several times slower than the same matrix product's.
-* :func:`batches`: a shuffled ``tf.data`` pipeline for ``fit`` with tf.data's autotuning off: on a 2-core CPU the
-  autotuner's background work left one core idle in about one ``fit`` call out of three (``benchmarks/README.md``).
+* :func:`batches`: a shuffled ``tf.data`` pipeline for ``fit`` with tf.data's autotuning off: on a 2-core CPU,
+  ``fit`` on NumPy arrays (autotuning on) often left a core idle, at half the speed (``benchmarks/README.md``).
 * :func:`cpu_has_bf16` / :func:`compute_dtype`: bfloat16 mixed precision only where the CPU computes it natively.
   Native is not enough to be faster: measured slower than float32 for these top blocks
   (``benchmarks/fine_tuning.py``, ``benchmarks/README.md``), so lesson 7 uses float32.
@@ -38,6 +38,7 @@ from .runtime import cpu_flags
 
 if TYPE_CHECKING:
     import keras
+    import tensorflow as tf
 
 _BLOCK = re.compile(r"^blocks_(\d+)_")
 
@@ -116,11 +117,12 @@ def pointwise_as_dense(model: "keras.Model") -> "keras.Model":
     return clone
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int = 32, shuffle: bool = True, seed: int = 0):
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int = 32, shuffle: bool = True,
+            seed: int = 0) -> "tf.data.Dataset":
     """``(x, y)`` as a ``tf.data.Dataset`` of batches for ``fit``/``evaluate``, reshuffled every epoch when
     ``shuffle`` (seeded), with tf.data's autotuning off. ``fit`` on NumPy arrays builds such a pipeline with
-    autotuning on; on a 2-core CPU that made about one ``fit`` call in three run on one core, at half the speed
-    (measured: ``benchmarks/training_step.py``)."""
+    autotuning on; on a 2-core CPU that left a core idle in many ``fit`` calls (5 of 6 in one measured run, 6 of 20
+    in another), at half the speed (``benchmarks/training_step.py``)."""
     import tensorflow as tf
 
     if len(x) != len(y) or len(x) == 0:
