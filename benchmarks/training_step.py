@@ -134,10 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs.append(("TensorFlow's default", run_worker(None, args)))
     settings = list(dict.fromkeys(name for name, _ in runs))
-    pooled = {(s, v): [t for name, run in runs if name == s for t in run["ms/image"][v]] for s in settings
-              for v in VARIANTS}
-    pooled_cpu = {(s, v): [t for name, run in runs if name == s for t in run["CPU ms/image"][v]] for s in settings
-                  for v in VARIANTS}
+
+    def pool(key: str) -> dict[tuple[str, str], list[float]]:  # every run's fits of a setting, per variant
+        return {(s, v): [t for name, run in runs if name == s for t in run[key][v]] for s in settings for v in VARIANTS}
+
+    pooled, pooled_cpu = pool("ms/image"), pool("CPU ms/image")
     rows = [{"setting": s, "variant": v, **summary(pooled[s, v]),
              "median CPU ms/image": round(statistics.median(pooled_cpu[s, v]), 2)} for s in settings for v in VARIANTS]
     result = {"image_size": args.image_size, "first_top_block": args.first_top_block, "batch_size": args.batch_size,
