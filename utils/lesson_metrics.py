@@ -122,7 +122,12 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         "fine_tuned_accuracy": Metric("test accuracy of the fine-tuned network", ".3f"),
         "probe_validation_accuracy": Metric("validation accuracy of the linear probe", ".3f"),
         "frozen_head_validation_accuracy": Metric("validation accuracy, frozen backbone + Keras head", ".3f"),
-        "fine_tuned_validation_accuracy": Metric("validation accuracy of the fine-tuned network", ".3f"),
+        "fine_tuned_validation_accuracy": Metric("validation accuracy of the fine-tuned network (BatchNorm "
+                                                 "statistics recomputed)", ".3f"),
+        "fit_validation_accuracy": Metric("validation accuracy at the end of fit (BatchNorm running averages)",
+                                          ".3f"),
+        "before_fine_tuning_validation_accuracy": Metric("validation accuracy of the assembled model before "
+                                                         "fine-tuning (evaluate)", ".3f"),
         "chain_difference": Metric("largest |top(bottom(x)) - whole network(x)| on a few images", ".1e"),
         "dense_difference": Metric("largest output difference of the top with its 1x1 convolutions as Dense", ".1e"),
         "top_difference": Metric("largest |frozen top(activations) - cached features| on 64 validation images", ".1e"),
