@@ -301,7 +301,7 @@ def _(fine_tuned_predicted, probe_predicted, labels):
 
 
 @exercise("7.3", tolerance=1e-3, hint="last_bottom, last_top = cut(net.feature_model, n_blocks - 1); their "
-                                      "activations; step 2 for 2 epochs; answer: the validation accuracy")
+                                      "activations; step 2 for 1 epoch; answer: the validation accuracy")
 def _(bottom, model, network, images, labels):
     # right only for a bottom cut just before the network's last block, and a model that takes its activations
     if bottom is None or model is None or block_count(bottom) != block_count(network) - 1:
