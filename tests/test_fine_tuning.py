@@ -125,8 +125,29 @@ def test_batches_shuffle_every_epoch_and_cover_every_row() -> None:
         fine_tuning.batches(x, y[:5])
     with pytest.raises(ValueError, match="same, non-zero number of rows"):
         fine_tuning.batches(x[:0], y[:0])
-    with pytest.raises(ValueError, match="non-zero number of rows, got 0"):
+    with pytest.raises(ValueError, match="at least one row"):
         fine_tuning.batches(x[:0])
+
+
+def test_lesson_7_batchnorm_recompute_averages_the_batches() -> None:
+    """Lesson 7's "precise BatchNorm" cell relies on Keras reading a BatchNorm layer's ``momentum`` at call time:
+    with momentum k / (k + 1) for the k-th batch, the running statistics become the mean over the batches."""
+    import keras
+
+    bn = keras.layers.BatchNormalization(momentum=0.99)
+    model = keras.Sequential([keras.Input((3, 3, 2)), bn])
+    model.trainable = True
+    rng = np.random.default_rng(0)
+    parts = np.array_split(rng.normal(2.0, 3.0, size=(20, 3, 3, 2)).astype("float32"), 4)
+    for k, batch in enumerate(parts):  # the lesson's loop
+        bn.momentum = k / (k + 1)
+        model(batch, training=True)
+    bn.momentum = 0.99
+    means = [p.mean(axis=(0, 1, 2)) for p in parts]
+    variances = [p.var(axis=(0, 1, 2)) for p in parts]
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), np.mean(means, axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), np.mean(variances, axis=0), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(np.mean(means, axis=0), 0)  # the statistics moved from their initial values
 
 
 def test_bf16_only_where_the_cpu_has_it(monkeypatch) -> None:

@@ -12,9 +12,9 @@ itself with ``keras.Model``; this module holds what a student need not read:
   benchmark and the tests): ``bottom`` and ``top`` holding a *copy* of the backbone's weights.
 * :func:`pointwise_as_dense`: the same model with its 1x1 convolutions as ``Dense`` layers (same weights, same
   outputs): TensorFlow's CPU gradient of a 1x1 ``Conv2D`` is several times slower than the same matrix product's.
-* :func:`batches`: a shuffled ``tf.data`` pipeline for ``fit`` (or an ordered one for ``predict``) with
-  tf.data's autotuning off: on a 2-core CPU,
-  ``fit`` on NumPy arrays (autotuning on) often left a core idle, at half the speed (``benchmarks/README.md``).
+* :func:`batches`: a shuffled ``tf.data`` pipeline for ``fit`` (or an ordered one for ``predict``) with tf.data's
+  autotuning off: on a 2-core CPU, ``fit`` on NumPy arrays (autotuning on) often left a core idle, at half the speed
+  (``benchmarks/README.md``).
 * :func:`cpu_has_bf16` / :func:`compute_dtype`: bfloat16 mixed precision only where the CPU computes it natively.
   Native is not enough to be faster: measured slower than float32 for these top blocks
   (``benchmarks/fine_tuning.py``, ``benchmarks/README.md``), so lesson 7 uses float32.
@@ -127,9 +127,10 @@ def batches(x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 32, sh
     (``benchmarks/training_step.py``)."""
     import tensorflow as tf
 
-    if len(x) == 0 or (y is not None and len(x) != len(y)):
-        got = f"{len(x)}" if y is None else f"{len(x)} and {len(y)}"
-        raise ValueError(f"x and y must hold the same, non-zero number of rows, got {got}")
+    if y is None and len(x) == 0:
+        raise ValueError("x must hold at least one row, got 0")
+    if y is not None and (len(x) != len(y) or len(x) == 0):
+        raise ValueError(f"x and y must hold the same, non-zero number of rows, got {len(x)} and {len(y)}")
     dataset = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
     if shuffle:
         dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
