@@ -125,10 +125,11 @@ def recipe(split, a_fit, y_fit, a_val, y_val, a_val_flipped, n_classes: int, epo
     fit_validation = float(history.history["val_accuracy"][-1])
     if precise_bn:
         recompute_batchnorm(top, a_fit, seed)
-    both = model.predict(a_val, verbose=0) + model.predict(a_val_flipped, verbose=0)
+    predicted = model.predict(a_val, verbose=0)
+    both = predicted + model.predict(a_val_flipped, verbose=0)
     return {"model": model, "frozen head validation": round(frozen, 3),
             "validation, running BN averages": round(fit_validation, 3),
-            "validation accuracy": round(float((model.predict(a_val, verbose=0).argmax(1) == y_val).mean()), 3),
+            "validation accuracy": round(float((predicted.argmax(1) == y_val).mean()), 3),
             "validation, flip TTA": round(float((both.argmax(1) == y_val).mean()), 3),
             "fine-tune CPU s": round(time.process_time() - cpu, 1),
             "fine-tune wall s": round(time.perf_counter() - wall, 1)}
