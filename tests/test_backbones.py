@@ -13,6 +13,7 @@ import pytest
 import utils.backbones as backbones
 from utils.backbones import (REGISTRY, BackboneUnavailableError, UnknownBackboneError, build_keras_application,
                              get_spec, imagenet_class_names, lite_blocks_from_state_dict, load_backbone)
+from _numerics import assert_close
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def test_converted_weights_are_cached(fresh_backbones, feature_cache: Path, monk
     monkeypatch.setattr(utils.torch_checkpoint, "load_legacy_checkpoint", must_not_read)
     load_backbone.cache_clear()
     again = load_backbone("efficientnet_lite0", 64)
-    np.testing.assert_allclose(np.asarray(again.feature_model(x)), first, rtol=1e-5, atol=1e-5)
+    assert_close(np.asarray(again.feature_model(x)), first)
     assert again.feature_dim == 1280 and again.weights_id.startswith("efficientnet_lite0-")
 
 

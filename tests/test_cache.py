@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from utils import backbones, cache, fast_inference, features, fine_tuning
+from _numerics import assert_close
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -67,7 +68,7 @@ def test_damaged_array_features_are_recomputed(images, feature_cache: Path) -> N
     (entry,) = _new_files(feature_cache / "features", before, "*.npz")
     _damage(entry)
     again = _recomputed_once(lambda: features.featurize_images(images, image_size=SIZE), "feature")
-    np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-5)
+    assert_close(again, first)
 
 
 def test_damaged_file_chunk_is_recomputed(images, tmp_path: Path, feature_cache: Path) -> None:
@@ -82,7 +83,7 @@ def test_damaged_file_chunk_is_recomputed(images, tmp_path: Path, feature_cache:
     (entry,) = _new_files(feature_cache / "features" / "chunks", before, "*.npz")
     _damage(entry)
     again = _recomputed_once(lambda: features.featurize_files(paths, image_size=SIZE), "feature")
-    np.testing.assert_allclose(again.features, first.features, rtol=1e-5, atol=1e-5)
+    assert_close(again.features, first.features)
 
 
 def test_damaged_tflite_model_is_converted_again(images, feature_cache: Path) -> None:
@@ -93,7 +94,7 @@ def test_damaged_tflite_model_is_converted_again(images, feature_cache: Path) ->
     _damage(path)
     again = _recomputed_once(lambda: fast_inference.load_or_convert(handle, (SIZE, SIZE)), "TFLite model")
     runner = fast_inference.TFLiteRunner
-    np.testing.assert_allclose(runner(again)(images), runner(first)(images), rtol=1e-5, atol=1e-5)
+    assert_close(runner(again)(images), runner(first)(images))
 
 
 def test_damaged_converted_weights_are_converted_again(images, feature_cache: Path) -> None:
@@ -110,8 +111,7 @@ def test_damaged_converted_weights_are_converted_again(images, feature_cache: Pa
             return backbones.load_backbone("efficientnet_lite0", SIZE)
 
         again = _recomputed_once(load, "converted weights")
-        np.testing.assert_allclose(np.asarray(again.feature_model(images.astype("float32"))), first,
-                                   rtol=1e-5, atol=1e-4)
+        assert_close(np.asarray(again.feature_model(images.astype("float32"))), first)
     assert not list((feature_cache / "weights").glob(".tmp-*"))
 
 

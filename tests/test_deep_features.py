@@ -22,6 +22,7 @@ from utils import deep_features
 from utils.data import ImageLoadError, load_image
 from utils.features import featurize_files, featurize_images
 from utils.deep_features import DeepFeatures
+from _numerics import assert_close
 
 SIZE = 64
 
@@ -58,7 +59,7 @@ def test_transform_equals_the_featurizer_and_names_features(crops) -> None:
     step = DeepFeatures(image_size=SIZE).fit(images)
     out = step.transform(images)
     assert out.shape == (len(images), 1280) and out.dtype == np.float32
-    np.testing.assert_allclose(out, featurize_images(images, image_size=SIZE, use_cache=False), atol=1e-4)
+    assert_close(out, featurize_images(images, image_size=SIZE, use_cache=False))
     names = step.get_feature_names_out()
     assert len(names) == 1280 and names[0] == "efficientnet_lite0_0" and names[-1] == "efficientnet_lite0_1279"
     # A subset in another order is served from the in-process memo, row for row.
@@ -106,7 +107,7 @@ def test_joblib_round_trip_predicts_the_same_without_a_tf_model(crops, tmp_path)
     assert b"keras" not in pickle.dumps(model) and b"tensorflow" not in pickle.dumps(model)
     deep_features.clear_memo()  # the loaded model computes its features afresh
     loaded = joblib.load(path)
-    np.testing.assert_allclose(loaded.predict_proba(images), before, atol=1e-5)
+    assert_close(loaded.predict_proba(images), before)
 
 
 def test_file_paths_in_and_a_bad_file_is_named(crops, tmp_path) -> None:
@@ -119,8 +120,7 @@ def test_file_paths_in_and_a_bad_file_is_named(crops, tmp_path) -> None:
     from_files = step.transform([str(p) for p in paths])
     assert from_files.shape == (2, 1280)
     # Files are decoded and resized by PIL, arrays in the graph: compare with the file featurizer itself.
-    np.testing.assert_allclose(from_files, featurize_files(paths, image_size=SIZE, use_cache=False).features,
-                               atol=1e-4)
+    assert_close(from_files, featurize_files(paths, image_size=SIZE, use_cache=False).features)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(ImageLoadError, match="broken.jpg"):

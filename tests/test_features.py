@@ -19,6 +19,8 @@ import utils.features as features
 from utils.data import load_image
 from utils.features import array_cache_path, featurize_files, featurize_images, report_skipped
 
+from _numerics import assert_close
+
 SIZE = 64
 
 
@@ -72,7 +74,7 @@ def test_shape_dtype_and_batching_does_not_change_results(crops: np.ndarray) -> 
     by_3 = featurize_images(crops, image_size=SIZE, batch_size=3, use_cache=False)
     by_8 = featurize_images(crops, image_size=SIZE, batch_size=8, use_cache=False)
     assert by_3.shape == (8, 1280) and by_3.dtype == np.float32 and np.isfinite(by_3).all()
-    np.testing.assert_allclose(by_3, by_8, rtol=1e-4, atol=1e-5)
+    assert_close(by_3, by_8)
     assert not np.allclose(by_8[0], by_8[1])  # different crops, different features
 
 
@@ -132,7 +134,7 @@ def test_featurize_files_skips_bad_files_and_matches_arrays(crops: np.ndarray, t
     assert "truncated" in reasons[folder / "corrupt.png"] or "corrupt" in reasons[folder / "corrupt.png"]
     assert "not an image" in reasons[folder / "notes.jpg"]
     direct = featurize_images(np.stack([load_image(p) for p in good]), image_size=SIZE, use_cache=False)
-    np.testing.assert_allclose(result.features, direct, rtol=1e-4, atol=1e-4)
+    assert_close(result.features, direct)
     cached = featurize_files(paths, image_size=SIZE, batch_size=2)  # from the cache: same answer, same report
     np.testing.assert_array_equal(cached.features, result.features)
     assert cached.paths == result.paths and cached.skipped == result.skipped
@@ -173,7 +175,7 @@ def test_interrupted_run_resumes_with_the_same_features(photo_files: list[Path],
     assert counting.images == 8  # only the last two chunks were computed
     assert progress == [(2, 8), (4, 8), (6, 8), (8, 8)]  # resumed chunks count as done
     assert resumed.paths == photo_files and not resumed.skipped
-    np.testing.assert_allclose(resumed.features, reference.features, rtol=1e-5, atol=1e-5)
+    assert_close(resumed.features, reference.features)
 
 
 def test_rerun_on_unchanged_files_reads_no_file(photo_files: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,7 +200,7 @@ def test_corrupt_cache_file_warns_once_and_is_recomputed(photo_files: list[Path]
     with pytest.warns(UserWarning, match="unreadable.*recomputing") as caught:
         again = featurize_files(photo_files[5:8], image_size=SIZE, chunk_files=8)
     assert len([w for w in caught if "feature cache" in str(w.message)]) == 1
-    np.testing.assert_allclose(again.features, first.features, rtol=1e-5, atol=1e-5)
+    assert_close(again.features, first.features)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # repaired: no warning any more
         third = featurize_files(photo_files[5:8], image_size=SIZE, chunk_files=8)
@@ -362,4 +364,4 @@ def test_without_ai_edge_litert_the_cached_model_runs_in_tensorflows_interpreter
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
         got = featurize_files(photo_files[:2], image_size=SIZE, use_cache=False).features
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert_close(got, want)
