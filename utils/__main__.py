@@ -1,4 +1,4 @@
-"""Command line: ``python -m utils {predict,similar,featurize,index,backbones} ...``.
+"""Command line: ``python -m utils {predict,similar,featurize,index,train-recognizer,recognize,backbones} ...``.
 
 Running the whole course, its site and notebook hygiene are instructor tools: ``python -m instructor``.
 """
@@ -76,6 +76,53 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_recognizer(args: argparse.Namespace) -> int:
+    from .recognizer import check_output_file, report_lines, train_recognizer
+
+    output = check_output_file(args.output)  # before any photo is read
+    recognizer = train_recognizer(args.folder, args.backbone, args.image_size, progress=None)
+    for path, reason in recognizer.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for line in report_lines(recognizer):
+        print(line)
+    recognizer.save(output)
+    print(f"saved to {output} ({recognizer.describe()})")
+    return 0
+
+
+def _recognize(args: argparse.Namespace) -> int:
+    import json
+
+    from .recognizer import Recognizer, RecognizerError
+
+    recognizer = Recognizer.load(args.recognizer)
+    missing = [p for p in args.photos if not p.is_file()]
+    if missing and len(missing) == len(args.photos):
+        raise RecognizerError(f"{missing[0]}: no such photo file" if len(missing) == 1
+                              else f"none of the {len(missing)} photos exist (first: {missing[0]})")
+    results, skipped = recognizer.recognize(args.photos)
+    if args.json:
+        print(json.dumps({"backbone": recognizer.backbone, "image_size": recognizer.image_size,
+                          "score": "cosine similarity to the class centroid", "threshold": recognizer.threshold,
+                          "classes": recognizer.class_names,
+                          "results": [{"path": str(r.path), "class": r.label, "similarity": round(r.similarity, 6),
+                                       "nearest": r.nearest} for r in results],
+                          "skipped": [{"path": str(p), "reason": why} for p, why in skipped]}, indent=2))
+    else:
+        print(f"# class, cosine similarity to its centroid (unknown below {recognizer.threshold:.3f}), photo; "
+              f"{recognizer.backbone} at {recognizer.image_size} px")
+        width = max(len(c) for c in [*recognizer.class_names, "unknown"])
+        for r in results:
+            note = f"  (nearest: {r.nearest})" if r.label == "unknown" else ""
+            print(f"{r.label:<{width}s}  {max(r.similarity, 0.0):5.3f}  {r.path}{note}")
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not results:
+        print("error: none of the photos could be read", file=sys.stderr)
+        return 2
+    return 1 if skipped else 0
+
+
 def _backbones(_: argparse.Namespace) -> int:
     from .backbones import available_backbones
 
@@ -135,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "images, hnsw above")
     p.set_defaults(run=_index)
 
+    p = sub.add_parser("train-recognizer", help="a recognizer from FOLDER/<class>/<photos>, saved to a file")
+    p.add_argument("folder", type=Path, help="one sub-folder per class with its photos (one photo per class works)")
+    p.add_argument("--output", type=Path, required=True, help="the recognizer file to write, e.g. my.recognizer")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"one of: {', '.join(REGISTRY)}")
+    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the backbone's own)")
+    p.set_defaults(run=_train_recognizer)
+
+    p = sub.add_parser("recognize", help="classify photos with a recognizer file (train-recognizer)")
+    p.add_argument("recognizer", type=Path, help="a file written by train-recognizer")
+    p.add_argument("photos", type=Path, nargs="+", help="photo files (JPEG, PNG, HEIC, ...)")
+    p.add_argument("--json", action="store_true", help="machine-readable results on stdout")
+    p.set_defaults(run=_recognize)
+
     sub.add_parser("backbones", help="list the backbones and whether they are ready here").set_defaults(run=_backbones)
 
     return parser
@@ -145,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
-        if args.command in {"featurize", "similar", "index"}:
+        if args.command in {"featurize", "similar", "index", "train-recognizer"}:
             print("\ninterrupted: the finished chunks are cached, rerun the same command to resume", file=sys.stderr)
         else:
             print("\ninterrupted", file=sys.stderr)

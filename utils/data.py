@@ -27,6 +27,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .runtime import import_tensorflow_quietly
 
+try:  # iPhone photos (HEIC/HEIF): pillow-heif adds the format to Pillow's Image.open (a dependency)
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - without it a .heic file is "no image format Pillow can read"
+    pass
+
 COURSE_CLASSES: tuple[str, ...] = ("automobile", "bird", "cat", "dog")
 # The classic course's training split (2005 images) and its test split (all 4000 CIFAR-10 test images).
 COURSE_TRAIN_COUNTS: dict[str, int] = {"automobile": 509, "bird": 478, "cat": 509, "dog": 509}
@@ -36,7 +43,8 @@ CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "de
 DATA_ENV_VAR = "DEEP_FEATURES_DATA"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_DATA_DIR = REPO_ROOT / "data" / "cifar10"
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                              ".heic", ".heif"})  # HEIC/HEIF: iPhone photos, read through pillow-heif
 # Refuse images with more pixels than this (decompression bombs); a 12000 x 12000 photo is still fine.
 MAX_IMAGE_PIXELS = 150_000_000
 
