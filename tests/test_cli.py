@@ -46,6 +46,9 @@ def test_similar_finds_the_copy_first_then_serves_from_cache(search_folder, feat
     query, folder = search_folder
     result = _run("similar", str(query), str(folder), "--top", "3", "--image-size", SIZE)
     assert result.returncode == 0, result.stderr[-2000:]
+    header = "# cosine distance, efficientnet_lite0 at 64 px, folder of 9 images\n"
+    assert result.stdout.startswith(header)
+    assert "-0.000" not in result.stdout
     rows = _results(result.stdout)
     assert len(rows) == 3 and rows[0][1].name == "copy_of_query.jpg" and rows[0][0] < 1e-3
     assert rows[0][0] <= rows[1][0] <= rows[2][0] and rows[1][0] > 0.1

@@ -134,7 +134,8 @@ def test_cli_index_then_similar(photos: Path, tmp_path: Path, capsys) -> None:
     assert "skipped " in captured.err and "broken.jpg: not an image" in captured.err
     query = photos / "cat" / "train-0000.jpg"
     assert main(["similar", str(query), str(out), "--top", "3"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header == "# cosine distance, efficientnet_lite0 at 64 px, index of 40 images (exact)"
     assert len(lines) == 3 and all(str(photos.resolve()) in line for line in lines)
     assert main(["similar", str(query), str(out), "--image-size", "96"]) == 2
     assert "was built with" in capsys.readouterr().err

@@ -14,11 +14,16 @@ from utils.retrieval import _nearest, find_similar
 
 def test_nearest_known_answer() -> None:
     collection = np.array([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0], [10.0, 10.0]], np.float32)
-    distances, indices = _nearest(np.array([0.2, 0.0]), collection, k=3)
+    distances, indices = _nearest(np.array([0.2, 0.0]), collection, k=3, metric="euclidean")
     assert indices.tolist() == [[0, 2, 1]]
     np.testing.assert_allclose(distances, [[0.2, 0.8, np.hypot(2.8, 4.0)]], rtol=1e-5)
-    distances, indices = _nearest(collection[:2], collection, k=10)  # k capped at the collection size
+    # k capped at the collection size:
+    distances, indices = _nearest(collection[:2], collection, k=10, metric="euclidean")
     assert indices.shape == (2, 4) and indices[:, 0].tolist() == [0, 1] and np.allclose(distances[:, 0], 0)
+    # Cosine (the default) compares directions: 1 - cos of the angle to (1, 0), (10, 10), (3, 4).
+    distances, indices = _nearest(np.array([5.0, 0.0]), collection[1:], k=3)
+    assert indices.tolist() == [[1, 2, 0]]
+    np.testing.assert_allclose(distances, [[0.0, 1 - np.sqrt(0.5), 1 - 0.6]], atol=1e-6)
 
 
 @pytest.fixture

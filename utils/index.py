@@ -2,10 +2,12 @@
 
 An index folder holds ``index.json`` (the settings it was built with: backbone, weights id, image size, precision,
 metric, index kind; and the names of the current files), the faiss index, the features and the indexed files with
-their size and modification time. Cosine similarity is the inner product of L2-normalized features, so the exact
-index is ``faiss.IndexFlatIP``; above :data:`EXACT_MAX_IMAGES` images the default is an HNSW graph
-(``faiss.IndexHNSWFlat``), which answers in about a millisecond at 10^5 images with recall@10 close to 1
-(``benchmarks/index.py``; IVF-PQ took far less memory but missed more of the true neighbours).
+their size and modification time. Cosine similarity (the default metric) is the inner product of
+L2-normalized features, so the exact index is ``faiss.IndexFlatIP``; a Euclidean index holds the raw
+features in ``faiss.IndexFlatL2``. Above :data:`EXACT_MAX_IMAGES` images, the default is an HNSW
+graph (``faiss.IndexHNSWFlat``), which answers in about a millisecond at 10^5 images with recall@10
+close to 1 (``benchmarks/index.py``; IVF-PQ took far less memory but missed more of the true
+neighbours).
 
 Updating (:func:`build_index` on a folder indexed before) featurizes only the files that are new or changed; a
 kill loses nothing: the features are cached chunk by chunk while they are computed, and the index folder's files
@@ -34,11 +36,13 @@ EXACT_MAX_IMAGES = 20_000  # "auto": exact up to here: ~0.41 ms of CPU per 1000 
 HNSW_M = 32  # graph neighbours per vector: recall vs memory (benchmarks/index.py)
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 64  # candidates kept per query: recall vs query time
-METRIC = "cosine"
+METRICS = ("cosine", "euclidean")  # inner products of unit vectors, or L2 on the raw features
+METRIC = "cosine"  # the default: lesson 4 measures it as the better of the two on deep features
 
 
 class IndexSettingsError(ValueError):
-    """A query or an update asked an index for other settings (backbone, weights, size, precision) than its own."""
+    """A query or an update asked an index for other settings (backbone, weights, size, precision,
+    metric) than its own."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,10 @@ class IndexSettings:
 
     @classmethod
     def of(cls, backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
-           precision: str | None = None) -> "IndexSettings":
+           precision: str | None = None, metric: str = METRIC) -> "IndexSettings":
         spec = get_spec(backbone)
         return cls(spec.name, weights_fingerprint(spec.name), int(image_size or spec.input_size),
-                   resolve_precision(precision))
+                   resolve_precision(precision), check_metric(metric))
 
     def describe(self) -> str:
         return f"{self.backbone} ({self.weights}) at {self.image_size} px, {self.precision}, {self.metric}"
@@ -83,6 +87,13 @@ def choose_kind(kind: str, count: int) -> str:
     return "exact" if count <= EXACT_MAX_IMAGES else "hnsw"
 
 
+def check_metric(metric: str) -> str:
+    """``metric`` if it is one of :data:`METRICS`, else a ValueError."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    return metric
+
+
 def normalized(features: np.ndarray) -> np.ndarray:
     """Each row divided by its L2 norm (a new float32 array): inner products are then cosine similarities."""
     import faiss
@@ -92,14 +103,25 @@ def normalized(features: np.ndarray) -> np.ndarray:
     return rows
 
 
-def new_faiss_index(kind: str, dim: int):
-    """An empty faiss index of ``kind`` (``exact`` or ``hnsw``) for inner products of ``dim``-d vectors."""
+def prepared(features: np.ndarray, metric: str = METRIC) -> np.ndarray:
+    """The rows a ``metric`` index holds or is queried with (a new float32 array): L2-normalized for
+    cosine, as they are for euclidean."""
+    if check_metric(metric) == "cosine":
+        return normalized(features)
+    return np.array(features, dtype=np.float32, order="C", copy=True)
+
+
+def new_faiss_index(kind: str, dim: int, metric: str = METRIC):
+    """An empty faiss index of ``kind`` (``exact`` or ``hnsw``) of ``dim``-d vectors: for inner
+    products (cosine, on :func:`prepared` rows) or squared L2 distances (euclidean)."""
     import faiss
 
+    euclidean = check_metric(metric) == "euclidean"
     if kind == "exact":
-        return faiss.IndexFlatIP(dim)
+        return faiss.IndexFlatL2(dim) if euclidean else faiss.IndexFlatIP(dim)
     if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        measure = faiss.METRIC_L2 if euclidean else faiss.METRIC_INNER_PRODUCT
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, measure)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         index.hnsw.efSearch = HNSW_EF_SEARCH
         return index
@@ -135,14 +157,24 @@ class SearchIndex:
         return len(self.paths)
 
     def search(self, query_features: np.ndarray, k: int, settings: IndexSettings) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` most similar indexed images to each query row: (cosine similarities, rows), both (Q, k).
+        """The ``k`` nearest indexed images to each query row: (scores, rows), both (Q, k),
+        nearest first. The scores are faiss's: cosine similarities for a cosine index, squared L2
+        distances for a euclidean one.
 
-        ``settings`` are the query features' own; other settings than the index's raise
-        :class:`IndexSettingsError`.
+        ``settings`` are the query features' own (their metric included); other settings than the
+        index's raise :class:`IndexSettingsError`. An HNSW search keeps at least ``k`` candidates; a
+        row of -1 is a neighbour the graph did not find.
         """
         self.settings.check(settings, self.folder)
-        queries = normalized(np.atleast_2d(query_features))
+        queries = prepared(np.atleast_2d(query_features), self.settings.metric)
         k = min(int(k), len(self))
+        if k < 1:
+            raise ValueError(f"the number of neighbours must be at least 1, got {k}")
+        if self.kind == "hnsw" and k > self.faiss_index.hnsw.efSearch:
+            import faiss
+
+            wider = faiss.SearchParametersHNSW(efSearch=k)
+            return self.faiss_index.search(queries, k, params=wider)
         return self.faiss_index.search(queries, k)
 
 
@@ -169,6 +201,12 @@ def _read_meta(folder: Path) -> dict | None:
     return meta
 
 
+def _built_metric(folder: Path) -> str:
+    """The metric of the index in ``folder``, or the default for a new one."""
+    meta = _read_meta(folder)
+    return meta["settings"].get("metric", METRIC) if meta is not None else METRIC
+
+
 def _stat(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
@@ -179,19 +217,21 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 def build_index(folder: str | Path, output: str | Path, backbone: str = DEFAULT_BACKBONE,
                 image_size: int | None = None, precision: str | None = None, kind: str = "auto", *,
+                metric: str | None = None,
                 workers: int | None = None, scheduler: str | None = None, progress: bool | None = None,
                 report: bool = False, files: Sequence[str | Path] | None = None) -> IndexUpdate:
     """Index the images under ``folder`` into the folder ``output``, or update the index already there.
 
     Only files that are new or changed (size or modification time) since the last run are featurized; files
     gone from the folder leave the index. ``kind``: ``"exact"``, ``"hnsw"`` or ``"auto"`` (see
-    :func:`choose_kind`). ``workers`` / ``scheduler`` run the featurization on Dask
+    :func:`choose_kind`). ``metric``: ``"cosine"`` or ``"euclidean"`` (default: the index's own on
+    an update, else cosine). ``workers`` / ``scheduler`` run the featurization on Dask
     (:mod:`utils.dask_features`); default: this process. ``files`` replaces the folder listing (for a list of
     files). Unreadable files are skipped and named in the result (``report=True`` prints them, as ``featurize``
     does); they are tried again on the next update.
     """
     output = Path(output)
-    settings = IndexSettings.of(backbone, image_size, precision)
+    settings = IndexSettings.of(backbone, image_size, precision, metric or _built_metric(output))
     paths = [Path(p).absolute() for p in (files if files is not None else list_images(folder))]
     meta = _read_meta(output)
     old_entries: list[list] = []
@@ -224,12 +264,12 @@ def build_index(folder: str | Path, output: str | Path, backbone: str = DEFAULT_
     rebuilt = meta is None or removed > 0 or meta["kind"] != chosen
     if rebuilt:
         all_features = np.concatenate([np.asarray(old_features[unchanged]), found.features])
-        faiss_index = new_faiss_index(chosen, all_features.shape[1])
-        faiss_index.add(normalized(all_features))
+        faiss_index = new_faiss_index(chosen, all_features.shape[1], settings.metric)
+        faiss_index.add(prepared(all_features, settings.metric))
     else:
         faiss_index = faiss.read_index(str(output / meta["files"]["index"]))
         if len(found.paths):
-            faiss_index.add(normalized(found.features))
+            faiss_index.add(prepared(found.features, settings.metric))
             all_features = np.concatenate([np.asarray(old_features), found.features])
     if rebuilt or len(found.paths):
         _write(output, settings, chosen, faiss_index, all_features, entries)

@@ -3,28 +3,41 @@
 
 The lessons write the nearest-neighbour search in their cells with scikit-learn's ``NearestNeighbors`` (and
 lesson 8 with faiss); this is the same search packaged for the command line, with the folder's features cached.
-Distances are Euclidean in a folder, cosine distances (1 - cosine similarity) in an index (:mod:`utils.index`).
+A folder and an index of it give the same answers: both rank by cosine distance (1 - cosine
+similarity) by default, the better of the two on deep features in lesson 4, or by Euclidean distance
+with ``metric="euclidean"`` (an index by the metric it was built with, :mod:`utils.index`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from .backbones import DEFAULT_BACKBONE
+from .backbones import DEFAULT_BACKBONE, get_spec
 from .data import ImageLoadError, list_images
+from .fast_inference import resolve_precision
 from .features import featurize_files
-from .index import IndexSettings, SearchIndex
+from .index import METRIC, IndexSettings, SearchIndex, check_metric
 
 
-def _nearest(query: np.ndarray, collection: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest collection rows to each query row (Euclidean): (distances, indices), both (Q, k)."""
+def _nearest(query: np.ndarray, collection: np.ndarray, k: int,
+             metric: str = METRIC) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest collection rows to each query row by ``metric`` (cosine or euclidean
+    distance): (distances, indices), both (Q, k)."""
     k = min(k, len(collection))
-    index = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(collection)
-    return index.kneighbors(np.atleast_2d(query))
+    index = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=check_metric(metric))
+    return index.fit(collection).kneighbors(np.atleast_2d(query))
+
+
+def _distance(score: float, metric: str) -> float:
+    """A faiss score as a distance: 1 - similarity (cosine), the root of a squared L2 distance
+    (euclidean); never below 0, so never printed as -0.000."""
+    distance = 1.0 - float(score) if metric == "cosine" else math.sqrt(max(0.0, float(score)))
+    return max(0.0, distance)
 
 
 @dataclass
@@ -35,51 +48,137 @@ class SimilarImage:
     distance: float
 
 
-def find_similar(query: str | Path, folder: str | Path, top: int = 5, backbone: str | None = None,
-                 image_size: int | None = None, progress: bool | None = None,
-                 precision: str | None = None) -> tuple[list[SimilarImage], list]:
-    """The ``top`` images in ``folder`` (searched recursively) closest to the ``query`` image file.
+@dataclass
+class Search:
+    """A search of a folder or of an index: the results and what was searched, for ``similar``'s
+    header, its ``--json`` and its note when there are fewer results than asked."""
 
-    The folder's features are cached, so a second query against the same folder is instant. Returns the results
-    and the folder's skipped (unreadable) files with reasons. ``precision`` is as in
-    :func:`~utils.features.featurize_files`.
+    query: Path
+    results: list[SimilarImage]
+    top: int  # the number of results asked for
+    metric: str
+    backbone: str
+    image_size: int
+    precision: str
+    source: str  # "folder" or "index"
+    searched: int  # the images in the folder (readable ones) or in the index, the query's file too
+    kind: str = "exact"  # an index's: "exact" or "hnsw"
+    query_in_source: bool = False  # the query is one of the files searched (it is left out)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def header(self) -> str:
+        """``# cosine distance, efficientnet_lite0 at 224 px, folder of 400 images``."""
+        kind = f" ({self.kind})" if self.source == "index" else ""
+        return (f"# {self.metric} distance, {self.backbone} at {self.image_size} px, "
+                f"{self.source} of {self.searched} images{kind}")
+
+    def shortfall(self) -> str | None:
+        """Why there are fewer results than asked (None when there are not)."""
+        found = len(self.results)
+        if found >= self.top:
+            return None
+        others = self.searched - self.query_in_source
+        if found < others:  # only an approximate search misses images it holds
+            return (f"the HNSW graph returned {found} of the {self.top} asked: an approximate "
+                    "index may not reach every image; build it with --kind exact to rank them all")
+        besides = " besides the query" if self.query_in_source else ""
+        return f"only {others} images in the {self.source}{besides}, not the {self.top} asked"
+
+    def as_json(self) -> dict:
+        """The search as a JSON object: its settings, the query and the ranked results."""
+        return {"metric": self.metric, "backbone": self.backbone, "image_size": self.image_size,
+                "precision": self.precision, "source": self.source, "searched": self.searched,
+                "query": str(self.query),
+                "results": [{"rank": rank, "path": str(r.path), "distance": r.distance}
+                            for rank, r in enumerate(self.results, 1)]}
+
+
+def _checked_top(top: int) -> int:
+    if int(top) < 1:
+        raise ValueError(f"the number of results must be at least 1, got {top}")
+    return int(top)
+
+
+def search_folder(query: str | Path, folder: str | Path, top: int = 5, backbone: str | None = None,
+                  image_size: int | None = None, progress: bool | None = None,
+                  precision: str | None = None, metric: str = METRIC) -> Search:
+    """The ``top`` images in ``folder`` (searched recursively) closest to the ``query`` image file
+    by ``metric`` (``"cosine"`` or ``"euclidean"`` distance), and what was searched.
+
+    The folder's features are cached, so a second query against the same folder is instant. The
+    query file itself is not an answer. The folder's skipped (unreadable) files are in the result,
+    with their reasons. ``precision`` is as in :func:`~utils.features.featurize_files`.
     """
-    backbone = backbone or DEFAULT_BACKBONE
-    files = list_images(folder)
+    top, metric = _checked_top(top), check_metric(metric)
+    spec = get_spec(backbone or DEFAULT_BACKBONE)
+    all_files = list_images(folder)
     query = Path(query).resolve()
-    files = [f for f in files if f.resolve() != query]  # the query itself is not an answer
+    files = [f for f in all_files if f.resolve() != query]  # the query itself is not an answer
     if not files:
         raise ValueError(f"{folder}: no image files to search")
-    collection = featurize_files(files, backbone, image_size, progress=progress, precision=precision)
+    collection = featurize_files(files, spec.name, image_size, progress=progress,
+                                 precision=precision)
     if len(collection.paths) == 0:
         raise ValueError(f"{folder}: none of the {len(files)} image files could be read")
-    found = featurize_files([query], backbone, image_size, use_cache=False, progress=False, precision=precision)
+    found = featurize_files([query], spec.name, image_size, use_cache=False, progress=False,
+                            precision=precision)
     if found.skipped:
         raise ImageLoadError(*found.skipped[0])
-    distances, indices = _nearest(found.features, collection.features, k=top)
-    results = [SimilarImage(collection.paths[i], float(d)) for d, i in zip(distances[0], indices[0])]
-    return results, collection.skipped
+    distances, indices = _nearest(found.features, collection.features, top, metric)
+    results = [SimilarImage(collection.paths[i], max(0.0, float(d)))
+               for d, i in zip(distances[0], indices[0])]
+    query_in_folder = len(files) < len(all_files)
+    return Search(query, results, top, metric, spec.name, int(image_size or spec.input_size),
+                  resolve_precision(precision), "folder", len(collection.paths) + query_in_folder,
+                  query_in_source=query_in_folder, skipped=list(collection.skipped))
 
 
-def find_similar_in_index(query: str | Path, index: str | Path | SearchIndex, top: int = 5,
-                          backbone: str | None = None, image_size: int | None = None,
-                          precision: str | None = None) -> list[SimilarImage]:
-    """The ``top`` indexed images closest to the ``query`` image file, from an index folder (``python -m utils
-    index``); distances are cosine distances. The query is featurized with the index's settings; a ``backbone``,
-    ``image_size`` or ``precision`` given and different from the index's raises
-    :class:`~utils.index.IndexSettingsError`, as do weights changed since the index was built.
+def find_similar(query: str | Path, folder: str | Path, top: int = 5, backbone: str | None = None,
+                 image_size: int | None = None, progress: bool | None = None,
+                 precision: str | None = None,
+                 metric: str = METRIC) -> tuple[list[SimilarImage], list]:
+    """The ``top`` images in ``folder`` closest to the ``query`` image file (:func:`search_folder`),
+    and the folder's skipped (unreadable) files with reasons. Distances are cosine distances, or
+    Euclidean ones with ``metric="euclidean"``."""
+    search = search_folder(query, folder, top, backbone, image_size, progress, precision, metric)
+    return search.results, search.skipped
+
+
+def search_index(query: str | Path, index: str | Path | SearchIndex, top: int = 5,
+                 backbone: str | None = None, image_size: int | None = None,
+                 precision: str | None = None, metric: str | None = None) -> Search:
+    """The ``top`` indexed images closest to the ``query`` image file, from an index folder
+    (``python -m utils index``), and what was searched. Distances are in the index's metric.
+
+    The query is featurized with the index's settings; a ``backbone``, ``image_size``,
+    ``precision`` or ``metric`` given and different from the index's raises
+    :class:`~utils.index.IndexSettingsError`, as do weights changed since the index was built. The
+    query file itself is not an answer.
     """
+    top = _checked_top(top)
     index = index if isinstance(index, SearchIndex) else SearchIndex.load(index)
     built = index.settings
     settings = IndexSettings.of(backbone or built.backbone, image_size or built.image_size,
-                                precision or built.precision)
+                                precision or built.precision, metric or built.metric)
     built.check(settings, index.folder)
     found = featurize_files([query], settings.backbone, settings.image_size, use_cache=False, progress=False,
                             precision=settings.precision)
     if found.skipped:
         raise ImageLoadError(*found.skipped[0])
-    similarities, rows = index.search(found.features, top + 1, settings)
+    scores, rows = index.search(found.features, top + 1, settings)
     query = Path(query).resolve()
-    results = [SimilarImage(index.paths[r], 1.0 - float(s)) for s, r in zip(similarities[0], rows[0])
-               if r >= 0 and index.paths[r].resolve() != query]  # the query itself is not an answer
-    return results[:top]
+    hits = [(index.paths[r], score) for score, r in zip(scores[0], rows[0]) if r >= 0]
+    results = [SimilarImage(path, _distance(score, settings.metric)) for path, score in hits
+               if path.resolve() != query]  # the query itself is not an answer
+    return Search(query, results[:top], top, settings.metric, settings.backbone,
+                  settings.image_size, settings.precision, "index", len(index), index.kind,
+                  query_in_source=len(results) < len(hits))
+
+
+def find_similar_in_index(query: str | Path, index: str | Path | SearchIndex, top: int = 5,
+                          backbone: str | None = None, image_size: int | None = None,
+                          precision: str | None = None,
+                          metric: str | None = None) -> list[SimilarImage]:
+    """The ``top`` indexed images closest to the ``query`` image file (:func:`search_index`);
+    distances are in the index's metric: cosine distances (1 - cosine similarity), or Euclidean."""
+    return search_index(query, index, top, backbone, image_size, precision, metric).results
