@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="one sub-folder per class with its photos (one photo per class works)")
     p.add_argument("--output", type=Path, required=True, help="the recognizer file to write, e.g. my.recognizer")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"one of: {', '.join(REGISTRY)}")
-    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the backbone's own)")
+    p.add_argument("--image-size", type=_whole(MIN_IMAGE_SIZE, unit=" pixels"), default=None,
+                   help="pixels (default: the backbone's own)")
     p.set_defaults(run=_train_recognizer)
 
     p = sub.add_parser("recognize", help="classify photos with a recognizer file (train-recognizer)")
