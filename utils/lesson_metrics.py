@@ -115,7 +115,9 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         "few_shot_classifier": Metric("the few-shot classifier chosen on that validation"),
         "one_shot_accuracy": Metric("test accuracy of the chosen classifier from 1 image per class", ".3f"),
         "five_shot_accuracy": Metric("test accuracy of the chosen classifier from 5 images per class", ".3f"),
-        "recognizer": Metric("the saved recognizer: source folder, classes, steps, accuracy, predictions"),
+        "recognizer": Metric("the saved recognizer: source folder, classes, steps, accuracy, predictions; the "
+                             "same folder through train_recognizer: leave-one-out accuracy, unknown threshold, "
+                             "answers, test accuracy"),
     },
     "Fine-tuning": {
         "linear_probe_accuracy": Metric("test accuracy of the linear probe (frozen backbone)", ".3f"),
