@@ -11,8 +11,9 @@ from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONE, REGISTRY, BackboneUnavailableError, UnknownBackboneError
 from .data import DataNotFoundError, ImageLoadError
+from .dask_features import DaskClusterError
 from .fast_inference import PRECISION_ENV_VAR, PRECISIONS
-from .index import EXACT_MAX_IMAGES, INDEX_KINDS
+from .index import EXACT_MAX_IMAGES, INDEX_KINDS, IndexBusyError, looks_like_index
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -29,7 +30,7 @@ def _similar(args: argparse.Namespace) -> int:
     from .features import report_skipped
     from .retrieval import find_similar, find_similar_in_index
 
-    if (args.folder / "index.json").is_file():
+    if looks_like_index(args.folder):
         for result in find_similar_in_index(args.query, args.folder, args.top, args.backbone, args.image_size,
                                             precision=args.precision):
             print(f"{result.distance:8.3f}  {result.path}")
@@ -48,16 +49,22 @@ def _featurize(args: argparse.Namespace) -> int:
     from .data import list_images
     from .features import featurize_files, report_skipped
 
+    files = list_images(args.folder)
+    if not files:
+        raise ValueError(f"{args.folder}: no image files to featurize; nothing written")
     if args.workers or args.scheduler:
         from .dask_features import featurize_files_on_dask
 
-        result = featurize_files_on_dask(list_images(args.folder), args.backbone, args.image_size, args.precision,
+        result = featurize_files_on_dask(files, args.backbone, args.image_size, args.precision,
                                          workers=args.workers, scheduler=args.scheduler, progress=True)
     else:
-        result = featurize_files(list_images(args.folder), args.backbone, args.image_size, progress=True,
+        result = featurize_files(files, args.backbone, args.image_size, progress=True,
                                  precision=args.precision)
-    np.savez(args.output, features=result.features, paths=np.asarray([str(p) for p in result.paths]))
     report_skipped(result.skipped)
+    if not result.paths:
+        raise ValueError(f"{args.folder}: none of the {len(files)} image files could be read; nothing "
+                         f"written to {args.output}")
+    np.savez(args.output, features=result.features, paths=np.asarray([str(p) for p in result.paths]))
     print(f"{len(result.paths)} images -> {result.features.shape} features in {args.output}; "
           f"{len(result.skipped)} skipped")
     return 0
@@ -68,6 +75,8 @@ def _index(args: argparse.Namespace) -> int:
 
     update = build_index(args.folder, args.output, args.backbone, args.image_size, args.precision, args.kind,
                          workers=args.workers, scheduler=args.scheduler, progress=True, report=True)
+    for note in update.notes:
+        print(f"repaired: {note}", file=sys.stderr)
     index = update.index
     how = "built" if update.rebuilt else "updated in place"
     print(f"{len(index)} images in {index.folder} ({index.kind}, {how}): {update.added} added, "
@@ -127,12 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_featurize)
 
     p = with_dask(with_backbone(sub.add_parser(
-        "index", help="build or update a faiss index of a folder's images, for `similar QUERY INDEX_DIR`")))
+        "index", help="build or update a faiss index of a folder's images, for `similar QUERY INDEX_DIR`"),
+        backbone=None))  # an update keeps the index's settings unless told otherwise
     p.add_argument("folder", type=Path)
     p.add_argument("--output", type=Path, required=True, help="the index folder (updated if it exists)")
-    p.add_argument("--kind", choices=INDEX_KINDS, default="auto",
+    p.add_argument("--kind", choices=INDEX_KINDS, default=None,
                    help=f"exact (IndexFlatIP), hnsw (IndexHNSWFlat) or auto: exact up to {EXACT_MAX_IMAGES} "
-                        "images, hnsw above")
+                        "images, hnsw above (default: the index's own, else auto)")
     p.set_defaults(run=_index)
 
     sub.add_parser("backbones", help="list the backbones and whether they are ready here").set_defaults(run=_backbones)
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted", file=sys.stderr)
         return 130
     except (UnknownBackboneError, BackboneUnavailableError, DataNotFoundError, ImageLoadError,
-            FileNotFoundError, ValueError) as exc:
+            FileNotFoundError, ValueError, IndexBusyError, DaskClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
