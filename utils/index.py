@@ -9,15 +9,33 @@ graph (``faiss.IndexHNSWFlat``), which answers in about a millisecond at 10^5 im
 close to 1 (``benchmarks/index.py``; IVF-PQ took far less memory but missed more of the true
 neighbours).
 
-Updating (:func:`build_index` on a folder indexed before) featurizes only the files that are new or changed; a
-kill loses nothing: the features are cached chunk by chunk while they are computed, and the index folder's files
-are written under new names before ``index.json`` switches to them in one atomic step.
+Updating (:func:`build_index` on a folder indexed before) featurizes only the files that are new or
+changed, with the index's own settings unless others are asked for; a kill loses nothing: the
+features are cached chunk by chunk while they are computed, and the index folder's files are written
+under new names (a new *generation*) before ``index.json`` switches to them in one atomic step.
+
+Concurrency: one writer at a time. :func:`build_index` holds the lock file ``.lock`` in the index
+folder for the whole update (read ``index.json``, featurize, write); a second writer waits for it,
+with a message (see :func:`build_index`). Readers take no lock: the writer keeps the previous
+generation when it switches (and deletes only the older ones), and :meth:`SearchIndex.load` reads
+``index.json`` again if a file it names is gone, so a reader always loads one whole generation,
+never a mix and never a crash. The cost: the previous generation's files stay on disk until the next
+update (twice the index's size at most).
+
+Damage: a file of the index that cannot be read (truncated, empty, missing, not JSON) makes
+:meth:`SearchIndex.load` raise :class:`IndexDamagedError`, naming the file and the command that
+rebuilds the index; :func:`build_index` repairs it: a damaged faiss index is rebuilt from the stored
+features, damaged features or file lists from the files themselves (through the feature cache, so
+files featurized before cost little), and says so in :attr:`IndexUpdate.notes`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 import secrets
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -28,7 +46,7 @@ from .backbones import DEFAULT_BACKBONE, get_spec, weights_fingerprint
 from .data import list_images
 from .fast_inference import resolve_precision
 from .features import featurize_files
-from .runtime import atomic_write
+from .runtime import LockTimeoutError, atomic_write, exclusive_lock
 
 INDEX_LAYOUT_VERSION = 1  # of the index folder the user keeps (not a cache entry): bump when its layout changes
 INDEX_KINDS = ("auto", "exact", "hnsw")
@@ -38,11 +56,49 @@ HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 64  # candidates kept per query: recall vs query time
 METRICS = ("cosine", "euclidean")  # inner products of unit vectors, or L2 on the raw features
 METRIC = "cosine"  # the default: lesson 4 measures it as the better of the two on deep features
+LOCK_FILE = ".lock"  # in the index folder: held by the one writer (build_index)
+LOCK_TIMEOUT = 600.0  # s a second writer waits for the first before it gives up
+#: The files of one generation of an index folder (the hex part is the generation's name).
+GENERATION_FILE = re.compile(
+    r"(?:index-[0-9a-f]{8}\.faiss|features-[0-9a-f]{8}\.npy|files-[0-9a-f]{8}\.json)")
 
 
 class IndexSettingsError(ValueError):
     """A query or an update asked an index for other settings (backbone, weights, size, precision,
     metric) than its own."""
+
+
+class IndexDamagedError(ValueError):
+    """A file of an index folder is missing or cannot be read: :func:`build_index` rebuilds it.
+
+    ``problem`` is the damage alone (``DIR/index-....faiss is not a readable faiss index (...)``),
+    without the advice the message adds.
+    """
+
+    def __init__(self, message: str, problem: str = "") -> None:
+        super().__init__(message)
+        self.problem = problem or message
+
+
+class IndexBusyError(RuntimeError):
+    """Another :func:`build_index` held the index folder's lock longer than the wait allowed."""
+
+
+def rebuild_advice(folder: Path) -> str:
+    """What to do about a damaged index folder."""
+    return f"run `python -m utils index FOLDER --output {folder}` to rebuild it"
+
+
+def looks_like_index(folder: str | Path) -> bool:
+    """Whether ``folder`` is an index folder, or the remains of one: ``index.json`` or a generation's
+    file."""
+    folder = Path(folder)
+    if (folder / "index.json").is_file():
+        return True
+    try:
+        return any(GENERATION_FILE.fullmatch(p.name) for p in folder.iterdir())
+    except OSError:  # not a folder, or unreadable
+        return False
 
 
 @dataclass(frozen=True)
@@ -140,17 +196,40 @@ class SearchIndex:
 
     @classmethod
     def load(cls, folder: str | Path) -> "SearchIndex":
-        folder = Path(folder)
-        meta = _read_meta(folder)
-        if meta is None:
-            raise FileNotFoundError(f"{folder}: not an index folder (no index.json); build one with "
-                                    "python -m utils index FOLDER --output INDEX_DIR")
-        import faiss
+        """The index in ``folder``: one whole generation, even while :func:`build_index` updates it.
 
-        index = faiss.read_index(str(folder / meta["files"]["index"]))
+        Raises :class:`FileNotFoundError` when ``folder`` is not an index folder,
+        :class:`IndexDamagedError` (naming the file) when a file of the index is missing or
+        unreadable.
+        """
+        folder = Path(folder)
+        tried = None
+        for _ in range(3):  # a file index.json names is gone: an update switched meanwhile, reread
+            meta = _read_meta(folder)
+            if meta is None:
+                if looks_like_index(folder):
+                    raise IndexDamagedError(f"{folder} looks like an index folder but its index.json "
+                                            f"is missing; {rebuild_advice(folder)}")
+                raise FileNotFoundError(f"{folder}: not an index folder (no index.json); build one "
+                                        "with python -m utils index FOLDER --output INDEX_DIR")
+            if meta == tried:
+                break
+            try:
+                return cls._load(folder, meta)
+            except FileNotFoundError as exc:
+                tried, missing = meta, exc.filename
+        raise _damaged(Path(missing), f"is missing, though {folder / 'index.json'} names it")
+
+    @classmethod
+    def _load(cls, folder: Path, meta: dict) -> "SearchIndex":
+        """One generation: :class:`FileNotFoundError` if one of its files is missing."""
+        index = _read_faiss(folder / meta["files"]["index"])
         if meta["kind"] == "hnsw":
             index.hnsw.efSearch = int(meta.get("ef_search", HNSW_EF_SEARCH))
-        entries = json.loads((folder / meta["files"]["entries"]).read_text("utf-8"))
+        entries = _read_entries(folder / meta["files"]["entries"])
+        if index.ntotal != len(entries):
+            raise _damaged(folder / meta["files"]["index"],
+                           f"holds {index.ntotal} vectors for {len(entries)} files")
         return cls(folder, IndexSettings(**meta["settings"]), meta["kind"], index, [Path(e[0]) for e in entries])
 
     def __len__(self) -> int:
@@ -180,7 +259,8 @@ class SearchIndex:
 
 @dataclass
 class IndexUpdate:
-    """What :func:`build_index` did: the loaded index and the files added, removed, kept and skipped."""
+    """What :func:`build_index` did: the loaded index, the files added, removed, kept and skipped, and
+    the damage it repaired (``notes``, one line each)."""
 
     index: SearchIndex
     added: int
@@ -188,23 +268,93 @@ class IndexUpdate:
     kept: int
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     rebuilt: bool = True
+    notes: list[str] = field(default_factory=list)  # damage found and repaired
+
+
+def _damaged(path: Path, what: str) -> IndexDamagedError:
+    problem = f"{path} {what}"
+    advice = rebuild_advice(path.parent)
+    return IndexDamagedError(f"{problem}: the index is damaged; {advice}", problem)
 
 
 def _read_meta(folder: Path) -> dict | None:
+    """``index.json``, checked: ``None`` if there is none, :class:`IndexDamagedError` if unusable."""
     path = folder / "index.json"
-    if not path.exists():
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
         return None
-    meta = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _damaged(path, f"cannot be read ({exc})") from exc
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise _damaged(path, f"is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise _damaged(path, "is not an index description (not a JSON object)")
     if meta.get("format") != INDEX_LAYOUT_VERSION:
         raise ValueError(f"{folder}: index format {meta.get('format')} is not this version's ({INDEX_LAYOUT_VERSION}); "
                          "build the index again into a new folder")
+    try:
+        IndexSettings(**meta["settings"])
+        files = meta["files"]
+        if not all(isinstance(files[k], str) and GENERATION_FILE.fullmatch(files[k])
+                   for k in ("index", "features", "entries")):
+            raise ValueError("file names")
+        if meta["kind"] not in ("exact", "hnsw"):
+            raise ValueError("kind")
+        int(meta["count"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _damaged(path, f"is incomplete or invalid ({type(exc).__name__}: {exc})") from exc
     return meta
 
 
-def _built_metric(folder: Path) -> str:
-    """The metric of the index in ``folder``, or the default for a new one."""
-    meta = _read_meta(folder)
-    return meta["settings"].get("metric", METRIC) if meta is not None else METRIC
+def _missing(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, "no such file", str(path))
+
+
+def _read_faiss(path: Path):
+    """The faiss index in ``path``: :class:`FileNotFoundError` if missing, :class:`IndexDamagedError`
+    if not readable (faiss says only ``RuntimeError``, with a C++ location)."""
+    import faiss
+
+    if not path.is_file():
+        raise _missing(path)
+    try:
+        return faiss.read_index(str(path))
+    except (RuntimeError, MemoryError) as exc:  # MemoryError: a damaged header asking for exabytes
+        if not path.exists():  # removed between the check and the read
+            raise _missing(path) from exc
+        reason = str(exc).split("failed: ", 1)[-1].splitlines()[0][:200]
+        if not path.stat().st_size:
+            reason = "empty file"
+        raise _damaged(path, f"is not a readable faiss index ({reason})") from exc
+
+
+def _read_entries(path: Path) -> list[list]:
+    """The indexed files: ``[path, size, mtime_ns]`` rows."""
+    try:
+        entries = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise _damaged(path, f"cannot be read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(entries, list) or not all(
+            isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) for e in entries):
+        raise _damaged(path, "is not a list of [path, size, modification time]")
+    return entries
+
+
+def _read_features(path: Path, count: int, dim: int) -> np.ndarray:
+    try:
+        features = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise _damaged(path, f"cannot be read ({type(exc).__name__}: {exc})") from exc
+    if features.shape != (count, dim) or features.dtype != np.float32:
+        raise _damaged(path, f"holds {features.dtype} {features.shape}, not float32 {(count, dim)}")
+    return features
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
@@ -215,31 +365,141 @@ def _stat(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def build_index(folder: str | Path, output: str | Path, backbone: str = DEFAULT_BACKBONE,
-                image_size: int | None = None, precision: str | None = None, kind: str = "auto", *,
+def build_index(folder: str | Path, output: str | Path, backbone: str | None = None,
+                image_size: int | None = None, precision: str | None = None, kind: str | None = None, *,
                 metric: str | None = None,
                 workers: int | None = None, scheduler: str | None = None, progress: bool | None = None,
-                report: bool = False, files: Sequence[str | Path] | None = None) -> IndexUpdate:
+                report: bool = False, files: Sequence[str | Path] | None = None,
+                lock_timeout: float | None = LOCK_TIMEOUT) -> IndexUpdate:
     """Index the images under ``folder`` into the folder ``output``, or update the index already there.
 
-    Only files that are new or changed (size or modification time) since the last run are featurized; files
-    gone from the folder leave the index. ``kind``: ``"exact"``, ``"hnsw"`` or ``"auto"`` (see
-    :func:`choose_kind`). ``metric``: ``"cosine"`` or ``"euclidean"`` (default: the index's own on
-    an update, else cosine). ``workers`` / ``scheduler`` run the featurization on Dask
-    (:mod:`utils.dask_features`); default: this process. ``files`` replaces the folder listing (for a list of
-    files). Unreadable files are skipped and named in the result (``report=True`` prints them, as ``featurize``
-    does); they are tried again on the next update.
+    Only files that are new or changed (size or modification time) since the last run are
+    featurized; files gone from the folder leave the index. ``backbone``, ``image_size``,
+    ``precision`` and ``kind`` default (``None``) to the existing index's own, else to the
+    backbone's defaults and ``"auto"``; a backbone, size or precision given and different from the
+    index's raises :class:`IndexSettingsError` (the features could not be compared), while a
+    different ``kind`` rebuilds the index as that kind from the stored features, and later updates
+    keep it. ``kind``: ``"exact"``, ``"hnsw"`` or ``"auto"`` (see :func:`choose_kind`). ``metric``:
+    ``"cosine"`` or ``"euclidean"`` (default: the index's own, else cosine; another than the index's
+    raises :class:`IndexSettingsError`, like the backbone). ``workers``
+    / ``scheduler`` run the featurization on Dask (:mod:`utils.dask_features`); default: this
+    process. ``files`` replaces the folder listing (for a list of files). Unreadable files are
+    skipped and named in the result (``report=True`` prints them, as ``featurize`` does); they are
+    tried again on the next update. A damaged index is repaired (see the module's docstring);
+    :attr:`IndexUpdate.notes` says what was.
+
+    One writer at a time: the update holds ``output/.lock`` from reading ``index.json`` to switching
+    it. A second writer *waits* (saying so on stderr) rather than being refused: when it gets the
+    lock it reads the index the first one wrote and featurizes only what is still new, so both runs
+    succeed and nothing is done twice -- the behaviour a scheduled update overlapping a manual one
+    needs. The wait is bounded by ``lock_timeout`` seconds (default :data:`LOCK_TIMEOUT`; ``None``:
+    no limit), then :class:`IndexBusyError`: a run that featurizes 10^6 files holds the lock for
+    hours, and a script should hear about it rather than hang. The lock is the operating system's,
+    released when its holder dies, so a killed run never blocks the next one.
     """
     output = Path(output)
-    settings = IndexSettings.of(backbone, image_size, precision, metric or _built_metric(output))
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is a file, not a folder: give the index folder (a new "
+                         "one, or one indexed before)")
+    if kind is not None and kind not in INDEX_KINDS:
+        raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
+    if backbone is not None:
+        get_spec(backbone)  # an unknown or unavailable backbone fails before any work
+    if files is None and not Path(folder).is_dir():
+        list_images(folder)  # its error: no such folder
+    created = not output.exists()
+
+    def waiting() -> None:
+        limit = f"; giving up after {lock_timeout:g} s" if lock_timeout is not None else ""
+        print(f"waiting for another `index` run on {output} to finish (it holds {output / LOCK_FILE}"
+              f"{limit}) ...", file=sys.stderr, flush=True)
+
+    try:
+        with exclusive_lock(output / LOCK_FILE, lock_timeout, on_wait=waiting):
+            try:
+                return _update(folder, output, files, backbone, image_size, precision, kind, metric,
+                               workers=workers, scheduler=scheduler, progress=progress, report=report)
+            except BaseException:
+                if created:  # no empty folder left (a waiter sees the lock file go: exclusive_lock)
+                    _remove_if_only_lock(output)
+                raise
+    except LockTimeoutError:
+        raise IndexBusyError(f"another `index` run has been updating {output} for more than "
+                             f"{lock_timeout:g} s (it holds {output / LOCK_FILE}); try again when "
+                             "it is done") from None
+
+
+def _remove_if_only_lock(output: Path) -> None:
+    try:
+        if [p.name for p in output.iterdir()] == [LOCK_FILE]:
+            (output / LOCK_FILE).unlink()
+            output.rmdir()
+    except OSError:
+        pass
+
+
+@dataclass
+class _Previous:
+    """What an update starts from: the last generation's usable parts."""
+
+    meta: dict | None = None
+    entries: list[list] = field(default_factory=list)
+    features: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _previous(output: Path) -> _Previous:
+    """The index in ``output`` as far as it can be read; what could not be is in ``notes``."""
+    previous = _Previous()
+    try:
+        previous.meta = _read_meta(output)
+    except IndexDamagedError as exc:
+        previous.notes.append(f"{exc.problem}: building the index again")
+        return previous
+    if previous.meta is None:
+        if looks_like_index(output):
+            previous.notes.append(f"{output / 'index.json'} is missing: building the index again")
+        return previous
+    files = previous.meta["files"]
+    try:
+        previous.entries = _read_entries(output / files["entries"])
+        dim = get_spec(previous.meta["settings"]["backbone"]).feature_dim
+        previous.features = _read_features(output / files["features"], len(previous.entries), dim)
+    except (FileNotFoundError, IndexDamagedError) as exc:
+        what = exc.problem if isinstance(exc, IndexDamagedError) else f"{exc.filename} is missing"
+        previous.notes.append(f"{what}: featurizing every file again (cached features make it quick)")
+        previous.entries, previous.features = [], None
+    return previous
+
+
+def _requested_kind(meta: dict) -> str:
+    """The kind an index was asked for (``auto`` included); guessed when index.json does not say."""
+    if meta.get("requested_kind") in INDEX_KINDS:
+        return meta["requested_kind"]
+    return "auto" if meta["kind"] == choose_kind("auto", int(meta["count"])) else meta["kind"]
+
+
+def _update(folder, output: Path, files: Sequence[str | Path] | None, backbone: str | None,
+            image_size: int | None, precision: str | None, kind: str | None, metric: str | None, *,
+            workers, scheduler, progress, report) -> IndexUpdate:
+    """:func:`build_index` under the lock (the folder is listed here: a writer may have waited)."""
     paths = [Path(p).absolute() for p in (files if files is not None else list_images(folder))]
-    meta = _read_meta(output)
-    old_entries: list[list] = []
-    old_features = np.empty((0, get_spec(backbone).feature_dim), np.float32)
+    previous = _previous(output)
+    meta, notes = previous.meta, previous.notes
     if meta is not None:
-        IndexSettings(**meta["settings"]).check(settings, output)
-        old_entries = json.loads((output / meta["files"]["entries"]).read_text("utf-8"))
-        old_features = np.load(output / meta["files"]["features"], mmap_mode="r")
+        built = IndexSettings(**meta["settings"])
+        settings = IndexSettings.of(backbone or built.backbone, image_size or built.image_size,
+                                    precision or built.precision, metric or built.metric)
+        built.check(settings, output)
+        requested = kind or _requested_kind(meta)
+    else:
+        settings = IndexSettings.of(backbone or DEFAULT_BACKBONE, image_size, precision, metric or METRIC)
+        requested = kind or "auto"
+    if notes and meta is None:
+        notes[-1] += f" with {settings.describe()}"
+    old_entries = previous.entries
+    dim = get_spec(settings.backbone).feature_dim
+    old_features = np.empty((0, dim), np.float32) if previous.features is None else previous.features
     stats = {p: _stat(p) for p in paths}
     unchanged = [row for row, (p, size, mtime) in enumerate(old_entries) if stats.get(Path(p)) == (size, mtime)]
     known = {Path(old_entries[row][0]) for row in unchanged}
@@ -257,32 +517,51 @@ def build_index(folder: str | Path, output: str | Path, backbone: str = DEFAULT_
     if not entries:
         raise ValueError(f"{folder}: no readable image files to index ({len(found.skipped)} skipped)")
     removed = len(old_entries) - len(unchanged)
-    chosen = choose_kind(kind, len(entries))
-    import faiss
+    chosen = choose_kind(requested, len(entries))
 
-    # New files are added to the graph in place; a removed file or another kind means building it again.
-    rebuilt = meta is None or removed > 0 or meta["kind"] != chosen
+    # New files are added to the graph in place; a removed file, another kind or damage: built again.
+    faiss_index = None
+    if meta is not None and not removed and meta["kind"] == chosen and previous.features is not None:
+        faiss_index = _faiss_to_extend(output / meta["files"]["index"], len(old_entries), notes)
+    rebuilt = faiss_index is None
+    all_features = old_features
     if rebuilt:
         all_features = np.concatenate([np.asarray(old_features[unchanged]), found.features])
         faiss_index = new_faiss_index(chosen, all_features.shape[1], settings.metric)
         faiss_index.add(prepared(all_features, settings.metric))
-    else:
-        faiss_index = faiss.read_index(str(output / meta["files"]["index"]))
-        if len(found.paths):
-            faiss_index.add(prepared(found.features, settings.metric))
-            all_features = np.concatenate([np.asarray(old_features), found.features])
-    if rebuilt or len(found.paths):
-        _write(output, settings, chosen, faiss_index, all_features, entries)
+    elif len(found.paths):
+        faiss_index.add(prepared(found.features, settings.metric))
+        all_features = np.concatenate([np.asarray(old_features), found.features])
+    if meta is None or rebuilt or len(found.paths) or requested != _requested_kind(meta):
+        keep = set(meta["files"].values()) if meta is not None else set()
+        _write(output, settings, chosen, requested, faiss_index, all_features, entries, keep)
     if chosen == "hnsw":
         faiss_index.hnsw.efSearch = HNSW_EF_SEARCH
     index = SearchIndex(output, settings, chosen, faiss_index, [Path(e[0]) for e in entries])
-    return IndexUpdate(index, len(found.paths), removed, len(unchanged), list(found.skipped), rebuilt)
+    return IndexUpdate(index, len(found.paths), removed, len(unchanged), list(found.skipped), rebuilt,
+                       notes)
 
 
-def _write(output: Path, settings: IndexSettings, kind: str, faiss_index, features: np.ndarray,
-           entries: list[list]) -> None:
-    """Write a new generation of the index files, switch ``index.json`` to it, then delete the other ones
-    (the previous generation, and any left by a killed run)."""
+def _faiss_to_extend(path: Path, count: int, notes: list[str]):
+    """The stored faiss index to add new files to, or ``None`` (noted) when damaged: rebuild it."""
+    try:
+        index = _read_faiss(path)
+        if index.ntotal == count:
+            return index
+        what = f"{path} holds {index.ntotal} vectors for {count} files"
+    except FileNotFoundError:
+        what = f"{path} is missing"
+    except IndexDamagedError as exc:
+        what = exc.problem
+    notes.append(f"{what}: rebuilding it from the stored features")
+    return None
+
+
+def _write(output: Path, settings: IndexSettings, kind: str, requested: str, faiss_index,
+           features: np.ndarray, entries: list[list], keep: set[str]) -> None:
+    """Write a new generation of the index files, switch ``index.json`` to it, then delete the
+    generations other than it and ``keep`` (the previous one, which a reader may be loading; older
+    ones, and any a killed run left, go)."""
     import faiss
 
     output.mkdir(parents=True, exist_ok=True)
@@ -293,12 +572,12 @@ def _write(output: Path, settings: IndexSettings, kind: str, faiss_index, featur
     faiss.write_index(faiss_index, str(output / files["index"]))
     np.save(output / files["features"], np.ascontiguousarray(features, np.float32))
     (output / files["entries"]).write_text(json.dumps(entries), "utf-8")
-    meta = {"format": INDEX_LAYOUT_VERSION, "settings": asdict(settings), "kind": kind, "count": len(entries),
-            "dim": int(features.shape[1]), "files": files}
+    meta = {"format": INDEX_LAYOUT_VERSION, "settings": asdict(settings), "kind": kind,
+            "requested_kind": requested, "count": len(entries), "dim": int(features.shape[1]),
+            "files": files}
     if kind == "hnsw":
         meta.update(m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
     atomic_write(output / "index.json", json.dumps(meta, indent=2) + "\n")
-    for pattern in ("index-*.faiss", "features-*.npy", "files-*.json"):
-        for stale in output.glob(pattern):
-            if stale.name not in files.values():
-                stale.unlink(missing_ok=True)
+    for stale in output.iterdir():
+        if GENERATION_FILE.fullmatch(stale.name) and stale.name not in {*files.values(), *keep}:
+            stale.unlink(missing_ok=True)

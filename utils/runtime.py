@@ -1,5 +1,5 @@
-"""Process plumbing shared by every other module: the cache folder, one atomic write, a quiet TensorFlow import,
-the CPU's feature flags.
+"""Process plumbing shared by every other module: the cache folder, one atomic write, an exclusive
+file lock, a quiet TensorFlow import, the CPU's feature flags.
 
 TensorFlow's native libraries log to file descriptor 2 while they load, before any Python or environment setting
 can stop them (``cudart_stub.cc ... Could not find cuda drivers`` ignores ``TF_CPP_MIN_LOG_LEVEL``), and its
@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, BinaryIO, Callable, Iterator
@@ -36,17 +37,50 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "deep-features")
 
 
+def _umask_from_proc() -> int | None:
+    """The process's umask as Linux (4.7+) shows it in ``/proc/self/status``; ``None`` elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    found = _umask_from_proc()
+    if found is None:  # os.umask is read by setting it: for an instant, at import, to a strict value
+        found = os.umask(0o077)
+        os.umask(found)
+    return found
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc`` on Linux), else the one at import."""
+    found = _umask_from_proc()
+    return _UMASK_AT_IMPORT if found is None else found
+
+
 def atomic_write(path: str | os.PathLike[str], content: bytes | str | Callable[[BinaryIO], Any]) -> Path:
     """Write ``content`` (bytes, text, or a function that writes to a binary file) to ``path`` atomically.
 
-    The data go to a temporary file in the same folder, which then replaces ``path`` in one step: a reader (another
-    notebook, another process) sees the old file or the whole new one, never a half-written one.
+    The data go to a temporary file in the same folder, which then replaces ``path`` in one step: a
+    reader (another notebook, another process) sees the old file or the whole new one, never a
+    half-written one. The file gets the mode any new file gets (``0o666`` less the umask: 0644 under
+    umask 022), not ``mkstemp``'s private 0600, so a cache shared by cluster workers running as
+    other users stays readable to them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
+            _chmod_as_new_file(handle.fileno(), tmp)
             if callable(content):
                 content(handle)
             else:
@@ -56,6 +90,118 @@ def atomic_write(path: str | os.PathLike[str], content: bytes | str | Callable[[
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _chmod_as_new_file(fd: int, name: str) -> None:
+    mode = 0o666 & ~current_umask()
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        else:  # Windows: only the read-only flag exists, and 0o666 & ~umask keeps the file writable
+            os.chmod(name, mode)
+    except OSError:  # a file system without modes (some network shares): keep what it gave
+        pass
+
+
+class LockTimeoutError(TimeoutError):
+    """:func:`exclusive_lock` waited ``timeout`` seconds for another process to release the lock."""
+
+
+def _lock_functions() -> tuple[Callable[[int], bool], Callable[[int], None]] | None:
+    """``(try_lock(fd) -> bool, unlock(fd))`` for this platform: ``fcntl.flock`` on POSIX,
+    ``msvcrt.locking`` on Windows; ``None`` where neither exists."""
+    try:
+        import fcntl
+    except ImportError:
+        pass
+    else:
+        def try_flock(fd: int) -> bool:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+
+        return try_flock, lambda fd: fcntl.flock(fd, fcntl.LOCK_UN)
+    try:
+        import msvcrt
+    except ImportError:
+        return None
+
+    def try_locking(fd: int) -> bool:  # one byte at offset 0 (past the end of an empty file: allowed)
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+
+    def unlock_locking(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+    return try_locking, unlock_locking
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (a holder may have removed it meanwhile)."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    if not here.st_ino or not there.st_ino:  # no inode numbers here: cannot tell, assume it is
+        return True
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], timeout: float | None = None,
+                   on_wait: Callable[[], None] | None = None, poll: float = 0.2) -> Iterator[bool]:
+    """Hold an exclusive lock on the file ``path`` (created if needed) while the ``with`` block runs.
+
+    The lock is the operating system's (``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows): it
+    is released when the process ends however it ends, so a killed holder leaves no stale lock. When
+    another process holds it, ``on_wait()`` is called once and the lock is tried again every
+    ``poll`` seconds, for at most ``timeout`` seconds (``None``: no limit), then
+    :class:`LockTimeoutError`. Yields ``True``, or ``False`` without locking on a platform with
+    neither call. Locks on network file systems are only as good as the server's (NFSv4: yes). The
+    lock file is left in place. A holder may still remove it before it lets go (to tidy up): a
+    waiter that then gets the lock of the removed file notices and locks the file now at ``path``
+    instead.
+    """
+    path = Path(path)
+    functions = _lock_functions()
+    if functions is None:
+        yield False
+        return
+    try_lock, unlock = functions
+    deadline = None if timeout is None else time.monotonic() + timeout
+    waited = False
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if try_lock(fd):
+                if _same_file(fd, path):
+                    break
+                unlock(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        if not waited and on_wait is not None:
+            on_wait()
+        waited = True
+        if deadline is not None and time.monotonic() >= deadline:
+            raise LockTimeoutError(f"{path} is still locked by another process after {timeout:g} s")
+        time.sleep(poll)
+    try:
+        yield True
+    finally:
+        try:
+            unlock(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
