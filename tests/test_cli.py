@@ -137,3 +137,37 @@ def test_ctrl_c_exits_130_and_says_rerun_resumes(search_folder, monkeypatch: pyt
     _, folder = search_folder
     assert main(["featurize", str(folder), "--image-size", SIZE]) == 130
     assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_no_traceback_reaches_the_user_even_for_a_bug(search_folder, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys, tmp_path: Path) -> None:
+    import utils.features
+
+    _, folder = search_folder
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "f.npz"))
+
+    monkeypatch.setattr(utils.features, "featurize_files", disk_full)
+    assert main(["featurize", str(folder), "--output", str(tmp_path / "f.npz"), "--image-size", SIZE]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: [Errno 28] No space left on device") and "Traceback" not in err
+
+    def bug(*_args, **_kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(utils.features, "featurize_files", bug)
+    assert main(["featurize", str(folder), "--output", str(tmp_path / "f.npz"), "--image-size", SIZE]) == 3
+    err = capsys.readouterr().err
+    assert "unexpected TypeError: a bug" in err and "DEEP_FEATURES_DEBUG=1" in err and len(err.splitlines()) == 1
+    monkeypatch.setenv("DEEP_FEATURES_DEBUG", "1")
+    with pytest.raises(TypeError):
+        main(["featurize", str(folder), "--output", str(tmp_path / "f.npz"), "--image-size", SIZE])
+
+
+def test_similar_on_an_index_folder_still_being_built_says_so(search_folder, tmp_path: Path, capsys) -> None:
+    query, _ = search_folder
+    (tmp_path / "ix").mkdir()
+    (tmp_path / "ix" / ".lock").touch()  # what a first `index` run holds before it writes anything
+    assert main(["similar", str(query), str(tmp_path / "ix")]) == 2
+    assert "an `index` run may be building it" in capsys.readouterr().err

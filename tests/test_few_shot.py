@@ -126,6 +126,15 @@ def test_a_recognizer_from_one_image_per_class_fits_and_predicts(lesson6) -> Non
     assert len(recognizer["predictions"]) == 1 + 2 * 4  # the cat photo and two test images per class
     assert {p["recognized as"] for p in recognizer["predictions"]} <= set(data.COURSE_CLASSES)
     assert 0 <= recognizer["test_accuracy"] <= 1
+    # the same folder through train_recognizer (the command's code): one photo per class, so leave-one-out
+    # cannot get any right, and says so; every new photo gets an answer
+    assert recognizer["loo_accuracy"] == 0 and 0 < recognizer["unknown_threshold"] <= 1
+    assert len(recognizer["command_answers"]) == len(recognizer["predictions"])
+    assert {a["recognized as"] for a in recognizer["command_answers"]} <= {*data.COURSE_CLASSES, "unknown"}
+    assert 0 <= recognizer["command_test_accuracy"] <= 1
+    out = "".join(o.get("text", "") for c in lesson6["notebook"].cells if c.cell_type == "code"
+                  for o in c.get("outputs", []))
+    assert "one photo only, which leave-one-out cannot get right" in out
 
 
 def _stdout(cell) -> str:

@@ -6,6 +6,7 @@ Running the whole course, its site and notebook hygiene are instructor tools: ``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from .backbones import (DEFAULT_BACKBONE, IMAGENET_CLASSES, MIN_IMAGE_SIZE, REGI
 from .data import DataNotFoundError, ImageLoadError
 from .dask_features import DaskClusterError
 from .fast_inference import PRECISION_ENV_VAR, PRECISIONS
-from .index import EXACT_MAX_IMAGES, INDEX_KINDS, METRIC, METRICS, IndexBusyError, looks_like_index
+from .index import (EXACT_MAX_IMAGES, INDEX_KINDS, METRIC, METRICS, IndexBusyError, being_built,
+                    looks_like_index)
+
+DEBUG_ENV_VAR = "DEEP_FEATURES_DEBUG"  # set: a command's unexpected error shows its traceback
 
 
 def _whole(minimum: int = 1, maximum: int | None = None, unit: str = ""):
@@ -78,7 +82,7 @@ def _similar(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise ValueError(f"{folder} is a file, not a folder of images or an index folder")
-    if looks_like_index(folder):  # also the remains of one (no index.json): says it is damaged
+    if looks_like_index(folder) or being_built(folder):  # the remains of one: says what is wrong
         search = search_index(query, folder, args.top, args.backbone, args.image_size,
                               args.precision, args.metric)  # no --metric: the index's own
     else:
@@ -290,6 +294,15 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError, ValueError, IndexBusyError, DaskClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, no permission, ...: the system's own words and the file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback on request
+        if os.environ.get(DEBUG_ENV_VAR):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (a bug: rerun with {DEBUG_ENV_VAR}=1 for "
+              "the traceback, and report it)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -91,13 +91,22 @@ def rebuild_advice(folder: Path) -> str:
 
 def looks_like_index(folder: str | Path) -> bool:
     """Whether ``folder`` is an index folder, or the remains of one: ``index.json`` or a generation's
-    file."""
+    file (the lock file alone is not: see :func:`being_built`)."""
     folder = Path(folder)
     if (folder / "index.json").is_file():
         return True
     try:
         return any(GENERATION_FILE.fullmatch(p.name) for p in folder.iterdir())
     except OSError:  # not a folder, or unreadable
+        return False
+
+
+def being_built(folder: str | Path) -> bool:
+    """Whether ``folder`` holds only the writers' lock file: its first ``index`` run is under way (or
+    was killed before writing anything)."""
+    try:
+        return [p.name for p in Path(folder).iterdir()] == [LOCK_FILE]
+    except OSError:
         return False
 
 
@@ -210,6 +219,9 @@ class SearchIndex:
                 if looks_like_index(folder):
                     raise IndexDamagedError(f"{folder} looks like an index folder but its index.json "
                                             f"is missing; {rebuild_advice(folder)}")
+                if being_built(folder):
+                    raise FileNotFoundError(f"{folder}: no index there yet: an `index` run may be building "
+                                            f"it ({folder / LOCK_FILE}); try again when it is done")
                 raise FileNotFoundError(f"{folder}: not an index folder (no index.json); build one "
                                         "with python -m utils index FOLDER --output INDEX_DIR")
             if meta == tried:

@@ -82,7 +82,8 @@ class Search:
             return (f"the HNSW graph returned {found} of the {self.top} asked: an approximate "
                     "index may not reach every image; build it with --kind exact to rank them all")
         besides = " besides the query" if self.query_in_source else ""
-        return f"only {others} images in the {self.source}{besides}, not the {self.top} asked"
+        noun = "image" if others == 1 else "images"
+        return f"only {others} {noun} in the {self.source}{besides}, not the {self.top} asked"
 
     def as_json(self) -> dict:
         """The search as a JSON object: its settings, the query and the ranked results."""
