@@ -41,7 +41,7 @@ from .data import IMAGE_EXTENSIONS, load_image_folder
 from .deep_features import DeepFeatures
 from .features import featurize_files
 
-RECOGNIZER_FORMAT = 1  # of the file the user keeps: bump when the saved fields change
+RECOGNIZER_LAYOUT_VERSION = 1  # of the file the user keeps (not a cache entry): bump when its fields change
 UNKNOWN = "unknown"
 FEW_SHOT_C = 1.0  # lesson 6's `few_shot_C`: logistic regression on L2-normalized features
 
@@ -127,7 +127,7 @@ class Recognizer:
     loo_accuracy: float
     loo_wrong: list[tuple[str, str, str]] = field(default_factory=list)  # (photo, true class, predicted)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    format: int = RECOGNIZER_FORMAT
+    format: int = RECOGNIZER_LAYOUT_VERSION
 
     @property
     def backbone(self) -> str:
@@ -206,9 +206,9 @@ class Recognizer:
         if not isinstance(loaded, cls):
             raise RecognizerError(f"{path}: holds a {type(loaded).__name__}, not a recognizer made by "
                                   "python -m utils train-recognizer")
-        if getattr(loaded, "format", None) != RECOGNIZER_FORMAT:
+        if getattr(loaded, "format", None) != RECOGNIZER_LAYOUT_VERSION:
             raise RecognizerError(f"{path}: recognizer format {getattr(loaded, 'format', None)} is not this "
-                                  f"version's ({RECOGNIZER_FORMAT}); train it again")
+                                  f"version's ({RECOGNIZER_LAYOUT_VERSION}); train it again")
         return loaded
 
 
