@@ -5,7 +5,9 @@
 * :func:`write_student_copies` -- nbconvert's ``TagRemovePreprocessor`` drops the cells tagged ``solution`` (and
   ``solutions-heading``); the "Solutions" heading left with nothing under it goes too (:func:`drop_empty_solutions`).
 * :func:`sync_notebooks` -- every lesson's install cell (tagged ``install``) and the README's launch links,
-  generated from ``[project.urls] Repository`` in ``pyproject.toml``; where that is unset, they say so.
+  generated from ``[project.urls] Repository`` in ``pyproject.toml``. While that is unset, the install cell only
+  imports the package (or says how to install it: a student need not read about publishing) and the README's
+  block says that there are no launch links yet.
 """
 
 from __future__ import annotations
@@ -160,15 +162,11 @@ def launch_links(url: str | None, notebook: str) -> dict[str, str]:
 
 
 def install_cell_source(url: str | None) -> str:
-    """The install cell of every lesson for a repository URL (or for none published yet); its lines fit the
-    site's code column."""
-    if url is None:
+    """The install cell of every lesson for a repository URL (or, for none, the import alone with the way to
+    install the package when it is missing); its lines fit the site's code column."""
+    if url is None:  # nothing to install from: import the package, or say how to install it
         return (
-            "# Setup (extra code): the lessons import the course package `utils`, installed by\n"
-            "# `bash scripts/course.sh` or by `pip install -e .` in a clone of the repository.\n"
-            "# The repository's published URL is not set yet ([project.urls] Repository in\n"
-            "# pyproject.toml), so this notebook cannot install the package by itself online:\n"
-            "# clone the repository and open the notebook from there.\n"
+            "# Setup (extra code): the lessons use the course package `utils`.\n"
             "try:\n"
             "    import utils\n"
             "except ImportError as exc:\n"

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import nbformat
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import confusion_matrix
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -80,16 +80,28 @@ def cases(t: SimpleNamespace) -> list[tuple[str, dict, object, object]]:
     cosine = 1 - unit(t.queries) @ unit(t.feats).T
     dog_q, cats = t.queries[t.query_labels == 3], t.feats[t.labels == 2]
     accuracy = float((t.model.predict(t.queries) == t.query_labels).mean())
-    curve = pd.DataFrame({"deep features": [0.6, 0.7, 0.8], "raw pixels": [0.3, 0.5, 0.65]}, index=[1, 2, 5])
     shot_draws = [np.array([0, 8, 16, 24]), np.array([1, 9, 17, 25])]  # one image per class, two draws
     one_nn = [np.mean(t.labels[i][(1 - t.queries @ t.feats[i].T / np.outer(np.linalg.norm(t.queries, axis=1),
                                                                         np.linalg.norm(t.feats[i], axis=1)))
                                   .argmin(axis=1)] == t.query_labels) for i in shot_draws]
+    # one image per class: the nearest centroid is the nearest shot, by Euclidean distance (features as they are)
+    euclidean_nn = [np.mean(t.labels[i][d[:, i].argmin(axis=1)] == t.query_labels) for i in shot_draws]
+    gray = t.train.images.mean(axis=3)
+    contrast = [gray[t.labels == c].std(axis=(1, 2)).mean() for c in range(4)]
+    cat_q = t.queries[t.query_labels == 2]
+    def nearest_to(c: int) -> np.ndarray:  # each cat query's distance to the nearest training image of class c
+        return np.linalg.norm(cat_q[:, None] - t.feats[t.labels == c][None], axis=2).min(axis=1)
+
+    cats_nearer_a_dog = int((nearest_to(3) < nearest_to(2)).sum())
+    matrix = confusion_matrix(t.query_labels, t.model.predict(t.queries), labels=range(4))
     return [
         ("1.1", {"train": t.train}, 0.25, 0.3),
         ("1.2", {"train": t.train}, 32 * 4 * 4 * 3, 32 * 4 * 4),
         ("1.3", {"train": t.train}, CLASSES[int(np.argmax(bright))], CLASSES[int(np.argmin(bright))]),
         ("2.1", {"model": t.model, "X_test": t.queries, "y_test": t.query_labels}, accuracy, accuracy - 0.2),
+        ("1.4", {"train": t.train}, CLASSES[int(np.argmax(contrast))], CLASSES[int(np.argmin(contrast))]),
+        ("2.2", {"model": t.model, "X_test": t.queries, "y_test": t.query_labels, "class_names": CLASSES},
+         matrix[2, 2] / matrix[:, 2].sum(), matrix[2, 2] / matrix[:, 2].sum() - 0.1),
         ("3.2", {"deep_predicted": np.array([0, 1, 2, 3]), "raw_predicted": np.array([0, 0, 0, 0]),
                  "y_test": np.array([0, 1, 2, 2])}, 2, 3),
         ("3.1", {"model": SimpleNamespace(count_params=lambda: 1_281_000 + 10),
@@ -97,9 +109,12 @@ def cases(t: SimpleNamespace) -> list[tuple[str, dict, object, object]]:
         ("4.1", {"query": t.queries[0], "collection": t.feats}, cosine[0].min(), d[0].min()),
         ("4.2", {"query": t.queries[0], "query_label": 0, "collection": t.feats, "collection_labels": t.labels},
          int((t.labels[np.argsort(d[0])[:5]] == 0).sum()), 6),
+        ("5.1", {"f_test": t.queries, "y_test": t.query_labels, "f_train": t.feats, "y_train": t.labels,
+                 "class_names": CLASSES}, cats_nearer_a_dog, cats_nearer_a_dog + 1),
         ("5.2", {"dog_queries": dog_q, "cat_collection": cats},
          np.linalg.norm(dog_q[:, None] - cats[None], axis=2).min(axis=1).mean(), 0.0),
-        ("6.2", {"raw_curve": curve["raw pixels"], "deep_curve": curve["deep features"]}, 5, 2),
+        ("6.2", {"draws": shot_draws, "X_train": t.feats, "y_train": t.labels, "X_test": t.queries,
+                 "y_test": t.query_labels}, float(np.mean(euclidean_nn)), float(np.mean(euclidean_nn)) - 0.1),
         ("6.3", {"draws": shot_draws, "X_train": t.feats, "y_train": t.labels, "X_test": t.queries,
                  "y_test": t.query_labels}, float(np.mean(one_nn)), float(np.mean(one_nn)) - 0.1),
     ]

@@ -371,8 +371,10 @@ def test_committed_install_cells_and_readme_are_in_sync() -> None:
     readme = (REPO / "README.md").read_text()
     if url is None:  # nothing made up: no launch links, and the cell says how to install instead
         assert "colab.research.google.com" not in readme and "mybinder.org" not in readme
-        assert "not set" in notebooks.install_cell_source(None)
-        assert "git+" not in notebooks.install_cell_source(None)
+        source = notebooks.install_cell_source(None)
+        assert "import utils" in source and "pip install -e ." in source and "git+" not in source
+        # a student need not read about publishing the repository (issue 25)
+        assert not any(word in source for word in ("published", "not set", "[project.urls]", "pyproject"))
 
 
 # --------------------------------------------------------------------------- the committed notebooks

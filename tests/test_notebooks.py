@@ -11,7 +11,10 @@ import re
 import nbformat
 import numpy as np
 import pytest
-from sklearn.metrics import pairwise_distances
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import confusion_matrix, pairwise_distances
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from _course_fixtures import built_real_course
 from instructor import NOTEBOOK_DIR, report
@@ -48,6 +51,11 @@ def test_every_notebook_ran_without_errors(run) -> None:
 
 def _stdout(cell) -> str:
     return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def _outputs(cell) -> str:
+    """Everything a code cell shows as text (streams and text results)."""
+    return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.get("outputs", []))
 
 
 def test_every_solution_passes_its_check_and_exercises_wait_for_an_answer(run) -> None:
@@ -96,12 +104,35 @@ def test_explore_counts_match_the_split(run, small_split) -> None:
     assert m["image_shape"] == [32, 32, 3]
 
 
-def test_raw_pixels_are_weak_but_above_chance(run) -> None:
+def test_raw_pixels_are_weak_but_above_chance(run, small_split) -> None:
     m = run["metrics"]["02_raw_pixel_classifier"]
     assert 0.25 < m["raw_pixel_accuracy"] < 0.75
     matrix = np.array(m["confusion_matrix"])
     assert matrix.shape == (4, 4) and matrix.sum() == 4 * SMALL["n_test_per_class"]
     assert np.isclose(np.trace(matrix) / matrix.sum(), m["raw_pixel_accuracy"])
+    # Recomputed: the same pipeline on the same pixels, then what the lesson prints about its example images.
+    train, test = small_split
+    pixels = lambda s: s.images.reshape(len(s), -1).astype(np.float32) / 255  # noqa: E731
+    model = Pipeline([("scale", StandardScaler()),
+                      ("classify", LogisticRegression(C=m["regularization_C"], max_iter=1000))])
+    predicted = model.fit(pixels(train), train.labels).predict(pixels(test))
+    assert (confusion_matrix(test.labels, predicted, labels=range(4)) == matrix).all()
+    shown = data.take_per_class(test.labels, 3, seed=m["seed"])  # three test images per class
+    assert sorted(test.labels[shown].tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    nb = nbformat.read(run["build"] / "notebooks" / "02_raw_pixel_classifier.ipynb", as_version=4)
+    out = "".join(_stdout(c) for c in nb.cells if c.cell_type == "code")
+    assert f"{(predicted[shown] == test.labels[shown]).sum()} of these {len(shown)} are right" in out
+    # exercise 2.2 (of the images predicted as cat, the share that are cats) is not on screen before it
+    cat = data.COURSE_CLASSES.index("cat")
+    above = nb.cells[:next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and 'check("2.2"' in c.source)]
+    assert f"{matrix[cat, cat] / matrix[:, cat].sum():.3f}" not in "".join(map(_outputs, above))
+
+
+def test_the_student_never_reads_about_the_classic_course() -> None:
+    for name in ("01_explore_data", "02_raw_pixel_classifier", "04_image_retrieval", "05_per_class_distances",
+                 "06_few_shot_recognizer"):
+        text = "\n".join(c.source for c in nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4).cells)
+        assert "classic" not in text.lower(), name
 
 
 def test_deep_features_beat_raw_pixels_by_a_clear_margin(run) -> None:
@@ -177,7 +208,17 @@ def test_dog_distance_table_matches_a_recomputation(run, small_split) -> None:
     assert m["per_class_1nn_accuracy"]["dog"] == pytest.approx(m["dog_1nn_correct_chosen"] / m["dog_test_count"])
     if m["knn_metric"] in ("euclidean", "cosine"):
         assert m["dog_1nn_correct_chosen"] == m["dog_1nn_correct" + ("_cosine" if m["knn_metric"] == "cosine" else "")]
+    # The worked example: the first dog test image, its nearest training cat and dog, and the closer one.
+    first_dog = int(np.flatnonzero(test.labels == dog)[0])
+    assert m["example_image"]["index"] == first_dog and m["example_image"]["class"] == "dog"
+    for name in ("cat", "dog"):
+        nearest = pairwise_distances(f_test[[first_dog]], f_train[train.labels == train.class_names.index(name)])
+        assert m["example_nearest_distance"][name] == pytest.approx(float(nearest.min()), rel=1e-5), name
+    assert m["example_image"]["closer_to"] == min(("cat", "dog"), key=m["example_nearest_distance"].get)
     nb = nbformat.read(run["build"] / "notebooks" / "05_per_class_distances.ipynb", as_version=4)
+    out = "".join(_stdout(c) for c in nb.cells if c.cell_type == "code")
+    assert f"Test image {first_dog}, a dog, is closer to a {m['example_image']['closer_to']}." in out
+    assert "median distances, nearest first: dog-" in out  # the box plot's figures, read in the text below it
     table = next(o["data"]["text/plain"] for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []) if "dog-automobile" in o.get("data", {}).get("text/plain", ""))
     for column in ("dog-automobile", "dog-bird", "dog-cat", "dog-dog"):

@@ -153,19 +153,26 @@ def _(train):
     return train.class_names[int(np.argmax(means))]
 
 
+@exercise("1.4", hint="gray = train.images.mean(axis=3); contrast = gray.std(axis=(1, 2)); average it per class; "
+                      "answer with a class name")
+def _(train):
+    contrast = train.images.mean(axis=3).std(axis=(1, 2))
+    means = [contrast[train.labels == i].mean() for i in range(len(train.class_names))]
+    return train.class_names[int(np.argmax(means))]
+
+
 # Lesson 2: the raw-pixel classifier.
 @exercise("2.1", tolerance=1e-4, hint="compare the predictions with the true labels and take the mean")
 def _(model, X_test, y_test):
     return _accuracy(model, X_test, y_test)
 
 
-@exercise("2.2", hint="in the cat row of the confusion matrix, the largest count off the diagonal")
+@exercise("2.2", tolerance=1e-3, hint="the cat column of the confusion matrix (matrix[:, cat]): its diagonal "
+                                      "count over the column's total")
 def _(model, X_test, y_test, class_names):
     matrix = confusion_matrix(y_test, model.predict(X_test), labels=range(len(class_names)))
     cat = list(class_names).index("cat")
-    row = matrix[cat].astype(float)
-    row[cat] = -1
-    return class_names[int(row.argmax())]
+    return float(matrix[cat, cat] / matrix[:, cat].sum())
 
 
 @exercise("2.3", hint='clone the pipeline, set_params(classify__C=C / 100), fit it and compare; answer "up" or "down"')
@@ -240,11 +247,15 @@ def _(queries, query_labels, collection, collection_labels):
 
 
 # Lesson 5: per-class distances.
-@exercise("5.1", tolerance=0, hint="the cat test images whose nearest training image (any class) is a cat")
+@exercise("5.1", tolerance=0, hint="for every cat test image, compare the cat-dog column with the cat-cat column "
+                                    "(the distances to the nearest training dog and cat) and count")
 def _(f_test, y_test, f_train, y_train, class_names):
-    cat = list(class_names).index("cat")
-    _, idx = _nearest(f_test[np.asarray(y_test) == cat], f_train, 1)
-    return int((np.asarray(y_train)[idx[:, 0]] == cat).sum())
+    cat, dog = list(class_names).index("cat"), list(class_names).index("dog")
+    y_test, y_train = np.asarray(y_test), np.asarray(y_train)
+    queries = f_test[y_test == cat]
+    to_cat = _nearest(queries, f_train[y_train == cat], 1)[0][:, 0]
+    to_dog = _nearest(queries, f_train[y_train == dog], 1)[0][:, 0]
+    return int((to_dog < to_cat).sum())
 
 
 @exercise("5.2", tolerance=1e-3, hint="the distance of each dog test image to its nearest training cat, averaged")
@@ -267,11 +278,17 @@ def _(model, X_train, y_train, X_test, y_test, seed):
     return _accuracy(clone(model).fit(X_train[idx], np.asarray(y_train)[idx]), X_test, y_test)
 
 
-@exercise("6.2", tolerance=0, hint="the first shot count where raw_curve reaches deep_curve's first value")
-def _(raw_curve, deep_curve):
-    target = deep_curve.iloc[0]
-    reached = [s for s in raw_curve.index if raw_curve[s] >= target]
-    return int(reached[0]) if reached else 0
+@exercise("6.2", tolerance=1e-3, hint="for idx in draws: NearestCentroid().fit(X_train[idx], y_train[idx]), "
+                                      "score it on the test set; average the scores")
+def _(draws, X_train, y_train, X_test, y_test):
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    scores = []
+    for idx in draws:  # the class of the nearest class mean by Euclidean distance, features not normalized
+        classes = np.unique(y_train[idx])
+        centroids = np.stack([np.asarray(X_train)[idx][y_train[idx] == c].mean(axis=0) for c in classes])
+        nearest = _nearest(np.asarray(X_test), centroids, 1)[1][:, 0]
+        scores.append(float((classes[nearest] == y_test).mean()))
+    return float(np.mean(scores))
 
 
 @exercise("6.3", tolerance=1e-3, hint="for idx in draws: fit KNeighborsClassifier(1, metric=\"cosine\") on "

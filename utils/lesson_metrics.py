@@ -70,8 +70,10 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         "query_results": Metric("labels of the neighbours of the example queries"),
         "outside_query": Metric("file name of the photo from outside the set"),
         "outside_query_neighbor_labels": Metric("labels of its neighbours"),
-        "folder_query_labels": Metric("labels of the photo's neighbours per query input (shrunk / full size, file)"),
-        "folder_query_mean_distance": Metric("mean distance of those neighbours per query input"),
+        "outside_query_domain": Metric("the photo shrunk to 32x32 and at full size: cats among its neighbours, their "
+                                       "mean distance, share of test images farther from theirs"),
+        "test_query_median_distance": Metric("median over the test images of the mean distance to their neighbours",
+                                             ".2f"),
         "retrieval_same_class_rate": Metric("share of the 5 neighbours of the same class (deep, Euclidean)", ".3f"),
         "raw_pixel_same_class_rate": Metric("the same on raw pixels", ".3f"),
         "precision_at_1_euclidean": Metric("precision@1, deep features, Euclidean", ".3f"),
@@ -92,7 +94,9 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         "tsne_purity_deep": Metric("neighbourhood purity of the deep-feature map", ".3f"),
     },
     "Per-class distances": {
-        "first_test_image_mean_distance": Metric("mean distance of the first test image to its nearest per class"),
+        "example_image": Metric("the worked example: the first dog test image (index, class, the closer of cat and "
+                                "dog)"),
+        "example_nearest_distance": Metric("its distance to the nearest training cat and the nearest training dog"),
         "dog_1nn_correct": Metric("test dogs whose nearest training image is a dog (Euclidean)", "d"),
         "dog_1nn_correct_cosine": Metric("the same with cosine distance", "d"),
         "dog_test_count": Metric("test dogs", "d"),
@@ -115,9 +119,9 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         "few_shot_classifier": Metric("the few-shot classifier chosen on that validation"),
         "one_shot_accuracy": Metric("test accuracy of the chosen classifier from 1 image per class", ".3f"),
         "five_shot_accuracy": Metric("test accuracy of the chosen classifier from 5 images per class", ".3f"),
-        "recognizer": Metric("the saved recognizer: source folder, classes, steps, accuracy, predictions; the "
-                             "same folder through train_recognizer: leave-one-out accuracy, unknown threshold, "
-                             "answers, test accuracy"),
+        "recognizer": Metric("the saved recognizer: source folder, classes, steps, accuracy, predictions (with "
+                             "the photos' true classes) and how many are right; the same folder through "
+                             "train_recognizer: leave-one-out accuracy, unknown threshold, answers, test accuracy"),
     },
     "Fine-tuning": {
         "linear_probe_accuracy": Metric("test accuracy of the linear probe (frozen backbone)", ".3f"),

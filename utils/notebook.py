@@ -84,17 +84,30 @@ class LessonRun:
         return saved
 
 
-def setup(name: str, seed: int = 0, **parameters: Any) -> LessonRun:
+def setup(name: str, seed: int = 0, *, blas_threads: int | None = None, **parameters: Any) -> LessonRun:
     """Seed numpy's global generator, set readable figure defaults, print the versions used.
 
     ``name`` is the lesson's number and title (``"02 Raw-pixel classifier"``); the title names the lesson's
     declared metrics (:mod:`utils.lesson_metrics`). Returns the :class:`LessonRun` whose ``finish`` writes them.
+    ``blas_threads`` limits the BLAS/OpenMP thread pools for the rest of the session (threadpoolctl), e.g. 1 for a
+    lesson of many small fits, each faster on one thread: machine tuning, not a lesson's idea.
+
+    Library noise no lesson reads is silenced here: scikit-learn's ``NearestCentroid`` warns about the per-class
+    spread of its training images (undefined or zero with one or two images per class), which it uses only with
+    ``shrink_threshold``.
     """
+    import warnings
+
     import matplotlib
 
     import matplotlib.pyplot as plt
 
     declared(name)  # an undeclared lesson fails here, not after its run
+    warnings.filterwarnings("ignore", module="sklearn.neighbors._nearest_centroid")
+    if blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(blas_threads)  # kept for the session: the limits hold until restored
     np.random.seed(seed)
     np.set_printoptions(precision=3, suppress=True)
     plt.rcParams.update({"figure.dpi": 90, "axes.titlesize": 11, "figure.max_open_warning": 50})
