@@ -339,15 +339,15 @@ def screen_lines(cell: Any) -> list[ScreenLine]:
     return lines
 
 
-def _question(nb: nbformat.NotebookNode, asked_at: int) -> tuple[int, str]:
-    """``(cell index, text)`` of an exercise's question: the last markdown cell above its check cell, from the
-    exercise's ``**N.**`` on (``(-1, "")`` when there is none)."""
+def _question(nb: nbformat.NotebookNode, asked_at: int) -> tuple[int, int, str]:
+    """``(cell index, offset, text)`` of an exercise's question: the last markdown cell above its check cell,
+    from the exercise's ``**N.**`` (at ``offset`` in the cell) on; ``(-1, 0, "")`` when there is none."""
     for index in range(asked_at - 1, -1, -1):
         if nb.cells[index].cell_type == "markdown":
             text = nb.cells[index].source
-            starts = [m.start() for m in _EXERCISE_NUMBER.finditer(text)]
-            return index, text[starts[-1]:] if starts else text
-    return -1, ""
+            starts = [m.start() for m in _EXERCISE_NUMBER.finditer(text)] or [0]
+            return index, starts[-1], text[starts[-1]:]
+    return -1, 0, ""
 
 
 def conclusion_pattern(expected: Any, question: str, names: Collection[str] = ()) -> Any:
@@ -438,19 +438,19 @@ def answer_leaks(nb: nbformat.NotebookNode, key: dict[str, Answer],
                     how = "typed" if nb.cells[index].cell_type == "markdown" else "printed"
                     leaks.append(Leak(exercise, answer.expected, index, shown[0], how))
             continue
-        question_cell, question = _question(nb, asked_at)
+        question_cell, offset, question = _question(nb, asked_at)
         states = conclusion_pattern(answer.expected, question, names)
         if states is None:
             unchecked.append(exercise)
             continue
         for index in range(asked_at):
+            shown = lines[index]
             if index == question_cell:  # the question names its options ("up" or "down"), not its answer
-                continue
-            stated = next((clause for line in lines[index] if (clause := states(line))), None)
+                shown = screen_lines({"cell_type": "markdown", "source": nb.cells[index].source[:offset]})
+            stated = next((clause for line in shown if (clause := states(line))), None)
             if stated:
                 leaks.append(Leak(exercise, answer.expected, index, stated, "stated"))
     return leaks, unchecked
-
 
 
 # --------------------------------------------------------------------------- a whole build

@@ -253,6 +253,10 @@ def test_the_ordinary_mentions_of_class_names_are_no_leak() -> None:
         assert _leaks(_asking(exercise, *cells), exercise, answer) == [], (exercise, answer)
     # the question names its options ("up" or "down") and no other cell states one
     assert _leaks(_asking("2.3", *cells[:-1]), "2.3", "down") == []
+    # but the prose above the question, in the question's own cell, is read
+    nb = _asking("2.3", *cells[:-1])
+    nb.cells[-2].source = nb.cells[-2].source.replace("## Exercises", "## Exercises\n\nMore regularization: down.")
+    assert [leak.shown for leak in _leaks(nb, "2.3", "down")] == ["More regularization: down"]
     # small numbers: "1" and "5" are everywhere, stated only with the question's conclusion word
     assert _leaks(_asking("6.2", *cells), "6.2", 5) == [] and _leaks(_asking("6.2", *cells), "6.2", 1) == []
 
