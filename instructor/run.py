@@ -40,6 +40,7 @@ SMALL_PARAMETERS: Final[Mapping[str, Any]] = {
     "n_test_per_class": 12,
     "image_size": 96,
     "repeats": 2,  # few-shot draws per shot count
+    "synthetic_sizes": [2_000, 20_000],  # the search lesson's growing random collection
 }
 
 #: Versions recorded in results.json (distribution names).

@@ -338,6 +338,38 @@ def test_clean_notebooks_cli_fails_on_dirty(built: dict, tmp_path: Path, capsys)
     assert "notebooks are clean" in capsys.readouterr().out
 
 
+def test_check_command_fails_on_a_planted_class_name_leak(tmp_path: Path, capsys) -> None:
+    """``python -m instructor check BUILD`` (issue 25): a run whose lesson states the class-name answer of an
+    exercise above it fails, naming the exercise, the cell and the clause; the same run without that line passes,
+    though the class names still head its table and fill its lines."""
+    from nbformat.v4 import new_notebook, new_output
+
+    build = tmp_path / "build"
+    for folder in ("notebooks", "answers", "metrics"):
+        (build / folder).mkdir(parents=True)
+    (build / "metrics" / "02_raw.json").write_text(json.dumps({"classes": ["automobile", "bird", "cat", "dog"]}))
+    (build / "answers" / "02_raw.jsonl").write_text(json.dumps({"exercise": "2.2", "expected": "dog"}) + "\n")
+
+    def write(summary: str) -> None:
+        shown = new_code_cell("print(summary)")
+        shown.outputs = [new_output("stream", name="stdout", text=summary)]
+        question = new_markdown_cell("**2.** Which class are *cat* test images most often mistaken for?")
+        check = new_code_cell('answer = ...\nchecks.check("2.2", answer, model=raw_model);')
+        nb = new_notebook(cells=[new_markdown_cell("# 2. Raw pixels"), shown, question, check])
+        nbformat.write(nb, build / "notebooks" / "02_raw.ipynb")
+
+    write("Per class: automobile 0.61, bird 0.42, cat 0.30, dog 0.35\n"
+          "Most frequent mistake: 310 cat images classified as dog.\n")
+    assert instructor_main(["check", "--out", str(build)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "02_raw.ipynb: exercise 2.2: its answer 'dog' is stated by cell 1: "
+        "'Most frequent mistake: 310 cat images classified as dog'"]
+    write("Per class: automobile 0.61, bird 0.42, cat 0.30, dog 0.35\n"
+          "Most frequent mistake: 310 automobile images classified as bird.\n")
+    assert instructor_main(["check", "--out", str(build)]) == 0
+    assert "no answer on screen before its exercise" in capsys.readouterr().out
+
+
 def test_pre_commit_hook_strips_the_same_keys() -> None:
     config = (REPO / ".pre-commit-config.yaml").read_text()
     assert "nbstripout" in config and "--keep-id" in config

@@ -281,6 +281,30 @@ def test_search_index_matches_a_recomputation(run, small_split) -> None:
     assert m["index_photo_first"] == "chelsea_query_photo.png"  # the photo itself, now in the folder, comes first
 
 
+def test_search_shows_why_approximate_search_matters_as_the_collection_grows(run) -> None:
+    """The growing random collection (issue 25 item 4): at each size, both indexes hold every vector added so
+    far; the exact search compares a query with all of them and takes longer as they grow, the graph compares
+    it with fewer, and pays in build time and links (memory)."""
+    m = next(m for m in run["metrics"].values() if m["lesson"] == "Search a large collection")  # any number
+    dim, growth = m["synthetic_dim"], {int(n): row for n, row in m["synthetic_growth"].items()}
+    sizes = sorted(growth)
+    assert sizes == SMALL["synthetic_sizes"] and len(sizes) >= 2
+    for n, row in growth.items():
+        assert 0 <= row["recall@10 HNSW"] <= 1
+        assert row["compared per query exact"] == n
+        assert 0 < row["compared per query HNSW"]
+        assert row["bytes per vector exact"] == 4 * dim  # float32 numbers, nothing else
+        assert row["bytes per vector HNSW"] > row["bytes per vector exact"]  # the graph's links
+        assert row["build s HNSW"] > row["build s exact"] >= 0
+    small, large = growth[sizes[0]], growth[sizes[-1]]
+    assert large["compared per query HNSW"] < sizes[-1]
+    # the exact search's work grows with the collection, the graph's by a smaller factor
+    assert large["µs per query exact"] > small["µs per query exact"]
+    assert (large["compared per query HNSW"] / small["compared per query HNSW"]) < sizes[-1] / sizes[0]
+    assert large["build s HNSW"] > small["build s HNSW"]  # cumulative: the same index, grown
+    assert large["recall@10 HNSW"] > 0.5
+
+
 def test_results_report_collects_the_headline_figures(run) -> None:
     text = (run["build"] / "results.md").read_text()
     m = run["metrics"]

@@ -162,6 +162,10 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         "hnsw_build_seconds": Metric("seconds to build the HNSW index", ".2f"),
         "ms_per_query": Metric("milliseconds per query, per search method"),
         "bytes_per_image": Metric("index memory per image, per search method"),
+        "synthetic_dim": Metric("numbers per random unit vector of the growing collection", "d"),
+        "synthetic_growth": Metric("per size of the growing random collection: build seconds, microseconds per "
+                                   "query, vectors compared per query and bytes per vector (exact and HNSW), "
+                                   "HNSW recall@10"),
         "outside_query": Metric("file name of the photo from outside the set"),
         "outside_query_neighbor_labels": Metric("labels of its neighbours in the index"),
         "dask_workers": Metric("Dask workers of the LocalCluster", "d"),
