@@ -106,7 +106,7 @@ class BackboneSpec:
         """The constructor and its ``preprocess_input``: ``keras.applications.ResNet50`` and
         ``keras.applications.resnet50.preprocess_input``; for EfficientNet-Lite, e.g. :func:`EfficientNetLite0` and
         :func:`lite_preprocess_input` (the identity: the model scales its input itself)."""
-        if self.kind == LITE:
+        if self.kind == LITE:  # the constructors are defined at the end of this module
             return globals()[self.lite_constructor], lite_preprocess_input
         import keras
 
@@ -591,7 +591,8 @@ def lite_application(name: str, weights: str | None = "imagenet", include_top: b
 
     * ``include_top=True``: pixels 0-255 -> the 1000 ImageNet probabilities (``fc``, then a softmax); ``False``:
       -> the last feature map (``pooling=None``), or its average (``"avg"``: the features, ``spec.feature_dim``)
-      or maximum (``"max"``) over the image, as ``keras.applications`` does.
+      or maximum (``"max"``) over the image, as ``keras.applications`` does (which ignores ``pooling`` with the
+      top, as this does).
     * ``input_shape``: ``(size, size, 3)``, default the native size; ``input_tensor``: a Keras tensor to build the
       model on (its size is the input size), e.g. ``preprocess_input(keras.Input(...))``. Any square size of at
       least :data:`MIN_IMAGE_SIZE` works with the top too (the network ends with a global average pooling).
@@ -625,9 +626,9 @@ def lite_application(name: str, weights: str | None = "imagenet", include_top: b
                          f"got {shape}")
     trained = load_backbone(spec.name, shape[0])  # the featurizer's network: its architecture and weights
     network = build_efficientnet_lite(trained.blocks, shape[0], name=spec.name, input_tensor=input_tensor)
-    for layer in network.layers:
-        if layer.weights:
-            layer.set_weights(trained.classifier.get_layer(layer.name).get_weights())
+    for layer in trained.classifier.layers:  # by name: layers before input_tensor are the caller's, left alone
+        for mine, theirs in zip(network.get_layer(layer.name).weights if layer.weights else (), layer.weights):
+            mine.assign(theirs)
     if include_top:
         outputs = keras.layers.Softmax(name="probabilities")(network.output)
     else:
