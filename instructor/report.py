@@ -186,13 +186,11 @@ def _tables(results: Mapping[str, Any], get: _Reader) -> dict[str, pd.DataFrame]
             [[str(name), _fmt(value)] for name, value in validation.items()],
             columns=["Classifier", "Mean validation accuracy over the shot counts"])
 
-    for key, heading, column, value in (
-            ("backbone_comparison", "Backbone comparison", "Backbone", "Deep-feature test accuracy"),
-            ("image_size_cv_accuracy", "Input size (main backbone), chosen on the training images",
-             "Image size (px)", "Mean cross-validation accuracy on the training images")):
-        found = _mapping(get(DEEP, key))
-        if found:
-            tables[heading] = pd.DataFrame([[str(k), _fmt(v)] for k, v in found.items()], columns=[column, value])
+    sizes = _mapping(get(DEEP, "image_size_cv_accuracy"))
+    if sizes:
+        tables["Input size (main backbone), chosen on the training images"] = pd.DataFrame(
+            [[str(k), _fmt(v)] for k, v in sizes.items()],
+            columns=["Image size (px)", "Mean cross-validation accuracy on the training images"])
 
     run = _mapping(results.get("run"))
     info = [[key.replace("_", " "), _fmt(get.run_info(key))] for key in RUN_KEYS]

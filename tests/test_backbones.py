@@ -201,3 +201,70 @@ def test_random_weights_are_the_same_in_every_build_and_only_for_keras_applicati
         load_backbone("efficientnet_lite0", 64, None)
     with pytest.raises(ValueError, match="weights must be"):
         backbones.weights_fingerprint("mobilenet_v2", "random")
+
+
+def test_lite_constructors_read_like_keras_applications_and_give_the_featurizers_features() -> None:
+    """``backbones.EfficientNetLite0``: keras.applications' call, a new model whose first layer scales the input,
+    the 1000 probabilities with the top and the last feature map without it, the featurizer's features."""
+    import keras
+    from utils.features import featurize_images
+
+    size = 64
+    Network, preprocess_input = backbones.application("efficientnet_lite0")
+    assert Network is backbones.EfficientNetLite0 and preprocess_input is backbones.lite_preprocess_input
+    assert get_spec("efficientnet_lite0").application_names == ("backbones.EfficientNetLite0",
+                                                                "backbones.lite_preprocess_input")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    resized = keras.ops.convert_to_numpy(keras.layers.Resizing(size, size)(images.astype("float32")))
+    assert preprocess_input(resized) is resized  # the identity: the scaling is inside the model
+
+    pixels = keras.Input((size, size, 3))
+    model = Network(weights="imagenet", include_top=True, input_tensor=preprocess_input(pixels))
+    scale = model.layers[1]
+    assert (scale.name, type(scale).__name__) == ("scale", "Rescaling")
+    assert (scale.scale, scale.offset) == (1 / 128.0, -127.0 / 128.0)
+    probabilities = model.predict(resized, verbose=0)
+    assert probabilities.shape == (3, 1000) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+
+    featurizer = load_backbone("efficientnet_lite0", size)
+    assert model.get_layer("fc") is not featurizer.classifier.get_layer("fc")  # a new model, like keras'
+    cut = keras.Model(pixels, model.get_layer("fc").input).predict(resized, verbose=0)
+    assert_close(cut, np.asarray(featurizer.feature_model(resized)))
+    assert_close(cut, featurize_images(images, "efficientnet_lite0", size, use_cache=False))
+
+    feature_map = backbones.EfficientNetLite0(include_top=False, input_shape=(size, size, 3))
+    assert feature_map.output_shape == (None, size // 32, size // 32, 1280)
+    pooled = backbones.EfficientNetLite0(include_top=False, input_shape=(size, size, 3), pooling="avg")
+    assert_close(pooled.predict(resized, verbose=0), cut)
+    # input_tensor may come out of other layers: the model then starts at their input, in one flat graph
+    small = keras.Input((32, 32, 3))
+    on_small = backbones.EfficientNetLite0(include_top=False, pooling="avg",
+                                           input_tensor=keras.layers.Resizing(size, size)(small))
+    assert_close(on_small.predict(images.astype("float32"), verbose=0), cut)
+    assert "blocks_10_add" in [layer.name for layer in on_small.layers]
+
+    with pytest.raises(ValueError, match="ImageNet weights only"):
+        backbones.EfficientNetLite0(weights=None)
+    with pytest.raises(ValueError, match="square"):
+        backbones.EfficientNetLite0(input_shape=(size, 48, 3))
+    with pytest.raises(ValueError, match="pooling"):
+        backbones.EfficientNetLite0(include_top=False, pooling="min")
+
+
+def test_every_backbone_has_a_constructor_and_its_preprocess_input() -> None:
+    import keras
+
+    for name, spec in REGISTRY.items():
+        constructor, preprocess_input = backbones.application(name)
+        written, scaling = spec.application_names
+        assert written.rsplit(".", 1)[1] == constructor.__name__, name
+        if spec.offline:
+            assert written == f"backbones.{constructor.__name__}"
+            assert getattr(backbones, constructor.__name__) is constructor
+            assert preprocess_input is backbones.lite_preprocess_input
+        else:
+            assert constructor is getattr(keras.applications, spec.constructor)
+            assert preprocess_input is getattr(keras.applications, spec.module).preprocess_input
+            assert scaling == f"keras.applications.{spec.module}.preprocess_input"
+    with pytest.raises(ValueError, match="keras.applications.MobileNetV2"):
+        backbones.lite_application("mobilenet_v2")

@@ -1,5 +1,6 @@
-"""Lessons 3 and 4: lesson 3 runs a keras.applications backbone through the same cells (random weights, offline),
-and no exercise of lessons 3 and 4 has its answer on screen above it."""
+"""Lessons 3 and 4: lesson 3 runs the load it teaches, one constructor call for the offline backbone and for a
+keras.applications one (random weights, offline), and no exercise of lessons 3 and 4 has its answer on screen above
+it."""
 
 from __future__ import annotations
 
@@ -30,11 +31,15 @@ def _outputs(cell) -> str:
     return "".join(parts)
 
 
+def _exercise_cell(nb, exercise_id: str) -> int:
+    """The index of the (first) cell that checks ``exercise_id``."""
+    return next(i for i, c in enumerate(nb.cells)
+                if c.cell_type == "code" and f'checks.check("{exercise_id}"' in c.source)
+
+
 def _shown_before(nb, exercise_id: str) -> str:
     """Every output above the exercise cell that checks ``exercise_id``."""
-    cells = nb.cells[: next(i for i, c in enumerate(nb.cells)
-                            if c.cell_type == "code" and f'checks.check("{exercise_id}"' in c.source)]
-    return "\n".join(_outputs(c) for c in cells if c.cell_type == "code")
+    return "\n".join(_outputs(c) for c in nb.cells[: _exercise_cell(nb, exercise_id)] if c.cell_type == "code")
 
 
 def _lesson3_cut(name: str, weights: str | None, images: np.ndarray) -> np.ndarray:
@@ -42,38 +47,45 @@ def _lesson3_cut(name: str, weights: str | None, images: np.ndarray) -> np.ndarr
     import keras
 
     spec = backbones.get_spec(name)
-    network_class, preprocess_input = spec.application()
-    if weights is None:
-        keras.utils.set_random_seed(backbones.RANDOM_WEIGHTS_SEED)
+    network_class, preprocess_input = backbones.application(name)
+    keras.utils.set_random_seed(backbones.RANDOM_WEIGHTS_SEED)  # weights=None: the featurizer's draw
     pixels = keras.Input((SIZE, SIZE, 3))
-    network = network_class(weights=weights, include_top=True, input_shape=(SIZE, SIZE, 3),
-                            input_tensor=preprocess_input(pixels))
+    network = network_class(weights=weights, include_top=True, input_tensor=preprocess_input(pixels))
     cut = keras.Model(pixels, network.get_layer(spec.head).input)
     resized = keras.ops.convert_to_numpy(keras.layers.Resizing(SIZE, SIZE)(images.astype("float32")))
     return cut.predict(resized, verbose=0)
 
 
-def test_lesson3_runs_a_keras_applications_backbone_with_random_weights(tmp_path, small_data_dir) -> None:
-    parameters = dict(SMALL, data_dir=str(small_data_dir), backbone="mobilenet_v2", weights=None,
-                      size_grid=[SIZE], compare_backbones=[], probe_per_class=6)
+@pytest.mark.parametrize("name, weights, call", [
+    ("efficientnet_lite0", "imagenet", "backbones.EfficientNetLite0(weights='imagenet', include_top=True)"),
+    ("mobilenet_v2", None, "keras.applications.MobileNetV2(weights=None, include_top=True)"),
+], ids=["offline", "keras-applications-random"])
+def test_lesson3_runs_the_constructor_it_teaches(tmp_path, small_data_dir, name, weights, call) -> None:
+    """One cell, without if/else, builds the offline network and a keras.applications one (random weights,
+    offline) with the call it prints; the featurizer gives the same features; the classifier is trained on them."""
+    parameters = dict(SMALL, data_dir=str(small_data_dir), backbone=name, weights=weights, size_grid=[64, SIZE],
+                      n_timed=32, compare_backbones=["efficientnet_lite0"], compare_per_class=6, probe_per_class=6)
     results = run.run_course(tmp_path / "build", parameters,
                              notebooks=[NOTEBOOK_DIR / "03_deep_features_classifier.ipynb"], log=lambda _: None)
     m = results["metrics"]["03_deep_features_classifier"]
-    assert m["head"] == "predictions" and m["feature_dim"] == 1280
+    spec = backbones.get_spec(name)
+    assert m["head"] == spec.head and m["feature_dim"] == 1280 and m["constructor"] == call.split("(")[0]
     assert m["keras_vs_featurizer_relative_diff"] < 1e-4  # the lesson's cut against the featurizer, in the run
+    assert sorted(m["featurize_seconds"]) == ["64", str(SIZE)] and min(m["featurize_seconds"].values()) > 0
     nb = nbformat.read(tmp_path / "build" / "notebooks" / "03_deep_features_classifier.ipynb", as_version=4)
-    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    assert "Network(weights=weights, include_top=True" in code and "preprocess_input(pixels)" in code
-    assert "keras.applications.MobileNetV2(weights=None, include_top=True)" in "\n".join(map(_outputs, nb.cells))
+    load = next(c for c in nb.cells if c.cell_type == "code" and "backbones.application(backbone)" in c.source)
+    assert "Network(weights=weights, include_top=True" in load.source and "preprocess_input(pixels)" in load.source
+    assert not re.search(r"^\s*(if|else|elif)\b", load.source, re.M)  # the same lines for every backbone
+    assert call in _outputs(load)
 
-    # The same cut, recomputed here, equals the featurizer with the same (seeded random) weights.
+    # The same cut, recomputed here, equals the featurizer with the same weights (seeded random ones for None).
     train, test = data.load_course_data(small_data_dir, SMALL["n_train_per_class"], SMALL["n_test_per_class"])
-    featurized = features.featurize_images(test.images[:8], "mobilenet_v2", SIZE, weights=None)
-    cut = _lesson3_cut("mobilenet_v2", None, test.images[:8])
+    featurized = features.featurize_images(test.images[:8], name, SIZE, weights=weights)
+    cut = _lesson3_cut(name, weights, test.images[:8])
     assert np.abs(cut - featurized).max() <= 1e-4 * np.abs(cut).max()
-    # ... and the lesson's classifier was trained on those features, not on ImageNet ones.
-    f_train = features.featurize_images(train.images, "mobilenet_v2", SIZE, weights=None)
-    f_test = features.featurize_images(test.images, "mobilenet_v2", SIZE, weights=None)
+    # ... and the lesson's classifier was trained on those features (ImageNet ones or random ones).
+    f_train = features.featurize_images(train.images, name, SIZE, weights=weights)
+    f_test = features.featurize_images(test.images, name, SIZE, weights=weights)
     probe = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(C=0.01, max_iter=1000))])
     assert m["deep_feature_accuracy"] == pytest.approx(probe.fit(f_train, train.labels).score(f_test, test.labels))
     assert backbones.weights_fingerprint("mobilenet_v2", None) != backbones.weights_fingerprint("mobilenet_v2")
@@ -90,6 +102,19 @@ def test_no_answer_of_lessons_3_and_4_is_on_screen_before_its_exercise(course) -
     head = backbones.imagenet_model("efficientnet_lite0", SMALL["image_size"]).get_layer("fc")
     removed = head.count_params()  # exercise 3.1: what cutting the output layer removed
     assert not re.search(rf"\b({removed}|{removed:,})\b", _shown_before(lesson3, "3.1"))
+    # Exercise 3.3 (which class gains most over raw pixels): no per-class raw-pixel figure above it, so no table
+    # that names the classes beside raw pixels and no gain of the best class (raw: lesson 2's, the same model).
+    above = [_outputs(c) for c in lesson3.cells[: _exercise_cell(lesson3, "3.3")] if c.cell_type == "code"]
+    classes = course["metrics"]["03_deep_features_classifier"]["classes"]
+    assert not [text for text in above if "raw" in text.lower() and all(c in text for c in classes)]
+    deep = course["metrics"]["03_deep_features_classifier"]["per_class_accuracy"]
+    raw = course["metrics"]["02_raw_pixel_classifier"]["per_class_accuracy"]
+    gains = {c: deep[c] - raw[c] for c in classes}
+    overall = (course["metrics"]["03_deep_features_classifier"]["deep_feature_accuracy"]
+               - course["metrics"]["03_deep_features_classifier"]["raw_pixel_accuracy"])
+    best = max(gains.values())
+    if f"{best:+.3f}" != f"{overall:+.3f}":
+        assert f"{best:+.3f}" not in "\n".join(above)
 
     lesson4 = nbformat.read(build / "04_image_retrieval.ipynb", as_version=4)
     train, test = data.load_course_data(course["data_dir"], SMALL["n_train_per_class"], SMALL["n_test_per_class"])

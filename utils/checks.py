@@ -31,7 +31,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, pairwise_distances
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import cross_val_score, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -214,9 +214,10 @@ def _(model, X_train, y_train, seed):
 def _(model, layer, C, X_train, y_train, X_test, y_test):
     import keras  # here, not at the top: importing the checks must not start TensorFlow
 
+    pixels = model.inputs[0]  # a keras.applications model built on input_tensor lists its inputs
     pooled = keras.layers.GlobalAveragePooling2D()(model.get_layer(layer).output)
-    cut = keras.Model(model.input, pooled)
-    size = model.input.shape[1:3]
+    cut = keras.Model(pixels, pooled)
+    size = pixels.shape[1:3]
     resize = keras.layers.Resizing(*size, interpolation="bilinear")
 
     images = np.concatenate([X_train, X_test]).astype("float32")
@@ -224,6 +225,15 @@ def _(model, layer, C, X_train, y_train, X_test, y_test):
     f_train, f_test = np.split(cut_features, [len(X_train)])
     probe = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(C=C, max_iter=1000))])
     return _accuracy(probe.fit(f_train, y_train), f_test, y_test)
+
+
+@exercise("3.6", tolerance=1e-3, hint="GridSearchCV(deep_model, {'features__backbone': candidates, "
+                                      "'features__weights': ['imagenet']}, cv=cv_folds), fitted on the training "
+                                      "images; its best_score_")
+def _(model, backbones, cv_folds, X_train, y_train):
+    scores = [cross_val_score(clone(model).set_params(features__backbone=name, features__weights="imagenet"),
+                              X_train, y_train, cv=cv_folds).mean() for name in backbones]
+    return float(max(scores))
 
 
 # Lesson 4: retrieval.
