@@ -104,8 +104,9 @@ SHIFT, LABEL_SMOOTHING = BEFORE_ISSUE_25["shift"], BEFORE_ISSUE_25["label_smooth
 
 
 def recompute_batchnorm(top, a_fit: np.ndarray, seed: int, n_images: int = 512, n_batches: int = 4) -> None:
-    """"Precise BatchNorm" (lesson 7's until issue 25): the running statistics of ``top``'s BatchNorm layers replaced by their mean
-    over ``n_batches`` batches of ``n_images`` training activations (forward passes in training mode)."""
+    """"Precise BatchNorm" (lesson 7's until issue 25): the running statistics of ``top``'s BatchNorm layers
+    replaced by their mean over ``n_batches`` batches of ``n_images`` training activations (forward passes in
+    training mode)."""
     import keras
 
     bn_layers = [layer for layer in top.layers if isinstance(layer, keras.layers.BatchNormalization)]

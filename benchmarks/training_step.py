@@ -1,5 +1,6 @@
-"""The fine-tuning lesson's training step (lesson 8; lesson 7 before issue 25), timed: the top's 1x1 convolutions as ``Conv2D`` or ``Dense`` layers, ``fit`` on NumPy
-arrays or on ``fine_tuning.batches``, and (``--onednn``) TensorFlow's oneDNN kernels off and on.
+"""The fine-tuning lesson's training step (lesson 8; lesson 7 before issue 25), timed: the top's 1x1 convolutions
+as ``Conv2D`` or ``Dense`` layers, ``fit`` on NumPy arrays or on ``fine_tuning.batches``, and (``--onednn``)
+TensorFlow's oneDNN kernels off and on.
 
 Four in-process settings -- Conv2D or Dense top (``fine_tuning.pointwise_as_dense``: same weights, same outputs) x
 ``fit(arrays)`` or ``fit(fine_tuning.batches(...))`` (tf.data autotuning off) -- are timed one epoch at a time,

@@ -126,7 +126,8 @@ def _trained_rows(get: "_Reader") -> list[list[str]]:
                   get.text(FINE_TUNING, "probe_accuracy")],
                  [f"Fine-tuned (from block {get.text(FINE_TUNING, 'top_blocks_from')}{at}"
                   + (f", {epochs} epochs" if epochs is not None else "") + "): the image model, pixels in",
-                  get.text(FINE_TUNING, "fine_tuned_validation_accuracy"), get.text(FINE_TUNING, "fine_tuned_accuracy")],
+                  get.text(FINE_TUNING, "fine_tuned_validation_accuracy"),
+                  get.text(FINE_TUNING, "fine_tuned_accuracy")],
                  ["Fine-tuned, on the cached activations", MISSING, get.text(FINE_TUNING, "activation_model_accuracy")]]
     return rows
 
