@@ -10,7 +10,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from utils import backbones, checks, fine_tuning
+from utils import backbones, checks, data, fine_tuning
 from _numerics import assert_close
 
 SIZE = 64  # small images: the split is about layers, not accuracy
@@ -263,11 +263,9 @@ def test_notebook_fine_tunes_and_assembles_an_image_model(tmp_path, course_data_
     assert sum(probabilities.values()) == pytest.approx(1, abs=1e-4)
     assert max(probabilities, key=probabilities.get) in {"cat", "dog"}  # a tabby cat: an animal, at least
     import keras
-    from utils import data
-
-    reloaded = keras.models.load_model(model_path)  # the saved file alone, in another process
     import skimage.data
 
+    reloaded = keras.models.load_model(model_path)  # the saved file alone, in another process
     photo = data.load_image(Path(skimage.data.__file__).parent / "chelsea.png")
     again = reloaded.predict(photo[None], verbose=0)[0]
     np.testing.assert_allclose(again, [probabilities[c] for c in ("automobile", "bird", "cat", "dog")], atol=1e-5)
