@@ -1,5 +1,6 @@
-"""Lesson 7's training step, timed: the top's 1x1 convolutions as ``Conv2D`` or ``Dense`` layers, ``fit`` on NumPy
-arrays or on ``fine_tuning.batches``, and (``--onednn``) TensorFlow's oneDNN kernels off and on.
+"""The fine-tuning lesson's training step (lesson 8; lesson 7 before issue 25), timed: the top's 1x1 convolutions
+as ``Conv2D`` or ``Dense`` layers, ``fit`` on NumPy arrays or on ``fine_tuning.batches``, and (``--onednn``)
+TensorFlow's oneDNN kernels off and on.
 
 Four in-process settings -- Conv2D or Dense top (``fine_tuning.pointwise_as_dense``: same weights, same outputs) x
 ``fit(arrays)`` or ``fit(fine_tuning.batches(...))`` (tf.data autotuning off) -- are timed one epoch at a time,
@@ -7,8 +8,9 @@ in rotating order, ``--repeats`` times each in one process, so that the machine'
 median, it counts the **slow fits** (over 1.5x the setting's fastest): on a 2-core CPU, ``fit`` on NumPy arrays
 sometimes leaves a core idle (tf.data's autotuner) and runs at half speed. TensorFlow reads
 ``TF_ENABLE_ONEDNN_OPTS`` once, at start-up, so ``--onednn`` runs the worker again in fresh processes, alternating
-off and on (TensorFlow's Linux wheels enable oneDNN only on CPUs with AVX-512 VNNI/BF16 or AMX). The step is
-lesson 7's (the constants of ``fine_tuning.py``): EfficientNet-Lite0 cut before ``--first-top-block``,
+off and on (TensorFlow's Linux wheels enable oneDNN only on CPUs with AVX-512 VNNI/BF16 or AMX). The step is the
+lesson's as it was measured, before issue 25 dropped the shifts, the head's Dropout and label smoothing (the
+constants of ``fine_tuning.py``): EfficientNet-Lite0 cut before ``--first-top-block``,
 ``RandomTranslation`` + the top + Dropout + a softmax Dense head, Adam, label smoothing, on the activations of the
 course's training images (not random ones: the values matter to the kernels). A forward pass (``predict``) is timed
 too.
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 
 from _common import REPO, add_common_arguments, data_dir, load_average, log, table
-from fine_tuning import LABEL_SMOOTHING, SEED, SHIFT  # lesson 7's recipe, declared once for the benchmarks
+from fine_tuning import LABEL_SMOOTHING, SEED, SHIFT  # the step as measured, declared once for the benchmarks
 
 SETTINGS = {"oneDNN off": "0", "oneDNN on": "1"}
 VARIANTS = ["Conv2D top, fit(arrays)", "Conv2D top, fit(batches)", "Dense top, fit(arrays)", "Dense top, fit(batches)"]
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"image_size": args.image_size, "first_top_block": args.first_top_block, "batch_size": args.batch_size,
               "steps": args.steps, "repeats": args.repeats, "cpus": os.cpu_count(),
               "load average": [round(load_before, 2), round(load_average(), 2)], "rows": rows, "runs": runs}
-    table(f"Lesson 7 training step, EfficientNet-Lite0 {args.image_size} px from block {args.first_top_block}, "
+    table(f"Fine-tuning training step, EfficientNet-Lite0 {args.image_size} px from block {args.first_top_block}, "
           f"batch {args.batch_size}, {args.steps} steps per fit",
           ["setting", "variant", "median ms/image", "fastest", "slow fits", "median CPU ms/image"],
           [[r["setting"], r["variant"], r["median ms/image"], r["fastest"], f"{r['slow fits']} of {r['fits']}",

@@ -42,7 +42,7 @@ STATUSES: Final = ("correct", "wrong", "not attempted", "error", "timeout", "mis
 COLUMNS: Final = ("student", "notebook", "exercise", "status", "detail")
 KERNEL_NAME: Final = "deep-features-grade"
 DEFAULT_TIMEOUT: Final = 600
-DEFAULT_MEMORY_GB: Final = 8.0  # the kernel's address space: lesson 7 at the small size peaked at 3.4 GB
+DEFAULT_MEMORY_GB: Final = 8.0  # the kernel's address space: fine-tuning (lesson 8) peaked at 3.4 GB, small size
 WORKER_GRACE_SECONDS: Final = 60  # the worker's deadline after the kernel's: starting and saving
 _CHECK_CALL: Final = re.compile(r"""check\(\s*["']([^"']+)["']""")
 

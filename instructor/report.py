@@ -100,9 +100,36 @@ def _at(values: Any, index: int) -> Any:
     return values[index] if isinstance(values, list) and index < len(values) else None
 
 
-RAW, DEEP, RETRIEVAL, DISTANCES, FEW_SHOT, FINE_TUNING, LARGE_SEARCH = (
+RAW, DEEP, RETRIEVAL, DISTANCES, FEW_SHOT, KERAS, FINE_TUNING, LARGE_SEARCH = (
     "Raw-pixel classifier", "Deep-features classifier", "Image retrieval", "Per-class distances",
-    "Few-shot recognizer", "Fine-tuning", "Search a large collection")
+    "Few-shot recognizer", "Keras classifier", "Fine-tuning", "Search a large collection")
+
+
+def _size(get: "_Reader", lesson: str) -> str:
+    size = get.by_lesson[lesson].get("image_size")  # the lesson's own, maybe not lesson 3's
+    return f", {size} px" if size is not None else ""
+
+
+def _trained_rows(get: "_Reader") -> list[list[str]]:
+    """Lesson 7's classifiers on the frozen features and lesson 8's fine-tuned network, each where it ran."""
+    rows = []
+    if KERAS in get.by_lesson:
+        at = _size(get, KERAS)
+        rows += [[f"Logistic regression on the frozen features{at}",
+                  get.text(KERAS, "logistic_validation_accuracy"), get.text(KERAS, "logistic_test_accuracy")],
+                 [f"Keras softmax head on the frozen features, early stopping{at}",
+                  get.text(KERAS, "head_validation_accuracy"), get.text(KERAS, "head_test_accuracy")]]
+    if FINE_TUNING in get.by_lesson:
+        at = _size(get, FINE_TUNING)
+        epochs = get(FINE_TUNING, "fine_tune_epochs_run")
+        rows += [[f"Linear probe (frozen network + Keras head{at})", get.text(FINE_TUNING, "probe_validation_accuracy"),
+                  get.text(FINE_TUNING, "probe_accuracy")],
+                 [f"Fine-tuned (from block {get.text(FINE_TUNING, 'top_blocks_from')}{at}"
+                  + (f", {epochs} epochs" if epochs is not None else "") + "): the image model, pixels in",
+                  get.text(FINE_TUNING, "fine_tuned_validation_accuracy"),
+                  get.text(FINE_TUNING, "fine_tuned_accuracy")],
+                 ["Fine-tuned, on the cached activations", MISSING, get.text(FINE_TUNING, "activation_model_accuracy")]]
+    return rows
 
 
 def results_tables(results: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
@@ -148,18 +175,10 @@ def _tables(results: Mapping[str, Any], get: _Reader) -> dict[str, pd.DataFrame]
          get.text(LARGE_SEARCH, "recall_at_10_hnsw"), MISSING],
     ], columns=["Measure", "This run", "Classic course"])}
 
-    if FINE_TUNING in get.by_lesson:
-        size = get.by_lesson[FINE_TUNING].get("image_size")  # lesson 7's own, maybe not lesson 3's
-        at = f", {size} px" if size is not None else ""
-        epochs = get(FINE_TUNING, "fine_tune_epochs_run")
-        tables["Linear probe vs fine-tuned"] = pd.DataFrame(
-            [[f"Linear probe (frozen backbone{at})", get.text(FINE_TUNING, "probe_validation_accuracy"),
-              get.text(FINE_TUNING, "linear_probe_accuracy")],
-             ["Frozen backbone, Keras head", get.text(FINE_TUNING, "frozen_head_validation_accuracy"), MISSING],
-             [f"Fine-tuned (from block {get.text(FINE_TUNING, 'top_blocks_from')}{at}"
-              + (f", {epochs} epochs)" if epochs is not None else ")"),
-              get.text(FINE_TUNING, "fine_tuned_validation_accuracy"), get.text(FINE_TUNING, "fine_tuned_accuracy")]],
-            columns=["Model", "Validation accuracy (chooses)", "Test accuracy (scored once)"])
+    trained = _trained_rows(get)
+    if trained:
+        tables["Keras classifier and fine-tuning"] = pd.DataFrame(
+            trained, columns=["Model", "Validation accuracy (chooses)", "Test accuracy (scored once)"])
 
     raw, deep = _mapping(get(RAW, "per_class_accuracy")), _mapping(get(DEEP, "per_class_accuracy"))
     nn = _mapping(get(DISTANCES, "per_class_1nn_accuracy"))

@@ -26,9 +26,12 @@ def ids_in(cells) -> list[str]:
     return [i for cell in cells if cell.cell_type == "code" for i in CHECK_CALL.findall(cell.source)]
 
 
-@pytest.mark.parametrize("lesson", range(1, 7))
-def test_every_check_of_lessons_1_to_6_is_registered_and_has_a_solution(lesson: int) -> None:
-    path = next(NOTEBOOKS.glob(f"{lesson:02d}_*.ipynb"))
+LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_every_check_of_every_lesson_is_registered_and_has_a_solution(path: Path) -> None:
+    lesson = int(path.name[:2])
     nb = nbformat.read(path, as_version=4)
     solutions = [c for c in nb.cells if "solution" in c.get("metadata", {}).get("tags", [])]
     exercises = [c for c in nb.cells if c not in solutions]

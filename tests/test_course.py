@@ -149,18 +149,18 @@ def test_results_md_beside_classic(built: dict) -> None:
     assert rows["Retrieval mean average precision, Euclidean / cosine"] == ["—", "—"]  # not in the fake run
     assert rows["cat"] == ["0.250", "—", "0.500"]
     assert rows["backbone"] == ["efficientnet_lite0"] and rows["image size"] == ["96"]
-    assert "Linear probe vs fine-tuned" not in (built["build"] / "results.md").read_text()
+    assert "Keras classifier and fine-tuning" not in (built["build"] / "results.md").read_text()
 
 
 def test_report_finds_metrics_by_lesson_title_not_number() -> None:
-    """Renumbered lessons; lessons 2, 3 and 7 all write per_class_accuracy, each read from its own lesson."""
+    """Renumbered lessons; lessons 2, 3 and 8 all write per_class_accuracy, each read from its own lesson."""
     results = {"metrics": {
         "01_deep": {"lesson": "Deep-features classifier", "deep_feature_accuracy": 0.9, "raw_pixel_accuracy": 0.4,
                     "per_class_accuracy": {"cat": 0.8}},
         "04_raw": {"lesson": "Raw-pixel classifier", "raw_pixel_accuracy": 0.4, "per_class_accuracy": {"cat": 0.3}},
         "09_nn": {"lesson": "Per-class distances", "dog_1nn_correct": 3, "dog_test_count": 4,
                   "dog_1nn_accuracy": 0.75, "per_class_1nn_accuracy": {"cat": 0.6}},
-        "12_tune": {"lesson": "Fine-tuning", "linear_probe_accuracy": 0.81, "fine_tuned_accuracy": 0.86,
+        "12_tune": {"lesson": "Fine-tuning", "probe_accuracy": 0.81, "fine_tuned_accuracy": 0.86,
                     "fine_tuned_validation_accuracy": 0.87, "top_blocks_from": 11,
                     "per_class_accuracy": {"probe": {"cat": 0.1}}},
         "10_retrieval": {"lesson": "Image retrieval", "map_euclidean": 0.49, "map_cosine": 0.52},
@@ -172,11 +172,16 @@ def test_report_finds_metrics_by_lesson_title_not_number() -> None:
     assert rows["cat"] == ["0.300", "0.800", "0.600"]
     assert rows["Retrieval mean average precision, Euclidean / cosine"] == ["0.490 / 0.520", "—"]
     assert rows["224"] == ["0.830"] and "chosen on the training images" in markdown
-    assert "## Linear probe vs fine-tuned" in markdown
-    assert rows["Linear probe (frozen backbone)"] == ["—", "0.810"] and rows["Fine-tuned (from block 11)"] == ["0.870", "0.860"]
+    assert "## Keras classifier and fine-tuning" in markdown
+    assert rows["Linear probe (frozen network + Keras head)"] == ["—", "0.810"]
+    assert rows["Fine-tuned (from block 11): the image model, pixels in"] == ["0.870", "0.860"]
     assert "Per-class distances: dog_1nn_correct_cosine" in report.report_gaps(results)
-    only_probe = report.results_tables({"metrics": {"07_x": {"lesson": "Fine-tuning", "linear_probe_accuracy": 0.5}}})
-    assert only_probe["Linear probe vs fine-tuned"]["Test accuracy (scored once)"].tolist() == ["0.500", "—", "—"]
+    only_probe = report.results_tables({"metrics": {"07_x": {"lesson": "Fine-tuning", "probe_accuracy": 0.5}}})
+    table = only_probe["Keras classifier and fine-tuning"]
+    assert table["Test accuracy (scored once)"].tolist() == ["0.500", "—", "—"]
+    only_keras = report.results_tables({"metrics": {"03_x": {"lesson": "Keras classifier", "head_test_accuracy": 0.8}}})
+    table = only_keras["Keras classifier and fine-tuning"]
+    assert table["Test accuracy (scored once)"].tolist() == ["—", "0.800"]
 
 
 def test_the_report_reads_only_declared_metrics(monkeypatch: pytest.MonkeyPatch) -> None:

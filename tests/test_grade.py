@@ -133,17 +133,17 @@ def test_grade_the_five_students(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_checks_record_results_only_for_the_grader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     model = {"fine_tuned_predicted": [0, 1, 2, 3], "probe_predicted": [0, 9, 9, 9], "labels": [0, 1, 2, 3]}
-    checks.check("7.2", 3, **model)  # no variable: nothing written anywhere
+    checks.check("8.2", 3, **model)  # no variable: nothing written anywhere
     results = tmp_path / "results.jsonl"
     monkeypatch.setenv(runtime.CHECK_RESULTS_ENV_VAR, str(results))
-    checks.check("7.2", ..., **model)
-    checks.check("7.2", 1, **model)
-    checks.check("7.2", 3, **model)
+    checks.check("8.2", ..., **model)
+    checks.check("8.2", 1, **model)
+    checks.check("8.2", 3, **model)
     lines = [json.loads(line) for line in results.read_text().splitlines()]
     assert [(r["exercise"], r["status"], r["answer"]) for r in lines] == [
-        ("7.2", "not attempted", "Ellipsis"), ("7.2", "wrong", "1"), ("7.2", "correct", "3")]
+        ("8.2", "not attempted", "Ellipsis"), ("8.2", "wrong", "1"), ("8.2", "correct", "3")]
     assert "62720" not in capsys.readouterr().out.replace("correct", "")  # nothing printed beyond the verdicts
-    assert grade._read_results(results) == {"7.2": {"status": "correct", "answer": "3"}}  # the last counts
+    assert grade._read_results(results) == {"8.2": {"status": "correct", "answer": "3"}}  # the last counts
 
 
 def _limited(*args: str, code: str) -> subprocess.CompletedProcess:

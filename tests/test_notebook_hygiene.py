@@ -113,21 +113,21 @@ def test_a_check_records_its_answer_only_where_the_runner_asks(tmp_path: Path, m
 
     key = tmp_path / "answers.jsonl"
     monkeypatch.delenv(runtime.ANSWERS_ENV_VAR, raising=False)
-    assert checks.check("7.2", 119, fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is False and not key.exists()
+    assert checks.check("8.2", 119, fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is False and not key.exists()
     monkeypatch.setenv(runtime.ANSWERS_ENV_VAR, str(key))
-    assert checks.check("7.2", ..., fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is None and not key.exists()  # nothing computed
-    assert checks.check("7.2", 120, fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is True
-    assert hygiene.read_answer_key(key) == {"7.2": hygiene.Answer(120, 0)}
+    assert checks.check("8.2", ..., fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is None and not key.exists()  # nothing computed
+    assert checks.check("8.2", 120, fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is True
+    assert hygiene.read_answer_key(key) == {"8.2": hygiene.Answer(120, 0)}
     assert "120" not in capsys.readouterr().out
 
 
 def _exercise_notebook(tmp_path: Path, leak: bool) -> Path:
-    """A fixture lesson with exercise 7.2 (120 images fixed by fine-tuning), its solution at the end and,
+    """A fixture lesson with exercise 8.2 (120 images fixed by fine-tuning), its solution at the end and,
     when ``leak``, a cell that prints the answer before the exercise."""
     path = make_notebook(tmp_path, "07_ask", "Ask", ["Answer"], "{}")
     nb = nbformat.read(path, as_version=4)
     printed = "print(f'the activations hold {4 * 5 * 6} numbers')" if leak else "print('4 x 5 x 6 activations')"
-    exercise = "from utils import checks\nanswer = ...\nchecks.check('7.2', answer, fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200)));"
+    exercise = "from utils import checks\nanswer = ...\nchecks.check('8.2', answer, fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200)));"
     solution = new_code_cell(exercise.replace("...", "4 * 5 * 6"))
     solution.metadata["tags"] = ["solution"]
     nb.cells += [new_code_cell(printed), new_markdown_cell("**1.** How many numbers?"), new_code_cell(exercise),
@@ -141,12 +141,12 @@ def test_the_run_records_each_answer_and_a_leak_is_found(tmp_path: Path, leak: b
     path = _exercise_notebook(tmp_path, leak)
     run.run_course(tmp_path / "build", {}, notebooks=[path], log=lambda _: None)
     key = hygiene.read_answer_key(tmp_path / "build" / "answers" / "07_ask.jsonl")
-    assert key == {"7.2": hygiene.Answer(120, 0)}
+    assert key == {"8.2": hygiene.Answer(120, 0)}
     executed = nbformat.read(tmp_path / "build" / "notebooks" / "07_ask.ipynb", as_version=4)
     leaks, unchecked = hygiene.answer_leaks(executed, key)
     assert unchecked == []
     assert [(l.exercise, l.shown, executed.cells[l.cell].source) for l in leaks] == (
-        [("7.2", "120", executed.cells[-5].source)] if leak else [])
+        [("8.2", "120", executed.cells[-5].source)] if leak else [])
     assert "120" not in "".join(hygiene.output_text(c) for c in executed.cells[-3:])  # the check never shows it
 
 

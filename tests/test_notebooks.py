@@ -1,4 +1,4 @@
-"""The six course notebooks, executed by papermill at a small size on the real course images.
+"""The course notebooks, executed by papermill at a small size on the real course images.
 
 Assertions are on what the notebooks compute (their metrics JSON and executed outputs), checked against
 independent recomputations where that is cheap.
@@ -23,7 +23,8 @@ from utils import data, features, lesson_metrics
 
 pytestmark = pytest.mark.slow
 LESSONS = ["01_explore_data", "02_raw_pixel_classifier", "03_deep_features_classifier", "04_image_retrieval",
-           "05_per_class_distances", "06_few_shot_recognizer", "07_fine_tuning", "08_search_a_large_collection"]
+           "05_per_class_distances", "06_few_shot_recognizer", "07_keras_classifier", "08_fine_tuning",
+           "09_search_a_large_collection"]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,15 @@ def test_the_lessons_write_the_library_calls_in_their_cells() -> None:
                 "06_few_shot_recognizer": ["Pipeline(", "DeepFeatures(", "joblib.dump(", "joblib.load(",
                                            "StandardScaler(", "Normalizer(", "NearestCentroid(",
                                            "LogisticRegression("],
-                "08_search_a_large_collection": ["NearestNeighbors(", "faiss.normalize_L2(", "faiss.IndexFlatIP(",
+                "07_keras_classifier": ["keras.utils.to_categorical(", "keras.layers.Dense(", "softmax",
+                                        "keras.losses.CategoricalCrossentropy(", "keras.optimizers.Adam(",
+                                        ".compile(", ".fit(", "keras.callbacks.EarlyStopping(",
+                                        "restore_best_weights=True", "LogisticRegression("],
+                "08_fine_tuning": ["keras.models.clone_model(", "keras.Model(", ".trainable = False",
+                                   ".trainable = True", "fine_tuning.activations(", "CosineDecay(",
+                                   ".fit(", "keras.layers.Resizing(", ".save(", "keras.models.load_model(",
+                                   "data.load_image("],
+                "09_search_a_large_collection": ["NearestNeighbors(", "faiss.normalize_L2(", "faiss.IndexFlatIP(",
                                                  "faiss.IndexHNSWFlat(", ".search(", "LocalCluster(",
                                                  "client.submit(", "client.gather("]}
     for name, calls in required.items():
@@ -239,17 +248,29 @@ def test_few_shot_curve_rises_and_deep_features_win(run) -> None:
     assert recognizer["classes"] == list(data.COURSE_CLASSES) and recognizer["images"] == 20
 
 
-def test_fine_tuning_reports_the_probe_beside_the_fine_tuned_model(run) -> None:
-    m = run["metrics"]["07_fine_tuning"]  # accuracy vs the frozen head: tests/test_fine_tuning.py (more images)
-    assert m["linear_probe_accuracy"] == pytest.approx(
-        run["metrics"]["03_deep_features_classifier"]["deep_feature_accuracy"], abs=1e-3)
-    assert 0.25 < m["fine_tuned_accuracy"] <= 1
+def test_keras_classifier_matches_a_recomputation(run, small_split) -> None:
+    m = run["metrics"]["07_keras_classifier"]  # the early stopping and the curves: tests/test_keras_classifier.py
+    train, test = small_split
+    from sklearn.model_selection import train_test_split
+
+    _, val_idx = train_test_split(np.arange(len(train)), test_size=0.2, random_state=0, stratify=train.labels)
+    assert m["validation_images"] == val_idx.tolist()
+    assert m["head_validation_accuracy"] == pytest.approx(
+        (np.array(m["head_val_predicted"]) == train.labels[val_idx]).mean(), abs=1e-9)
+    assert m["epochs_run"] <= m["max_epochs"] and 1 <= m["restored_epoch"] <= m["epochs_run"]
+    assert 0.25 < m["head_test_accuracy"] <= 1 and 0.25 < m["logistic_test_accuracy"] <= 1
+
+
+def test_fine_tuning_reports_the_probe_beside_the_image_model(run) -> None:
+    m = run["metrics"]["08_fine_tuning"]  # accuracy vs the frozen head: tests/test_fine_tuning.py (more images)
+    assert 0.25 < m["fine_tuned_accuracy"] <= 1 and 0.25 < m["probe_accuracy"] <= 1
+    assert abs(m["fine_tuned_accuracy"] - m["activation_model_accuracy"]) <= 1 / m["n_test"] + 1e-9
     assert len(m["fine_tune_curves"]["loss"]) == m["fine_tune_epochs_run"] >= 1
-    assert m["reload_difference"] < 1e-5
+    assert m["reload_difference"] < 1e-5 and m["photo"] == "chelsea.png"
 
 
 def test_search_index_matches_a_recomputation(run, small_split) -> None:
-    m = run["metrics"]["08_search_a_large_collection"]
+    m = run["metrics"]["09_search_a_large_collection"]
     train, test = small_split
     f_train = features.featurize_images(train.images, "efficientnet_lite0", SMALL["image_size"])
     f_test = features.featurize_images(test.images, "efficientnet_lite0", SMALL["image_size"])

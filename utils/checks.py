@@ -122,7 +122,7 @@ def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
     return False
 
 
-# ---- Exercises, one block per lesson (lesson 7's block goes at the end). ----
+# ---- Exercises, one block per lesson. ----
 
 
 def _accuracy(model: Any, X: Any, y: np.ndarray) -> float:
@@ -312,23 +312,82 @@ def _(draws, X_train, y_train, X_test, y_test):
     return float(np.mean(scores))
 
 
-# ---- Lesson 7: fine-tuning ----
+# ---- Lesson 7: a Keras classifier on deep features ----
 
-@exercise("7.1", tolerance=0, hint="count the validation images where fine_tuned_val_predicted == y_val "
-                                    "and frozen_val_predicted != y_val")
+def _predict(model: Any, x: np.ndarray) -> np.ndarray:
+    """``model.predict(x)``: what the lessons call, so the check sees the student's predictions. (Called directly
+    without ``training=False``, a model whose ``Resizing`` layer comes before a nested model ran that model's
+    BatchNorm layers in training mode, Keras 3.15.)"""
+    return np.asarray(model.predict(np.asarray(x), verbose=0))
+
+
+def _keras_head_accuracy(model: Any, features: np.ndarray, labels: np.ndarray) -> float | None:
+    """Validation accuracy of a Keras model that takes the feature vectors (None for anything else)."""
+    try:
+        takes = tuple(model.inputs[0].shape[1:])
+    except (AttributeError, IndexError, TypeError, ValueError):  # None, a model never built or called
+        return None
+    if takes != tuple(np.asarray(features).shape[1:]):
+        return None
+    predicted = _predict(model, features).argmax(axis=1)
+    return float((predicted == np.asarray(labels)).mean())
+
+
+@exercise("7.1", tolerance=1e-4, hint="p = best_head.predict(z_val); -np.log(p[np.arange(len(y_val)), y_val]) "
+                                      "is each image's loss; average it over the images with y_val == the cat label")
+def _(model, features, labels, class_names, class_name):
+    labels = np.asarray(labels)
+    probabilities = np.clip(_predict(model, features).astype(np.float64), 1e-7, 1)
+    losses = -np.log(probabilities[np.arange(len(labels)), labels])
+    return float(losses[labels == list(class_names).index(class_name)].mean())
+
+
+@exercise("7.2", tolerance=1e-5, hint="compile make_head() with keras.optimizers.Adam(learning_rate=10 * "
+                                      "learning_rate), fit it with a new EarlyStopping, then the share of "
+                                      "predict(z_val).argmax(axis=1) == y_val, as computed (not rounded)")
+def _(model, learning_rate, features, labels):
+    # right only for a head compiled with Adam at that learning rate
+    optimizer = getattr(model, "optimizer", None)
+    try:
+        rate = float(np.asarray(optimizer.learning_rate))
+    except (AttributeError, TypeError, ValueError):  # no model, not compiled, or a schedule
+        return None
+    if type(optimizer).__name__ != "Adam" or not np.isclose(rate, learning_rate, rtol=1e-6):
+        return None
+    return _keras_head_accuracy(model, features, labels)
+
+
+@exercise("7.3", tolerance=1e-5, hint="keras.Sequential([keras.Input(...), keras.layers.Dense(64, activation="
+                                      "\"relu\"), keras.layers.Dense(4, activation=\"softmax\")]); compile, fit, "
+                                      "then the share of predict(z_val).argmax(axis=1) == y_val, as computed")
+def _(model, features, labels):
+    # right only for a head with a hidden Dense layer before its output layer
+    import keras  # here, not at the top: importing the checks must not start TensorFlow
+
+    dense = [layer for layer in getattr(model, "layers", []) if isinstance(layer, keras.layers.Dense)]
+    if len(dense) < 2:
+        return None
+    return _keras_head_accuracy(model, features, labels)
+
+
+# ---- Lesson 8: fine-tuning ----
+
+@exercise("8.1", tolerance=0, hint="count the validation images where fine_tuned_val_predicted == y_val "
+                                    "and probe_val_predicted != y_val")
 def _(fine_tuned_predicted, frozen_predicted, labels):
     labels = np.asarray(labels)
     return int(((np.asarray(fine_tuned_predicted) == labels) & (np.asarray(frozen_predicted) != labels)).sum())
 
 
-@exercise("7.2", tolerance=0, hint="count images where fine_tuned_predicted == y_test and probe_predicted != y_test")
+@exercise("8.2", tolerance=0, hint="count images where fine_tuned_predicted == y_test and probe_predicted != y_test")
 def _(fine_tuned_predicted, probe_predicted, labels):
     labels = np.asarray(labels)
     return int(((np.asarray(fine_tuned_predicted) == labels) & (np.asarray(probe_predicted) != labels)).sum())
 
 
-@exercise("7.3", tolerance=1e-3, hint="last_bottom, last_top = cut(net.feature_model, n_blocks - 1); their "
-                                      "activations; step 2 for 1 epoch; answer: the validation accuracy")
+@exercise("8.3", tolerance=1e-5, hint="last_bottom, last_top = cut(net.feature_model, n_blocks - 1); their "
+                                      "activations; step 2 for 1 epoch; answer: the validation accuracy, as "
+                                      "computed (not rounded)")
 def _(bottom, model, network, images, labels):
     # right only for a bottom cut just before the network's last block, and a model that takes its activations
     if bottom is None or model is None or block_count(bottom) != block_count(network) - 1:
@@ -339,23 +398,23 @@ def _(bottom, model, network, images, labels):
         return None
     if takes != tuple(bottom.output.shape[1:]):
         return None
-    predicted = np.asarray(model.predict(activations(bottom, images), verbose=0)).argmax(axis=1)
+    predicted = _predict(model, activations(bottom, images)).argmax(axis=1)
     return float((predicted == np.asarray(labels)).mean())
 
 
-# ---- Lesson 8: search a large collection ----
+# ---- Lesson 9: search a large collection ----
 
 def _exact_top(exact: Any, queries: np.ndarray, k: int) -> np.ndarray:
     return exact.search(np.atleast_2d(queries).astype(np.float32), k)[1]
 
 
-@exercise("8.1", tolerance=0, hint="search both indexes for queries[:1] with k=10 and count the common rows")
+@exercise("9.1", tolerance=0, hint="search both indexes for queries[:1] with k=10 and count the common rows")
 def _(approximate, exact, query):
     found = approximate.search(np.atleast_2d(query).astype(np.float32), 10)[1][0]
     return len(set(found.tolist()) & set(_exact_top(exact, query, 10)[0].tolist()))
 
 
-@exercise("8.2", tolerance=1e-3, hint="hnsw.hnsw.efSearch = 8, search with k=10, then the mean share of each "
+@exercise("9.2", tolerance=1e-3, hint="hnsw.hnsw.efSearch = 8, search with k=10, then the mean share of each "
                                       "query's exact 10 found")
 def _(approximate, queries, exact_rows):
     probe = faiss.clone_index(approximate)  # the student's index keeps its own efSearch
@@ -364,7 +423,7 @@ def _(approximate, queries, exact_rows):
     return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, np.asarray(exact_rows)[:, :10])]))
 
 
-@exercise("8.3", tolerance=1.0, hint="faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT), add the collection, "
+@exercise("9.3", tolerance=1.0, hint="faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT), add the collection, "
                                     "then faiss.serialize_index(index).nbytes / index.ntotal")
 def _(collection):
     index = faiss.IndexHNSWFlat(collection.shape[1], 16, faiss.METRIC_INNER_PRODUCT)

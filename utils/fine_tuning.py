@@ -2,13 +2,13 @@
 
 Fine-tuning only the top blocks of a network leaves the bottom blocks frozen: for a given image they always compute
 the same activations. So compute them **once** (fast, with the TFLite machinery of :mod:`utils.fast_inference`),
-keep them on disk, and train the top blocks + head on them for as many epochs as needed. Lesson 7 cuts the network
+keep them on disk, and train the top blocks + head on them for as many epochs as needed. Lesson 8 cuts the network
 itself with ``keras.Model``; this module holds what a student need not read:
 
 * :func:`activations`: the activations of any frozen Keras ``bottom`` model for uint8 images, cached on disk by
   content (the bottom's weights and shapes, the images, the flip). Flipping an image flips its activations only
   approximately, so flipped images get their own cached activations (``flip=True``).
-* :func:`split_backbone` -> :class:`SplitBackbone`: the same cut as lesson 7's cells, as a function (for the
+* :func:`split_backbone` -> :class:`SplitBackbone`: the same cut as lesson 8's cells, as a function (for the
   benchmark and the tests): ``bottom`` and ``top`` holding a *copy* of the backbone's weights.
 * :func:`pointwise_as_dense`: the same model with its 1x1 convolutions as ``Dense`` layers (same weights, same
   outputs): TensorFlow's CPU gradient of a 1x1 ``Conv2D`` is several times slower than the same matrix product's.
@@ -17,7 +17,7 @@ itself with ``keras.Model``; this module holds what a student need not read:
   (``benchmarks/README.md``).
 * :func:`cpu_has_bf16` / :func:`compute_dtype`: bfloat16 mixed precision only where the CPU computes it natively.
   Native is not enough to be faster: measured slower than float32 for these top blocks
-  (``benchmarks/fine_tuning.py``, ``benchmarks/README.md``), so lesson 7 uses float32.
+  (``benchmarks/fine_tuning.py``, ``benchmarks/README.md``), so lesson 8 uses float32.
 """
 
 from __future__ import annotations

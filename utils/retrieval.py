@@ -2,7 +2,7 @@
 (``python -m utils similar``).
 
 The lessons write the nearest-neighbour search in their cells with scikit-learn's ``NearestNeighbors`` (and
-lesson 8 with faiss); this is the same search packaged for the command line, with the folder's features cached.
+lesson 9 with faiss); this is the same search packaged for the command line, with the folder's features cached.
 A folder and an index of it give the same answers: both rank by cosine distance (1 - cosine
 similarity) by default, the better of the two on deep features in lesson 4, or by Euclidean distance
 with ``metric="euclidean"`` (an index by the metric it was built with, :mod:`utils.index`).

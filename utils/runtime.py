@@ -18,6 +18,7 @@ import contextlib
 import functools
 import importlib.abc
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -309,14 +310,29 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
+class _RetracingAdviceFilter(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls to <function ...> triggered tf.function retracing" advice.
+
+    Keras's ``predict`` traces one ``tf.function`` per model (and per new input shape); a lesson that builds and
+    predicts with several small models, on a few images at the small size, meets the heuristic behind that advice
+    although nothing is wrong. Every other TensorFlow log record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def quiet_tensorflow() -> None:
     """Make TensorFlow's C++ start-up log stay out of notebooks and terminals (called by ``import utils``).
 
     Sets ``TF_CPP_MIN_LOG_LEVEL=2`` unless it is set (TensorFlow's INFO and WARNING lines stay quiet; its errors
     show) and makes the first ``import tensorflow`` of the process, however it is reached, filter the lines of
-    :data:`TENSORFLOW_STARTUP_NOISE`. Set ``TF_CPP_MIN_LOG_LEVEL=0`` to see the whole log. Idempotent; does
-    nothing once TensorFlow is imported.
+    :data:`TENSORFLOW_STARTUP_NOISE`. Set ``TF_CPP_MIN_LOG_LEVEL=0`` to see the whole log. The Python logger
+    ``tensorflow`` drops the retracing advice (:class:`_RetracingAdviceFilter`). Idempotent; does nothing more
+    once TensorFlow is imported.
     """
+    logger = logging.getLogger("tensorflow")  # the logger TensorFlow logs to (tf.get_logger())
+    if not any(isinstance(f, _RetracingAdviceFilter) for f in logger.filters):
+        logger.addFilter(_RetracingAdviceFilter())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
         return
