@@ -302,7 +302,8 @@ def test_a_number_inside_a_dataframe_output_is_found() -> None:
     assert found == {0.81225: ["0.81225"], 1280: ["1280"], 4000: ["4000"]}
     # a column of mixed magnitudes, printed in scientific notation by pandas and numpy
     mixed = pd.DataFrame({"seconds": [8.1225e-7, 1.2345e6]})
-    array = _printed(f"{np.array(mixed.seconds)}\n")
+    with np.printoptions(precision=8, suppress=False):  # numpy's defaults (a lesson's setup() changes them)
+        array = _printed(f"{np.array(mixed.seconds)}\n")
     for shown, printed in [(_result(mixed), "8.122500e-07"), (array, "8.1225e-07")]:
         leaks, _ = hygiene.answer_leaks(_asking("7.2", shown), {"7.2": hygiene.Answer(8.1225e-7, 1e-9)})
         assert [leak.shown for leak in leaks] == [printed]
@@ -352,7 +353,7 @@ def test_no_answer_on_screen_before_its_exercise(course: dict) -> None:
         leaks += [f"{path.name}: {leak}" for leak in found]
         looked_for += sorted(set(asked) - set(unchecked))
     assert len(looked_for) >= 5, looked_for  # the test is not vacuous
-    assert {"2.2", "3.3"} <= set(looked_for)  # the class-name answers too
+    assert "3.3" in looked_for  # a class-name answer too (2.2 asks for a share since issue 25)
     assert leaks == [], "\n".join(leaks)
 
 
