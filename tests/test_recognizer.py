@@ -78,7 +78,7 @@ def test_train_recognizer_reports_the_leave_one_out_accuracy_scikit_learn_comput
     assert all(true != predicted and Path(photo).parts[0] == true for photo, true, predicted in wrong)
     recognizer = Recognizer.load(model)
     sims = leave_one_out_similarities(features, labels, len(CLASSES))
-    assert recognizer.threshold == pytest.approx(sims.min(), rel=1e-6)
+    assert recognizer.threshold == pytest.approx(sims.min(), rel=1e-4)  # a cosine: of size ~0.5
     assert f"below {recognizer.threshold:.3f}" in result.stdout
 
 
