@@ -237,11 +237,9 @@ def run_submission(submission: Submission, executed: Path, parameters: Mapping[s
         spec.parent.mkdir(parents=True)
         spec.write_text(json.dumps(_kernel_spec(memory_bytes, timeout)), "utf-8")
         # The reference lesson says which parameters to inject: a student who deleted the parameters cell still
-        # runs at the instructor's size. metrics_path "" : a submission writes no metrics file.
+        # runs at the instructor's size (a submission writes no metrics: only the course runner collects them).
         declared = papermill.inspect_notebook(str(submission.lesson.path))
         injected = {k: v for k, v in parameters.items() if k in declared}
-        if "metrics_path" in declared:
-            injected["metrics_path"] = ""
         executed.parent.mkdir(parents=True, exist_ok=True)
         executed.unlink(missing_ok=True)  # never show a previous grading's notebook
         job = {"input": str(notebook), "output": str(executed.resolve()), "parameters": injected,

@@ -1,6 +1,6 @@
 """The course report: this run's figures beside the classic course's, as pandas tables (``results.md``).
 
-Every figure is read by lesson title and key, both declared in :mod:`utils.lesson_metrics` (never by lesson
+Every figure is read by lesson title and key, both declared in :mod:`instructor.metrics` (never by lesson
 number, so renumbering a lesson changes nothing). Reading an undeclared figure is an error, and
 :func:`report_gaps` lists the figures the report could not find for a lesson that ran; a figure of a lesson that
 did not run shows as "—".
@@ -16,11 +16,11 @@ from typing import Any, Final
 
 import pandas as pd
 
-from utils import lesson_metrics
-from utils.notebook import to_jsonable
 from utils.runtime import atomic_write
 
 from . import COURSE_TITLE
+from . import metrics as lesson_metrics
+from .metrics import to_jsonable
 
 #: Headline figures of the classic course this one re-creates: the "Deep Features for Image Classification" and
 #: "... for Image Retrieval" notebooks of the University of Washington's Machine Learning Foundations course

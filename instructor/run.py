@@ -1,4 +1,8 @@
-"""Run the course: every lesson notebook in order with papermill, each writing its metrics, then the report.
+"""Run the course: every lesson notebook in order with papermill, then collect its metrics, then the report.
+
+The lessons do not write the report's figures: to the copy it executes, the runner appends one cell (tagged
+``collect-metrics``) that reads them from the notebook's variables as :mod:`instructor.metrics` declares them, and
+writes ``build/metrics/<notebook>.json``; the runner adds the notebook's wall seconds.
 
 Kernels talk to papermill over IPC (Unix sockets) rather than TCP, so ipykernel prints no "Kernel is running over
 TCP without encryption" warning per notebook, and nothing listens on a network port.
@@ -27,11 +31,11 @@ import nbformat
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import CaselessStrEnum
 
-from utils.notebook import to_jsonable
-from utils.runtime import ANSWERS_ENV_VAR
+from utils.runtime import ANSWERS_ENV_VAR, atomic_write
 
 from . import COURSE_TITLE, NOTEBOOK_DIR, REPO
 from .lessons import LessonNotebook, discover_lessons, read_lesson
+from .metrics import collect_cell_source, notebook_contract, to_jsonable
 from .report import CLASSIC_RESULTS, report_gaps, write_results
 
 #: ``--small``: a quick run for smoke tests and slow machines (also what the tests and the fixture data use).
@@ -46,7 +50,14 @@ SMALL_PARAMETERS: Final[Mapping[str, Any]] = {
 #: Versions recorded in results.json (distribution names).
 VERSION_PACKAGES: Final = ("tensorflow", "keras", "numpy", "scikit-learn", "papermill", "jupyter-book", "matplotlib")
 
+#: The tag of the cell the runner appends to collect a lesson's metrics (hidden on the site).
+COLLECT_TAG: Final = "collect-metrics"
+#: Parameters not echoed in the metrics (where the data and the output are, not what was run).
+UNECHOED_PARAMETERS: Final = frozenset({"data_dir"})
+
 Log = Callable[[str], Any]
+#: notebook stem -> (lesson title, {metric: source expression}) or None (:func:`instructor.metrics.notebook_contract`)
+Contract = Callable[[str], "tuple[str, Mapping[str, str]] | None"]
 
 
 class CourseRunError(RuntimeError):
@@ -118,12 +129,13 @@ def _kernel_of(path: Path, requested: str | None) -> str:
 
 def run_course(build_dir: str | os.PathLike[str], parameters: Mapping[str, Any] | None = None,
                notebooks: str | os.PathLike[str] | Iterable[Any] | None = None,
-               kernel_name: str | None = None, log: Log = print) -> dict:
+               kernel_name: str | None = None, log: Log = print,
+               contract: Contract = notebook_contract) -> dict:
     """Execute the lesson notebooks in order into ``build_dir/notebooks/`` and collect their metrics.
 
     ``notebooks`` is a folder, a list of notebook paths / lessons, or ``None`` for the course's ``notebooks/``.
-    Each notebook runs in its own folder with ``metrics_path`` pointing into ``build_dir/metrics/`` plus those of
-    ``parameters`` its parameters cell declares. Returns the results also written to ``results.json`` / ``.md``.
+    Each notebook runs in its own folder with those of ``parameters`` its parameters cell declares; a cell the
+    runner appends writes its metrics into ``build_dir/metrics/``. Returns the results also written to ``results.json`` / ``.md``.
     Raises :class:`CourseRunError` naming the first notebook that fails (its partly executed copy is kept and the
     results so far are still written).
     """
@@ -152,16 +164,13 @@ def run_course(build_dir: str | os.PathLike[str], parameters: Mapping[str, Any] 
         declared = papermill.inspect_notebook(str(lesson.path))
         injected = {k: v for k, v in parameters.items() if k in declared}
         unused -= set(injected)
-        if "metrics_path" in declared:
-            injected["metrics_path"] = str(metrics_file)
-        else:
-            log(f"  warning: {lesson.path.name} declares no metrics_path parameter")
+        source = _with_collect_cell(lesson, metrics_file, set(declared) - UNECHOED_PARAMETERS, contract, log)
         log(f"[{index}/{len(lessons)}] {lesson.path.name} ...")
         tick = time.perf_counter()
         try:
             with _kernel_environment(answers):
                 papermill.execute_notebook(
-                    str(lesson.path), str(output), parameters=injected,
+                    source, str(output), parameters=injected,
                     kernel_name=_kernel_of(lesson.path, kernel_name), cwd=str(lesson.path.parent),
                     progress_bar=False, kernel_manager_class=_kernel_manager_logging_to(kernel_log))
         except Exception as exc:  # papermill's execution error, a dead kernel, ...
@@ -174,6 +183,7 @@ def run_course(build_dir: str | os.PathLike[str], parameters: Mapping[str, Any] 
             log(f"  FAILED: {failure}")
             break
         seconds[lesson.stem] = round(time.perf_counter() - tick, 2)
+        _add_seconds(metrics_file, seconds[lesson.stem])
         log(f"  done in {seconds[lesson.stem]:.1f} s")
     if unused:
         log(f"  warning: no notebook declares parameter(s): {', '.join(sorted(unused))}")
@@ -188,6 +198,33 @@ def run_course(build_dir: str | os.PathLike[str], parameters: Mapping[str, Any] 
         log(f"  warning: the report found no figure for {', '.join(gaps)}")
     log(f"Course ran in {total:.1f} s; results in {build / 'results.md'}")
     return results
+
+
+def _with_collect_cell(lesson: LessonNotebook, metrics_file: Path, parameters: Iterable[str],
+                       contract: Contract, log: Log) -> nbformat.NotebookNode:
+    """The notebook to execute: the lesson with, at its end, the cell that writes its declared metrics."""
+    nb = nbformat.read(lesson.path, as_version=4)
+    found = contract(lesson.stem)
+    if found is None:
+        log(f"  warning: {lesson.path.name} is no lesson of instructor/metrics.py: no metrics collected")
+        return nb
+    title, sources = found
+    cell = nbformat.v4.new_code_cell(collect_cell_source(metrics_file, title, sources, parameters))
+    cell.metadata["tags"] = [COLLECT_TAG]
+    if nb.nbformat_minor < 5:
+        cell.pop("id", None)  # nbformat 4.4 notebooks carry no cell ids
+    nb.cells.append(cell)
+    return nb
+
+
+def _add_seconds(metrics_file: Path, seconds: float) -> None:
+    """Record the notebook's wall seconds (kernel start included) in the metrics it wrote."""
+    try:
+        metrics = json.loads(metrics_file.read_text("utf-8"))
+    except (OSError, ValueError):
+        return  # wrote none: collect_results records None
+    metrics["seconds"] = seconds
+    atomic_write(metrics_file, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
 
 
 def collect_results(build: Path, lessons: list[LessonNotebook], parameters: Mapping[str, Any],

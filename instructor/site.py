@@ -24,6 +24,7 @@ from . import COURSE_TITLE
 from .lessons import discover_lessons
 from .notebooks import install_cell_index
 from .report import report_markdown
+from .run import COLLECT_TAG
 
 INJECTED_PARAMETERS_TAG = "injected-parameters"  # papermill's cell with the parameters of this run
 CONFIG: dict[str, Any] = {
@@ -65,7 +66,7 @@ def prepare_book(build_dir: str | os.PathLike[str]) -> Path:
     for lesson in lessons:
         nb = nbformat.read(lesson.path, as_version=4)
         hidden = [nb.cells[i] for i in (install_cell_index(nb),) if i is not None]  # means nothing on the site
-        hidden += [c for c in nb.cells if INJECTED_PARAMETERS_TAG in c.metadata.get("tags", [])]
+        hidden += [c for c in nb.cells if {INJECTED_PARAMETERS_TAG, COLLECT_TAG} & set(c.metadata.get("tags", []))]
         for cell in hidden:
             cell.metadata.setdefault("tags", []).append("remove-cell")
         nbformat.write(nb, book / lesson.path.name)

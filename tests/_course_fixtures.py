@@ -1,9 +1,9 @@
 """Tiny stand-in notebooks for testing the instructor tooling (runner, report, site, student copies).
 
 They are not the course: each has a ``# Title`` + "Learning objectives" first cell, a
-``parameters`` cell, a small matplotlib figure and a ``save_metrics`` call with fake
-figures (under a declared lesson title, as ``LessonRun.finish`` writes them), and they run in a couple of
-seconds each.
+``parameters`` cell, a small matplotlib figure and variables holding fake figures, which the runner collects
+under a declared lesson title through :func:`fixture_contract` (as it collects a lesson's through
+``instructor/metrics.py``), and they run in a couple of seconds each.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ n_train_per_class = None
 n_test_per_class = None
 seed = 0
 data_dir = None
-metrics_path = ""
 """
 
 # Parts of each notebook: (name, title, objectives, extra code, metrics dict source)
@@ -52,15 +51,12 @@ import sys
 import numpy as np
 import matplotlib.pyplot as plt  # run_course makes the backend inline and utils importable
 print("fake " + "progress 50%", file=sys.stderr)  # a progress bar: the site drops stderr outputs
-from utils.notebook import save_metrics
 fig, ax = plt.subplots(figsize=(3, 2))
 ax.plot(np.arange(image_size % 7 + 3))
 ax.set_title({title!r})
 plt.show()
 {extra}
-save_metrics(metrics_path, dict({metrics_source}, seconds=0.1, backbone=backbone,
-             image_size=image_size, n_train=n_train_per_class, n_test=n_test_per_class,
-             seed=seed))
+globals().update({metrics_source}, n_train=n_train_per_class, n_test=n_test_per_class)
 """
     from instructor.notebooks import install_cell_source
 
@@ -74,6 +70,19 @@ save_metrics(metrics_path, dict({metrics_source}, seconds=0.1, backbone=backbone
     path = directory / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path
+
+
+def fixture_contract(stem: str) -> tuple[str, dict[str, str]] | None:
+    """The runner's contract for the fixture notebooks: each one's lesson title and the variables it collects."""
+    import ast
+
+    for name, _, _, _, metrics in FIXTURES:
+        if name == stem:
+            figures = ast.parse(metrics, mode="eval").body
+            keys = [key.value for key in figures.keys]
+            title = ast.literal_eval(figures.values[keys.index("lesson")])
+            return title, {key: key for key in keys + ["n_train", "n_test"] if key != "lesson"}
+    return None
 
 
 def make_course(directory: Path, failing: bool = False) -> list[Path]:
@@ -107,8 +116,8 @@ def built_course(tmp_path_factory: Any) -> dict[str, Any]:
         with pytest.MonkeyPatch.context() as env:
             env.setenv("MPLBACKEND", "agg")
             env.delenv("PYTHONPATH", raising=False)
-            run.run_course(build, parameters, notebooks=root / "notebooks",
-                           log=lines.append)  # the notebooks' own kernel: python3
+            run.run_course(build, parameters, notebooks=root / "notebooks", log=lines.append,
+                           contract=fixture_contract)  # the notebooks' own kernel: python3
             assert os.environ["MPLBACKEND"] == "agg" and "PYTHONPATH" not in os.environ
         site.build_site(build)
         log_file.write_text("\n".join(lines))

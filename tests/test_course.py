@@ -22,12 +22,12 @@ from nbformat.v4 import new_code_cell, new_markdown_cell
 from _course_fixtures import REPO, built_course, make_course, make_notebook
 from instructor import NOTEBOOK_DIR, lessons, notebooks, report, run
 from instructor.__main__ import main as instructor_main
-from utils import lesson_metrics, notebook
-from utils.notebook import save_metrics
+from instructor import metrics as lesson_metrics
+from instructor.metrics import save_metrics
 
 # Every lesson is sized, seeded and located by the same parameters; lessons that use a network also take
 # the backbone and the image size.
-REQUIRED_PARAMETERS = {"n_train_per_class", "n_test_per_class", "seed", "data_dir", "metrics_path"}
+REQUIRED_PARAMETERS = {"n_train_per_class", "n_test_per_class", "seed", "data_dir"}
 NETWORK_PARAMETERS = {"backbone", "image_size"}
 NETWORK_FREE_LESSONS = {"02_raw_pixel_classifier"}  # raw pixels: no network, nothing to size for one
 
@@ -192,30 +192,39 @@ def test_the_report_reads_only_declared_metrics(monkeypatch: pytest.MonkeyPatch)
     assert reader.gaps == ["Raw-pixel classifier: raw_pixel_accuracy"]
 
 
-def _finish(name: str, path: Path, **metrics) -> dict:
-    return notebook.setup(name, seed=1, backbone="b").finish(path, **metrics)
-
-
-def test_finish_writes_exactly_the_declared_metrics(tmp_path: Path) -> None:
-    declared = lesson_metrics.declared("Raw-pixel classifier")
-    written = {key: 1 for key in declared}
-    saved = _finish("02 Raw-pixel classifier", tmp_path / "m.json", **written)
-    assert saved["lesson"] == "Raw-pixel classifier" and saved["backbone"] == "b" and saved["seed"] == 1
+def test_the_collect_cell_reads_each_source_and_names_what_it_could_not(tmp_path: Path) -> None:
+    namespace = {"x": np.int64(2), "table": {"k": np.float32(0.5)}, "seed": 1, "backbone": "b"}
+    saved = lesson_metrics.write_lesson_metrics(tmp_path / "m.json", "Raw-pixel classifier",
+                                                {"a": "x + 1", "b": "table['k']"}, ["seed", "backbone"],
+                                                namespace)
+    assert saved == {"a": 3, "b": 0.5, "seed": 1, "backbone": "b", "lesson": "Raw-pixel classifier"}
     assert json.loads((tmp_path / "m.json").read_text()) == saved
-    assert _finish("9 Raw-pixel classifier", tmp_path / "renumbered.json", **written)["raw_pixel_accuracy"] == 1
+    with pytest.raises(lesson_metrics.MetricsContractError, match=r"(?s)c = renamed \+ 1: NameError.*d = "):
+        lesson_metrics.write_lesson_metrics(tmp_path / "bad.json", "Raw-pixel classifier",
+                                            {"a": "x", "c": "renamed + 1", "d": "table['gone']"}, [], namespace)
+    assert json.loads((tmp_path / "bad.json").read_text()) == {"a": 2, "lesson": "Raw-pixel classifier"}
 
 
-def test_a_renamed_undeclared_or_missing_metric_fails_and_loses_nothing(tmp_path: Path) -> None:
-    written = {key: 1 for key in lesson_metrics.declared("Raw-pixel classifier")}
-    renamed = {("raw_pixel_acc" if k == "raw_pixel_accuracy" else k): v for k, v in written.items()}
-    with pytest.raises(lesson_metrics.MetricsContractError,
-                       match="undeclared: raw_pixel_acc;.*not written: raw_pixel_accuracy"):
-        _finish("02 Raw-pixel classifier", tmp_path / "m.json", **renamed)
-    assert json.loads((tmp_path / "m.json").read_text())["raw_pixel_acc"] == 1  # written all the same
-    with pytest.raises(lesson_metrics.MetricsContractError, match="undeclared: extra"):
-        _finish("02 Raw-pixel classifier", None, **written, extra=2)
-    with pytest.raises(lesson_metrics.MetricsContractError, match="utils/lesson_metrics.py"):
-        notebook.setup("12 A lesson nobody declared")
+def test_every_lesson_notebook_has_a_contract_and_an_unknown_one_has_none() -> None:
+    for path in sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb")):
+        title, sources = lesson_metrics.notebook_contract(path.stem)
+        assert set(sources) == set(lesson_metrics.declared(title)), path.name
+    assert lesson_metrics.notebook_contract("12_a_lesson_nobody_declared") is None
+    with pytest.raises(lesson_metrics.MetricsContractError, match="instructor/metrics.py"):
+        lesson_metrics.declared("12 A lesson nobody declared")
+
+
+def test_the_collect_cell_is_appended_by_the_runner_and_hidden_on_the_site(built: dict) -> None:
+    executed = nbformat.read(built["build"] / "notebooks" / "02_raw_fake.ipynb", as_version=4)
+    last = executed.cells[-1]
+    assert last.metadata["tags"] == [run.COLLECT_TAG] and "write_lesson_metrics" in last.source
+    assert not last.get("outputs")  # it prints nothing
+    book = nbformat.read(built["build"] / "book" / "02_raw_fake.ipynb", as_version=4)
+    assert "remove-cell" in book.cells[-1].metadata["tags"]
+    source = nbformat.read(built["root"] / "notebooks" / "02_raw_fake.ipynb", as_version=4)
+    assert not any(run.COLLECT_TAG in c.metadata.get("tags", []) for c in source.cells)  # the lesson is untouched
+    metrics = built["results"]["metrics"]["02_raw_fake"]
+    assert metrics["seconds"] == built["results"]["run"]["notebook_seconds"]["02_raw_fake"]
 
 
 def test_every_declared_metric_has_a_meaning_and_a_valid_format() -> None:
@@ -223,6 +232,7 @@ def test_every_declared_metric_has_a_meaning_and_a_valid_format() -> None:
         assert lesson == lesson_metrics.lesson_title(lesson)
         for key, declared in metrics.items():
             assert key.isidentifier() and declared.meaning, (lesson, key)
+            compile(declared.source or key, f"{lesson}: {key}", "eval")  # an expression over the variables
             format(1 if declared.format == "d" else 1.0, declared.format)  # a bad spec raises
 
 
@@ -295,14 +305,16 @@ def test_student_copies_of_the_course_keep_everything_but_solutions(tmp_path: Pa
         assert [c.source for c in nbformat.read(path, as_version=4).cells] == kept
 
 
-def test_site_hides_the_injected_parameters(built: dict) -> None:
-    """papermill's injected cell shows this machine's paths (metrics_path): it stays out of the site."""
+def test_site_hides_the_injected_parameters_and_the_collect_cell(built: dict) -> None:
+    """papermill's injected cell and the runner's collect cell (this machine's paths) stay out of the site."""
     metrics_dir = str(built["build"] / "metrics")
     executed = nbformat.read(built["build"] / "notebooks" / "01_first_look.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert len(injected) == 1 and metrics_dir in injected[0].source
+    assert len(injected) == 1 and "seed = 3" in injected[0].source
+    assert metrics_dir in executed.cells[-1].source  # the collect cell
     page = (built["site"] / "01_first_look.html").read_text()
-    assert metrics_dir not in page and "n_train_per_class" in page  # the lesson's own parameters stay
+    assert metrics_dir not in page and "seed = 3" not in page and "write_lesson_metrics" not in page
+    assert "n_train_per_class" in page  # the lesson's own parameters stay
 
 
 # --------------------------------------------------------------------------- cleaning

@@ -1,29 +1,38 @@
-"""The declared metrics of every lesson: what ``lesson.finish(...)`` must write and the course report reads.
+"""The course report's contract: which figures each lesson's run yields, what they mean, where they are read.
 
-Each lesson is named by its title, the name given to :func:`utils.notebook.setup` without its number
-(``"02 Raw-pixel classifier"`` -> ``"Raw-pixel classifier"``), so renumbering a lesson changes nothing.
-:meth:`utils.notebook.LessonRun.finish` refuses an undeclared key and a missing declared one, and the report
-(``instructor/report.py``) reads only declared metrics, by lesson and key: a renamed or misspelled key fails the
-course run instead of showing as "—".
+The lessons do not write these figures: the course runner (:mod:`instructor.run`) appends one cell to the copy of
+each notebook it executes, which calls :func:`write_lesson_metrics`; it evaluates each declared metric's *source*
+(an expression over the notebook's variables, by default the metric's own name) in the kernel and writes the
+values as JSON. The site hides that cell, the student copies never have it. The report
+(:mod:`instructor.report`) reads only declared metrics, by lesson title and key: a renamed or misspelled key, or a
+lesson variable that no longer exists, fails the course run instead of showing as "—".
 
-Adding a metric is one line in :data:`DECLARED`: ``"key": Metric("what it means", "format")``. The format is a
-``format()`` spec for one value (``".3f"``, ``"d"``); ``""`` is a structure (dict, list) or free text.
+A lesson is named by its title (:data:`NOTEBOOKS` maps the notebook's file name, without its number, to it), so
+renumbering a lesson changes nothing. Adding a metric is one line in :data:`DECLARED`:
+``"key": Metric("what it means", "format", "source")``. The format is a ``format()`` spec for one value
+(``".3f"``, ``"d"``); ``""`` is a structure (dict, list) or free text.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+from utils.runtime import atomic_write
 
 
 @dataclass(frozen=True)
 class Metric:
-    """One declared metric of a lesson."""
+    """One declared metric of a lesson: its meaning, its format and the expression it is read from."""
 
     meaning: str
     format: str = ""
+    source: str = ""  # an expression over the notebook's variables; "" means the metric's own name
 
 
 #: Written by every lesson.
@@ -208,8 +217,22 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
 }
 
 
+#: notebook file name without its number -> lesson title (the key of :data:`DECLARED`).
+NOTEBOOKS: Final[Mapping[str, str]] = {
+    "explore_data": "Explore the data",
+    "raw_pixel_classifier": "Raw-pixel classifier",
+    "deep_features_classifier": "Deep-features classifier",
+    "image_retrieval": "Image retrieval",
+    "per_class_distances": "Per-class distances",
+    "few_shot_recognizer": "Few-shot recognizer",
+    "keras_classifier": "Keras classifier",
+    "fine_tuning": "Fine-tuning",
+    "search_a_large_collection": "Search a large collection",
+}
+
+
 class MetricsContractError(ValueError):
-    """A lesson wrote metrics that differ from its declaration in :data:`DECLARED`."""
+    """A lesson's run does not yield the metrics :data:`DECLARED` names."""
 
 
 def lesson_title(name: str) -> str:
@@ -218,23 +241,17 @@ def lesson_title(name: str) -> str:
 
 
 def declared(lesson: str) -> dict[str, Metric]:
-    """The metrics a lesson (its title, or its setup name) must write; an unknown lesson is an error."""
+    """The metrics a lesson (its title) yields; an unknown lesson is an error."""
     title = lesson_title(lesson)
     if title not in DECLARED:
         raise MetricsContractError(f"lesson {title!r} declares no metrics: add it to DECLARED in "
-                                   f"utils/lesson_metrics.py (declared: {', '.join(DECLARED)})")
+                                   f"instructor/metrics.py (declared: {', '.join(DECLARED)})")
     return {**EVERY_LESSON, **DECLARED[title]}
 
 
-def check_written(lesson: str, keys: Iterable[str]) -> None:
-    """Raise :class:`MetricsContractError` naming every undeclared key and every declared key not written."""
-    expected, written = declared(lesson), set(keys)
-    unknown, missing = sorted(written - set(expected)), sorted(set(expected) - written)
-    problems = ([f"undeclared: {', '.join(unknown)}"] if unknown else []) + (
-        [f"declared but not written: {', '.join(missing)}"] if missing else [])
-    if problems:
-        raise MetricsContractError(f"lesson {lesson_title(lesson)!r} metrics differ from utils/lesson_metrics.py "
-                                   f"({'; '.join(problems)}): declare new keys there, one line each")
+def notebook_lesson(stem: str) -> str | None:
+    """The title of the lesson in notebook ``NN_name`` (its number ignored), or ``None`` for an undeclared one."""
+    return NOTEBOOKS.get(re.sub(r"^\d+_", "", stem))
 
 
 def metric(lesson: str, key: str) -> Metric:
@@ -243,3 +260,87 @@ def metric(lesson: str, key: str) -> Metric:
     if found is None:
         raise MetricsContractError(f"lesson {lesson_title(lesson)!r} declares no metric {key!r}")
     return found
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays, paths, tuples and sets to plain JSON values.
+
+    Non-finite floats become ``None`` so the file stays strict JSON.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return [to_jsonable(v) for v in items]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars
+        return to_jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if hasattr(value, "item") and callable(value.item):
+        return to_jsonable(value.item())
+    return str(value)
+
+
+def save_metrics(path: str | os.PathLike[str] | None, metrics: Mapping[str, Any]) -> dict:
+    """Write metrics as JSON (atomically) and return the JSON-safe dict; only clean it when ``path`` is empty."""
+    clean = to_jsonable(dict(metrics))
+    if path:
+        text = json.dumps(clean, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        atomic_write(path, text)
+    return clean
+
+
+def sources(lesson: str) -> dict[str, str]:
+    """Each declared metric of a lesson and the expression it is read from."""
+    return {key: declaration.source or key for key, declaration in declared(lesson).items()}
+
+
+def notebook_contract(stem: str) -> tuple[str, dict[str, str]] | None:
+    """The lesson title and metric sources of notebook ``NN_name``; ``None`` for a notebook of no lesson."""
+    title = notebook_lesson(stem)
+    return None if title is None else (title, sources(title))
+
+
+def collect(sources: Mapping[str, str], namespace: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Evaluate each metric's source in ``namespace``: the values, and one line per failure."""
+    values: dict[str, Any] = {}
+    failures: list[str] = []
+    scope = dict(namespace)
+    for key, source in sources.items():
+        try:
+            values[key] = eval(source, scope)  # noqa: S307 -- the contract's own expressions
+        except Exception as exc:  # a renamed variable, a changed table: name it, keep the others
+            failures.append(f"{key} = {source}: {type(exc).__name__}: {exc}")
+    return values, failures
+
+
+def write_lesson_metrics(path: str | os.PathLike[str], lesson: str, sources: Mapping[str, str],
+                         parameters: Iterable[str], namespace: Mapping[str, Any]) -> dict:
+    """Write a lesson's metrics (each source evaluated in ``namespace``), its title and its ``parameters``.
+
+    Called by the cell the course runner appends to a notebook. The file is written even when a source fails
+    (nothing is lost); then :class:`MetricsContractError` names each failure, and the course run stops there.
+    """
+    values, failures = collect(sources, namespace)
+    values.update({name: namespace[name] for name in parameters if name in namespace})
+    values["lesson"] = lesson
+    saved = save_metrics(path, values)
+    if failures:
+        raise MetricsContractError(f"lesson {lesson!r}: metrics declared in instructor/metrics.py could not be "
+                                   "read from the notebook's variables:\n  " + "\n  ".join(failures))
+    return saved
+
+
+def collect_cell_source(path: str | os.PathLike[str], lesson: str, sources: Mapping[str, str],
+                        parameters: Iterable[str]) -> str:
+    """The code of the cell the runner appends to a lesson: it writes the lesson's metrics to ``path``."""
+    table = "".join(f"    {key!r}: {source!r},\n" for key, source in sources.items())
+    return ("# Added by the course runner (instructor/run.py), not part of the lesson: the report's figures,\n"
+            "# read from this notebook's variables as instructor/metrics.py declares them.\n"
+            "from instructor.metrics import write_lesson_metrics\n\n"
+            f"write_lesson_metrics({os.fspath(path)!r}, {lesson!r}, {{\n{table}}}, "
+            f"{sorted(parameters)!r}, globals());")
