@@ -1,4 +1,5 @@
-"""``python -m instructor course | site | student-copies | check | clean-notebooks | sync-notebooks | grade``."""
+"""``python -m instructor course | site | student-copies | check | clean-notebooks | sync-notebooks | grade |
+compare``."""
 
 from __future__ import annotations
 
@@ -170,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("folder", nargs="?", type=Path, default=NOTEBOOK_DIR,
                        help="folder of notebooks (default: %(default)s)")
         p.set_defaults(run=function)
+
+    p = sub.add_parser("compare", help="the lesson figures of two runs' results.json: exit 1 if any differ "
+                                       "(timings listed apart)")
+    p.add_argument("first", type=Path)
+    p.add_argument("second", type=Path)
+    p.set_defaults(run=lambda args: __import__("instructor.compare").compare.main(args.first, args.second))
 
     from .grade import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT
 

@@ -474,3 +474,21 @@ def test_utils_imports_no_instructor_tooling() -> None:
             "bad = {'papermill', 'nbconvert', 'nbformat', 'selenium', 'instructor', 'jupyter_book'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_compare_lists_differences_and_keeps_timings_apart(tmp_path: Path, capsys) -> None:
+    from instructor import compare
+
+    before = {"metrics": {"02_x": {"lesson": "Raw-pixel classifier", "raw_pixel_accuracy": 0.5, "seconds": 3.0,
+                                    "per_class_accuracy": {"cat": 0.25}, "fit_seconds": 1.0}}}
+    after = json.loads(json.dumps(before))
+    after["metrics"]["02_x"].update(seconds=9.0, fit_seconds=2.0, extra=1)
+    assert compare.compare(before, after) == ([], ["02_x: seconds", "02_x: fit_seconds"], 3)
+    after["metrics"]["02_x"]["per_class_accuracy"]["cat"] = 0.3
+    del after["metrics"]["02_x"]["raw_pixel_accuracy"]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(before))
+    second.write_text(json.dumps(after))
+    assert instructor_main(["compare", str(first), str(second)]) == 1
+    out = capsys.readouterr().out
+    assert "02_x: raw_pixel_accuracy: missing" in out and "per_class_accuracy.cat: 0.25 -> 0.3" in out
