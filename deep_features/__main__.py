@@ -15,8 +15,8 @@ import numpy as np
 
 from utils.backbones import (DEFAULT_BACKBONE, IMAGENET_CLASSES, MIN_IMAGE_SIZE, REGISTRY,
                              BackboneUnavailableError, UnknownBackboneError, available_backbones,
-                             predict_imagenet)
-from utils.data import DataNotFoundError, ImageLoadError, list_images, load_image
+                             imagenet_class_names, load_backbone)
+from utils.data import DataNotFoundError, ImageLoadError, list_images, load_image, resize_batch
 from utils.fast_inference import PRECISION_ENV_VAR, PRECISIONS
 from utils.features import report_skipped
 
@@ -68,6 +68,22 @@ def _npz_output(output: Path) -> Path:
         raise FileNotFoundError(f"--output {output}: the folder {written.parent} {what}; "
                                 "create it first")
     return written
+
+
+def predict_imagenet(images, backbone: str = DEFAULT_BACKBONE,
+                     top: int = 5) -> list[list[tuple[int, str, float]]]:
+    """Top-``top`` ImageNet classes ``(index, name, probability)`` for each image (uint8 or float
+    RGB arrays): the backbone's own ImageNet classifier, for ``predict``."""
+    if not 1 <= top <= IMAGENET_CLASSES:
+        raise ValueError(f"top must be from 1 to {IMAGENET_CLASSES} (the classes), got {top}")
+    bb = load_backbone(backbone)
+    if bb.classifier is None:
+        raise ValueError(f"{backbone} has no ImageNet classifier at this image size")
+    batch = resize_batch(images, bb.input_size).astype("float32")
+    probabilities = np.asarray(bb.classifier(batch, training=False))
+    names = imagenet_class_names()
+    return [[(int(i), names[i], float(row[i])) for i in np.argsort(row)[::-1][:top]]
+            for row in probabilities]
 
 
 def _predict(args: argparse.Namespace) -> int:

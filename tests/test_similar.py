@@ -265,9 +265,9 @@ def test_featurize_output_gets_npz_added_and_reports_the_real_name(photos: Path,
 
 
 def test_predict_top_is_checked_before_the_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    import utils.backbones
+    import deep_features.__main__ as cli
 
-    monkeypatch.setattr(utils.backbones, "load_backbone", lambda *_a, **_k: pytest.fail("loaded"))
+    monkeypatch.setattr(cli, "load_backbone", lambda *_a, **_k: pytest.fail("loaded"))
     for top in (0, 1001):
         with pytest.raises(ValueError, match="top must be from 1 to 1000"):
-            utils.backbones.predict_imagenet(np.zeros((1, 32, 32, 3), np.uint8), top=top)
+            cli.predict_imagenet(np.zeros((1, 32, 32, 3), np.uint8), top=top)
