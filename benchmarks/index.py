@@ -16,12 +16,12 @@ For each size and each index kind (``exact``: faiss ``IndexFlatIP``; ``hnsw``: `
 (``faiss.omp_set_num_threads(1)``; wall time, and the thread's CPU time, which a busy machine does not inflate),
 and the index's memory per vector (its serialized size / count).
 
-Re-indexing: a folder indexed with ``utils.index.build_index`` into an empty feature cache, then 1 % more files
+Re-indexing: a folder indexed with ``deep_features.index.build_index`` into an empty feature cache, then 1 % more files
 and the update timed against the first indexing.
 
 Featurization throughput: the same folder of JPEG files featurized (feature cache off, so every run computes)
 by the single-process path (``featurize_files``), then on a Dask ``LocalCluster`` with 1 and 2 workers
-(``utils.dask_features``), each run after a warm-up, in the same process; features compared bit for bit.
+(``deep_features.dask_features``), each run after a warm-up, in the same process; features compared bit for bit.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def search_figures(index, queries: np.ndarray, truth: np.ndarray, latency_querie
 def index_section(feats: np.ndarray, sizes: list[int], n_queries: int, latency_queries: int, log) -> list[dict]:
     import faiss
 
-    from utils import index as search_index
+    from deep_features import index as search_index
 
     rows = []
     queries = search_index.normalized(feats[-n_queries:])
@@ -199,7 +199,7 @@ def index_section(feats: np.ndarray, sizes: list[int], n_queries: int, latency_q
 
 def featurize_section(files: list[Path], image_size: int, rounds: int, log) -> list[dict]:
     """Single process vs Dask LocalCluster of 1 and 2 workers on the same files, cache off, interleaved rounds."""
-    from utils.dask_features import close_client, featurize_files_on_dask, open_client
+    from deep_features.dask_features import close_client, featurize_files_on_dask, open_client
 
     reference = features.featurize_files(files, image_size=image_size, use_cache=False, progress=False)  # warm-up
     clients = {}
@@ -242,7 +242,7 @@ def featurize_section(files: list[Path], image_size: int, rounds: int, log) -> l
 def reindex_section(files: list[Path], image_size: int, log) -> dict:
     """First indexing of a folder (empty feature cache), then the same folder with 1 % more files."""
     from utils import runtime
-    from utils.index import build_index
+    from deep_features.index import build_index
 
     old_cache = runtime.cache_root()
     with tempfile.TemporaryDirectory(prefix="index-bench-") as tmp:

@@ -1,5 +1,5 @@
-"""How good is a recognizer from a few photos, and how often does it say ``unknown``? (``python -m utils
-train-recognizer`` / ``recognize``, :mod:`utils.recognizer`.)
+"""How good is a recognizer from a few photos, and how often does it say ``unknown``? (``deep-features
+train-recognizer`` / ``recognize``, :mod:`deep_features.recognizer`.)
 
 For 1, 2 and 5 photos per course class (several random draws each), a recognizer is fitted exactly as
 ``train-recognizer`` fits it (``Recognizer.from_features``) and measured four ways: its leave-one-out accuracy
@@ -48,7 +48,7 @@ def main() -> int:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import Normalizer
 
-    from utils.recognizer import FEW_SHOT_C, UNKNOWN, Recognizer
+    from deep_features.recognizer import FEW_SHOT_C, UNKNOWN, Recognizer
 
     root = data_dir(args)
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())

@@ -17,7 +17,7 @@ empty cache, a run SIGKILLed as soon as it reports ``--kill-at`` of the files do
 time is given as a fraction of the full run's, its features are compared with the full run's, and the skipped
 files it names are listed.
 
-``startup``: what a user of ``python -m utils featurize FOLDER`` waits for on a small folder, where start-up
+``startup``: what a user of ``deep-features featurize FOLDER`` waits for on a small folder, where start-up
 dominates. Per code version (this checkout, and ``--before DIR``: another checkout, e.g. ``git archive <commit>``
 unpacked), round-robin ``--repeats`` times: a full run into an empty feature cache, the same command again (warm:
 every chunk cached), a run SIGKILLed at ``--kill-at`` and the CLI's rerun, and the time to the first feature of
@@ -232,7 +232,8 @@ def startup(args: argparse.Namespace) -> dict:
             for name, code in versions.items():
                 env = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2"}
                 tag = f"{name}-{rep}"
-                cli = [sys.executable, "-m", "utils", "featurize", str(folder), *image_size_option()]
+                tool = "deep_features" if (code / "deep_features").is_dir() else "utils"  # --before: older
+                cli = [sys.executable, "-m", tool, "featurize", str(folder), *image_size_option()]
                 cache = fresh_cache(work, warm, f"cache-full-{tag}")
                 env_full = {**env, "DEEP_FEATURES_CACHE": str(cache)}
                 full = _timed(cli + ["--output", str(work / f"full-{tag}.npz")], env_full, code)

@@ -10,7 +10,7 @@ sometimes leaves a core idle (tf.data's autotuner) and runs at half speed. Tenso
 ``TF_ENABLE_ONEDNN_OPTS`` once, at start-up, so ``--onednn`` runs the worker again in fresh processes, alternating
 off and on (TensorFlow's Linux wheels enable oneDNN only on CPUs with AVX-512 VNNI/BF16 or AMX). The step is the
 lesson's as it was measured, before issue 25 dropped the shifts, the head's Dropout and label smoothing (the
-constants of ``fine_tuning.py``): EfficientNet-Lite0 cut before ``--first-top-block``,
+constants below): EfficientNet-Lite0 cut before ``--first-top-block``,
 ``RandomTranslation`` + the top + Dropout + a softmax Dense head, Adam, label smoothing, on the activations of the
 course's training images (not random ones: the values matter to the kernels). A forward pass (``predict``) is timed
 too.
@@ -31,10 +31,24 @@ import time
 from pathlib import Path
 
 from _common import REPO, add_common_arguments, data_dir, load_average, log, table
-from fine_tuning import LABEL_SMOOTHING, SEED, SHIFT  # the step as measured, declared once for the benchmarks
+
+#: The step as it was measured (the lesson's recipe before issue 25): shifts, label smoothing, the seed.
+SHIFT, LABEL_SMOOTHING, SEED = 0.1, 0.1, 0
 
 SETTINGS = {"oneDNN off": "0", "oneDNN on": "1"}
 VARIANTS = ["Conv2D top, fit(arrays)", "Conv2D top, fit(batches)", "Dense top, fit(arrays)", "Dense top, fit(batches)"]
+
+
+def cut(network, block: int):
+    """(bottom, top) of a copy of ``network``, cut where block ``block`` starts: lesson 8's ``cut``."""
+    import keras
+
+    copy = keras.models.clone_model(network)
+    copy.set_weights(network.get_weights())
+    names = [layer.name for layer in copy.layers]
+    first = next(i for i, n in enumerate(names) if n.startswith(f"blocks_{block}_"))
+    activations = copy.layers[first - 1].output  # what enters block ``block``
+    return keras.Model(copy.input, activations, name="bottom"), keras.Model(activations, copy.output, name="top")
 
 
 def worker(data_dir: Path, image_size: int, first_top_block: int, steps: int, batch_size: int, repeats: int) -> dict:
@@ -45,16 +59,15 @@ def worker(data_dir: Path, image_size: int, first_top_block: int, steps: int, ba
     import_tensorflow_quietly()
     import keras
 
-    split = fine_tuning.split_backbone(backbones.load_backbone("efficientnet_lite0", image_size),
-                                       first_top_block)
+    bottom, top = cut(backbones.load_backbone("efficientnet_lite0", image_size).feature_model, first_top_block)
     n = steps * batch_size
     train, _ = data.load_course_data(data_dir, n_train_per_class=-(-n // 4), n_test_per_class=1)
-    a = split.activations(train.images[:n])  # cached on disk after the first process
+    a = fine_tuning.activations(bottom, train.images[:n])  # cached on disk after the first process
     y = keras.utils.to_categorical(train.labels[:n], len(train.class_names))
-    tops = {"Conv2D": split.top, "Dense": fine_tuning.pointwise_as_dense(split.top)}
+    tops = {"Conv2D": top, "Dense": fine_tuning.pointwise_as_dense(top)}
     models = {}
     for name, top in tops.items():
-        inputs = keras.Input(split.activation_shape)
+        inputs = keras.Input(a.shape[1:])
         x = keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="nearest", seed=SEED)(inputs)
         x = keras.layers.Dropout(0.2)(top(x))
         model = keras.Model(inputs, keras.layers.Dense(y.shape[1], activation="softmax")(x))
@@ -83,7 +96,7 @@ def worker(data_dir: Path, image_size: int, first_top_block: int, steps: int, ba
     models["Dense"].predict(a, batch_size=batch_size, verbose=0)
     return {"ms/image": times, "CPU ms/image": cpu_times,
             "Dense top predict ms/image": 1000 * (time.perf_counter() - wall) / n,
-            "activation shape": list(split.activation_shape)}
+            "activation shape": list(a.shape[1:])}
 
 
 def summary(ms: list[float]) -> dict:

@@ -1,6 +1,6 @@
 """Shared fixtures of the toolkit tests.
 
-* Every test (and every ``python -m utils`` subprocess, which inherits the environment) caches converted weights
+* Every test (and every ``deep-features`` subprocess, which inherits the environment) caches converted weights
   and features in one session-wide temporary ``DEEP_FEATURES_CACHE``, never in ``~/.cache``. ``load_backbone`` is
   ``lru_cache``-d per process, so the weights are converted at most once per session (per process).
 * ``course_data_dir``: the full 4-class CIFAR-10 folders (``$DEEP_FEATURES_DATA``, else ``../shared`` beside the

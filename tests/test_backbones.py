@@ -47,9 +47,9 @@ def _parse_top(stdout: str) -> list[tuple[int, str]]:
 
 
 def test_cli_predict_cat(skimage_data: Path) -> None:
-    """``python -m utils predict``: the converted weights really are ImageNet weights."""
-    result = subprocess.run([sys.executable, "-m", "utils", "predict", str(skimage_data / "chelsea.png"), "--top", "3"],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    """``deep-features predict``: the converted weights really are ImageNet weights."""
+    command = [sys.executable, "-m", "deep_features", "predict", str(skimage_data / "chelsea.png"), "--top", "3"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     top = _parse_top(result.stdout)
     assert 281 <= top[0][0] <= 285, top  # tabby / tiger cat / Persian / Siamese / Egyptian cat
@@ -58,7 +58,7 @@ def test_cli_predict_cat(skimage_data: Path) -> None:
 
 def test_cli_predict_espresso(skimage_data: Path, capsys: pytest.CaptureFixture) -> None:
     """The same command in-process (a second interpreter would only cost TensorFlow's start-up again)."""
-    from utils.__main__ import main
+    from deep_features.__main__ import main
 
     assert main(["predict", str(skimage_data / "coffee.png"), "--top", "3"]) == 0
     assert _parse_top(capsys.readouterr().out)[0] == (967, "espresso")

@@ -43,7 +43,8 @@ def _recomputed_once(compute, what: str):
 
 
 def test_one_version_constant_and_one_key_function() -> None:
-    sources = {p.relative_to(REPO).as_posix(): p.read_text() for folder in ("utils", "benchmarks", "instructor")
+    folders = ("utils", "deep_features", "benchmarks", "instructor")
+    sources = {p.relative_to(REPO).as_posix(): p.read_text() for folder in folders
                for p in sorted((REPO / folder).glob("*.py"))}
     versions = [n for n, text in sources.items() if re.search(r"^\w*FORMAT\w* = \d", text, re.M)]
     keys = [n for n, text in sources.items() if re.search(r"hashlib\.sha256\(json\.dumps", text)]

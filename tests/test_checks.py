@@ -82,7 +82,6 @@ def cases(t: SimpleNamespace) -> list[tuple[str, dict, object, object]]:
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     cosine = 1 - unit(t.queries) @ unit(t.feats).T
     dog_q, cats = t.queries[t.query_labels == 3], t.feats[t.labels == 2]
-    accuracy = float((t.model.predict(t.queries) == t.query_labels).mean())
     shot_draws = [np.array([0, 8, 16, 24]), np.array([1, 9, 17, 25])]  # one image per class, two draws
     one_nn = [np.mean(t.labels[i][(1 - t.queries @ t.feats[i].T / np.outer(np.linalg.norm(t.queries, axis=1),
                                                                         np.linalg.norm(t.feats[i], axis=1)))
@@ -96,12 +95,24 @@ def cases(t: SimpleNamespace) -> list[tuple[str, dict, object, object]]:
         return np.linalg.norm(cat_q[:, None] - t.feats[t.labels == c][None], axis=2).min(axis=1)
 
     cats_nearer_a_dog = int((nearest_to(3) < nearest_to(2)).sum())
+    # exercise 2.1: images 8 pixels wide, class c with a bright column at 2c; shifted 4 pixels to the right
+    # (the columns that leave on the right come back on the left), class 0's column is where class 2's was
+    wide = np.random.default_rng(1).integers(0, 60, (32, 6, 8, 3)).astype(np.uint8)
+    wide[np.arange(32), :, 2 * t.labels] = 255
+    flat = lambda images: images.reshape(len(images), -1).astype(np.float32) / 255  # noqa: E731
+    pixel_model = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(max_iter=500))])
+    pixel_model.fit(flat(wide), t.labels)
+    shifted = np.concatenate([wide[:, :, -4:], wide[:, :, :-4]], axis=2)
+    shifted_accuracy = float((pixel_model.predict(flat(shifted)) == t.labels).mean())
+    unshifted_accuracy = float((pixel_model.predict(flat(wide)) == t.labels).mean())
+    assert abs(shifted_accuracy - unshifted_accuracy) > 0.5  # the check must shift the images
     matrix = confusion_matrix(t.query_labels, t.model.predict(t.queries), labels=range(4))
     return [
         ("1.1", {"train": t.train}, 0.25, 0.3),
         ("1.2", {"train": t.train}, 32 * 4 * 4 * 3, 32 * 4 * 4),
         ("1.3", {"train": t.train}, CLASSES[int(np.argmax(bright))], CLASSES[int(np.argmin(bright))]),
-        ("2.1", {"model": t.model, "X_test": t.queries, "y_test": t.query_labels}, accuracy, accuracy - 0.2),
+        ("2.1", {"model": pixel_model, "test_images": wide, "y_test": t.labels}, shifted_accuracy,
+         unshifted_accuracy),
         ("1.4", {"train": t.train}, CLASSES[int(np.argmax(contrast))], CLASSES[int(np.argmin(contrast))]),
         ("2.2", {"model": t.model, "X_test": t.queries, "y_test": t.query_labels, "class_names": CLASSES},
          matrix[2, 2] / matrix[:, 2].sum(), matrix[2, 2] / matrix[:, 2].sum() - 0.1),

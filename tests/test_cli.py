@@ -1,4 +1,4 @@
-"""``python -m utils``: similar-image search on real course photos (and its cache), and one-line errors."""
+"""``deep-features``: similar-image search on real course photos (and its cache), and one-line errors."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from utils.__main__ import main
+from deep_features.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = "64"  # small images keep the search fast; the copy of the query is still found at distance 0
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "utils", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "deep_features", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -128,12 +128,12 @@ def test_featurize_names_every_skipped_file_on_stderr(search_folder, tmp_path: P
 
 
 def test_ctrl_c_exits_130_and_says_rerun_resumes(search_folder, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    import utils.features
+    from deep_features import dask_features
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(utils.features, "featurize_files", interrupted)
+    monkeypatch.setattr(dask_features, "featurize_files", interrupted)
     _, folder = search_folder
     assert main(["featurize", str(folder), "--image-size", SIZE]) == 130
     assert "rerun the same command to resume" in capsys.readouterr().err
@@ -141,14 +141,14 @@ def test_ctrl_c_exits_130_and_says_rerun_resumes(search_folder, monkeypatch: pyt
 
 def test_no_traceback_reaches_the_user_even_for_a_bug(search_folder, monkeypatch: pytest.MonkeyPatch,
                                                       capsys, tmp_path: Path) -> None:
-    import utils.features
+    from deep_features import dask_features
 
     _, folder = search_folder
 
     def disk_full(*_args, **_kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "f.npz"))
 
-    monkeypatch.setattr(utils.features, "featurize_files", disk_full)
+    monkeypatch.setattr(dask_features, "featurize_files", disk_full)
     assert main(["featurize", str(folder), "--output", str(tmp_path / "f.npz"), "--image-size", SIZE]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: [Errno 28] No space left on device") and "Traceback" not in err
@@ -156,7 +156,7 @@ def test_no_traceback_reaches_the_user_even_for_a_bug(search_folder, monkeypatch
     def bug(*_args, **_kwargs):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(utils.features, "featurize_files", bug)
+    monkeypatch.setattr(dask_features, "featurize_files", bug)
     assert main(["featurize", str(folder), "--output", str(tmp_path / "f.npz"), "--image-size", SIZE]) == 3
     err = capsys.readouterr().err
     assert "unexpected TypeError: a bug" in err and "DEEP_FEATURES_DEBUG=1" in err and len(err.splitlines()) == 1

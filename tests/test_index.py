@@ -1,4 +1,4 @@
-"""The faiss index of a folder (utils.index, python -m utils index / similar) and featurization on Dask.
+"""The faiss index of a folder (deep_features.index, deep-features index / similar) and featurization on Dask.
 
 Real fixture photos as files, at 64 px; the Dask tests start a LocalCluster of 2 worker processes (seconds).
 """
@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 from distributed import WorkerPlugin
 
-from utils import index as index_module
-from utils.__main__ import main
+from deep_features import dask_features
+from deep_features import index as index_module
+from deep_features.__main__ import main
+from deep_features.index import IndexSettingsError, SearchIndex, build_index
+from deep_features.retrieval import search_index
 from utils.data import list_images
 from utils.features import featurize_files
-from utils.index import IndexSettingsError, SearchIndex, build_index
-from utils.retrieval import find_similar_in_index
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_exact_index_ranks_like_a_brute_force_cosine_search(photos: Path, tmp_pa
     similarities, rows = index.search(query, 5, index.settings)
     assert rows[0].tolist() == _cosine_top(reference.features, query, 5).tolist()
     assert rows[0, 0] == 7 and similarities[0, 0] == pytest.approx(1.0, abs=1e-5)
-    found = find_similar_in_index(index.paths[7], tmp_path / "ix", top=3)
+    found = search_index(index.paths[7], tmp_path / "ix", top=3).results
     assert len(found) == 3 and index.paths[7] not in [r.path for r in found]  # the query itself is left out
     assert [r.path for r in found] == [index.paths[r] for r in rows[0, 1:4]]
     assert [r.distance for r in found] == pytest.approx(1 - similarities[0, 1:4], abs=1e-6)
@@ -66,7 +67,7 @@ def test_a_query_with_other_settings_is_refused(photos: Path, tmp_path: Path) ->
     build_index(photos, tmp_path / "ix", image_size=SIZE, progress=False)
     query = next(photos.glob("cat/*-0000.jpg"))
     with pytest.raises(IndexSettingsError, match=r"at 64 px.*image_size 96 \(index: 64\)"):
-        find_similar_in_index(query, tmp_path / "ix", image_size=96)
+        search_index(query, tmp_path / "ix", image_size=96)
     with pytest.raises(IndexSettingsError, match="backbone efficientnet_lite1"):
         index_module.IndexSettings.of(image_size=SIZE).check(
             index_module.IndexSettings("efficientnet_lite1", "w", SIZE, "float32"), tmp_path / "ix")
@@ -81,8 +82,8 @@ def test_update_featurizes_only_new_files_and_drops_removed_ones(photos: Path, t
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     build_index(photos, tmp_path / "ix", image_size=SIZE, kind="hnsw", progress=False)
     asked: list[list[Path]] = []
-    real = index_module.featurize_files
-    monkeypatch.setattr(index_module, "featurize_files", lambda paths, *a, **k: asked.append(list(paths))
+    real = dask_features.featurize_files  # the in-process path of build_index
+    monkeypatch.setattr(dask_features, "featurize_files", lambda paths, *a, **k: asked.append(list(paths))
                         or real(paths, *a, **k))
     for src in sorted((FIXTURE / "train" / "bird").glob("*.jpg"))[:2]:
         shutil.copy2(src, photos / "bird" / f"new-{src.name}")
@@ -149,7 +150,7 @@ def test_cli_index_then_similar(photos: Path, tmp_path: Path, capsys) -> None:
 
 @pytest.fixture(scope="module")
 def dask_client():
-    from utils.dask_features import close_client, open_client
+    from deep_features.dask_features import close_client, open_client
 
     featurize_files([FIXTURE / "train" / "cat" / "0000.jpg"], image_size=SIZE, use_cache=False, progress=False)
     client = open_client(workers=2)  # after the model is converted above: the workers read it from the cache
@@ -164,7 +165,7 @@ def _with_broken(tmp_path: Path) -> list[Path]:
 
 
 def test_dask_features_are_bit_identical_and_in_file_order(dask_client, tmp_path: Path) -> None:
-    from utils.dask_features import featurize_files_on_dask
+    from deep_features.dask_features import featurize_files_on_dask
 
     files = _with_broken(tmp_path)
     single = featurize_files(files, image_size=SIZE, use_cache=False, progress=False, chunk_files=8)
@@ -190,7 +191,7 @@ class KillOnce(WorkerPlugin):
 def test_a_killed_worker_is_retried_and_the_features_are_the_same(dask_client, tmp_path: Path) -> None:
     import cloudpickle
 
-    from utils.dask_features import featurize_files_on_dask
+    from deep_features.dask_features import featurize_files_on_dask
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     files = _with_broken(tmp_path)

@@ -2,7 +2,7 @@
 
 Two writers into one index folder, a reader during updates, damaged index files, updates that keep an index's
 own settings, relative paths sent to Dask workers, unreachable or worker-less clusters, file modes. Real fixture
-photos at 64 px; the subprocesses are ``python -m utils`` as a user runs it.
+photos at 64 px; the subprocesses are ``deep-features`` as a user runs it.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ import pytest
 from distributed import WorkerPlugin
 from PIL import Image
 
-from utils import dask_features, runtime
-from utils import index as index_module
-from utils.__main__ import main
+from deep_features import dask_features
+from deep_features import index as index_module
+from deep_features.__main__ import main
+from deep_features.index import IndexBusyError, IndexDamagedError, SearchIndex, build_index, looks_like_index
+from utils import runtime
 from utils.data import NO_SUCH_FILE, list_images
 from utils.features import FileFeatures, featurize_files
-from utils.index import IndexBusyError, IndexDamagedError, SearchIndex, build_index, looks_like_index
 from utils.runtime import atomic_write, cache_root, exclusive_lock
 
 SIZE = 64
@@ -61,7 +62,7 @@ def _readable(photos: Path) -> list[Path]:
 
 
 def _cli(*args: str, cwd: Path = REPO, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "utils", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "deep_features", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -93,7 +94,7 @@ def test_two_index_runs_into_one_folder_both_succeed_and_leave_a_valid_index(pho
                 shutil.copy2(src, photos / "cat" / f"new-{src.name}")
         if round_ == 2:
             (photos / "dog" / "0000.jpg").unlink()
-        command = [sys.executable, "-m", "utils", "index", str(photos), "--output", str(out), "--image-size",
+        command = [sys.executable, "-m", "deep_features", "index", str(photos), "--output", str(out), "--image-size",
                    str(SIZE)]
         runs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for _ in range(2)]
@@ -140,7 +141,7 @@ def test_without_file_locks_an_update_still_works(photos: Path, tmp_path: Path,
 
 _WRITER = """
 import sys
-from utils.index import build_index
+from deep_features.index import build_index
 for i in range(int(sys.argv[3])):
     build_index(sys.argv[1], sys.argv[2], kind=("exact", "hnsw")[i % 2], progress=False)
 """
@@ -202,7 +203,7 @@ def test_a_damaged_file_is_named_and_the_next_update_repairs_it(photos: Path, tm
     else:
         assert main(["similar", query, str(out), "--top", "2"]) == 2
         line = _one_error_line(capsys.readouterr().err)
-        assert str(damaged) in line and "the index is damaged; run `python -m utils index FOLDER --output" in line
+        assert str(damaged) in line and "the index is damaged; run `deep-features index FOLDER --output" in line
     assert main(["index", str(photos), "--output", str(out)]) == 0  # no options: the index's own settings
     captured = capsys.readouterr()
     assert f"repaired: {damaged}" in captured.err and "(exact, built)" in captured.out, captured
@@ -262,7 +263,7 @@ def test_bad_arguments_are_refused_before_any_featurizing(photos: Path, tmp_path
     def never(*_a, **_k):
         raise AssertionError("featurized before checking the arguments")
 
-    monkeypatch.setattr(index_module, "featurize_files", never)
+    monkeypatch.setattr(dask_features, "featurize_files", never)  # the in-process path of build_index
     (tmp_path / "a-file").write_text("x")
     assert main(["index", str(photos), "--output", str(tmp_path / "a-file")]) == 2
     assert "is a file, not a folder" in _one_error_line(capsys.readouterr().err)
@@ -298,7 +299,7 @@ def test_featurize_refuses_when_every_file_is_skipped(tmp_path: Path, capsys) ->
 
 @pytest.fixture(scope="module")
 def one_worker():
-    from utils.dask_features import close_client, open_client
+    from deep_features.dask_features import close_client, open_client
 
     client = open_client(workers=1)  # its worker runs in this folder (REPO), not in the tests' tmp folders
     yield client

@@ -1,4 +1,4 @@
-"""``python -m utils train-recognizer`` / ``recognize`` (utils.recognizer) on real course photos and real
+"""``deep-features train-recognizer`` / ``recognize`` (deep_features.recognizer) on real course photos and real
 unrelated photos (scikit-image's), at the backbone's own 224 px."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sklearn.model_selection import LeaveOneOut, cross_val_score
 
 from utils.data import load_image
 from utils.features import featurize_files
-from utils.recognizer import Recognizer, default_classifier, leave_one_out_similarities
+from deep_features.recognizer import Recognizer, default_classifier, leave_one_out_similarities
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("automobile", "bird", "cat", "dog")
@@ -26,7 +26,7 @@ UNRELATED = ("coffee", "rocket", "hubble_deep_field", "retina", "astronaut", "br
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "utils", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "deep_features", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
 
 

@@ -1,4 +1,4 @@
-"""utils.retrieval (the CLI's folder search) on real photo files, and its nearest-neighbour core on known points."""
+"""deep_features.retrieval (the folder search of `similar`) on real photo files, and its nearest-neighbour core."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from utils.data import ImageLoadError, load_image
-from utils.retrieval import _nearest, find_similar
+from deep_features.retrieval import _nearest, search_folder
 
 
 def test_nearest_known_answer() -> None:
@@ -37,19 +37,19 @@ def folder(tmp_path: Path, skimage_data: Path) -> Path:
     return tmp_path
 
 
-def test_find_similar_ranks_the_same_photo_first_and_reports_skipped(folder: Path, skimage_data: Path) -> None:
-    results, skipped = find_similar(skimage_data / "chelsea.png", folder, top=3, image_size=64, progress=False)
-    assert [r.path.name.split("_")[0] for r in results][:2] == ["chelsea", "chelsea"]
-    assert [r.distance for r in results] == sorted(r.distance for r in results)
-    assert [p.name for p, _ in skipped] == ["broken.jpg"]
+def test_search_folder_ranks_the_same_photo_first_and_reports_skipped(folder: Path, skimage_data: Path) -> None:
+    search = search_folder(skimage_data / "chelsea.png", folder, top=3, image_size=64, progress=False)
+    assert [r.path.name.split("_")[0] for r in search.results][:2] == ["chelsea", "chelsea"]
+    assert [r.distance for r in search.results] == sorted(r.distance for r in search.results)
+    assert [p.name for p, _ in search.skipped] == ["broken.jpg"]
 
 
-def test_find_similar_errors(tmp_path: Path, skimage_data: Path) -> None:
+def test_search_folder_errors(tmp_path: Path, skimage_data: Path) -> None:
     with pytest.raises(ValueError, match="no image files"):
-        find_similar(skimage_data / "chelsea.png", tmp_path, image_size=64)
+        search_folder(skimage_data / "chelsea.png", tmp_path, image_size=64)
     (tmp_path / "a.png").write_bytes(b"broken")
     with pytest.raises(ValueError, match="could be read"):
-        find_similar(skimage_data / "chelsea.png", tmp_path, image_size=64)
+        search_folder(skimage_data / "chelsea.png", tmp_path, image_size=64)
     (tmp_path / "b.png").write_bytes(Path(skimage_data / "coffee.png").read_bytes())
     with pytest.raises(ImageLoadError):
-        find_similar(tmp_path / "a.png", tmp_path, image_size=64)
+        search_folder(tmp_path / "a.png", tmp_path, image_size=64)

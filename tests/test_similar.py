@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import deep_features.dask_features
+import deep_features.retrieval
 import utils.features
-import utils.retrieval
-from utils.__main__ import main
-from utils.index import IndexSettingsError, SearchIndex, build_index
-from utils.retrieval import Search, SimilarImage, _distance, search_folder, search_index
+from deep_features.__main__ import main
+from deep_features.index import IndexSettingsError, SearchIndex, build_index
+from deep_features.retrieval import Search, SimilarImage, _distance, search_folder, search_index
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +130,7 @@ def test_an_index_refuses_the_other_metric_and_keeps_its_own_on_update(photos: P
 def test_json_is_all_that_goes_to_stdout(photos: Path) -> None:
     query = _queries(photos)[1]
     argv = ["similar", str(query), str(photos), "--top", "4", "--image-size", str(SIZE), "--json"]
-    result = subprocess.run([sys.executable, "-m", "utils", *argv], cwd=REPO, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "deep_features", *argv], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     answer = json.loads(result.stdout)
@@ -173,7 +174,7 @@ def test_fewer_results_than_asked_come_with_a_note(photos: Path, indexes, capsys
 def test_an_hnsw_search_asked_for_more_than_ef_search_returns_them_all(metric: str) -> None:
     import faiss
 
-    from utils.index import IndexSettings, prepared
+    from deep_features.index import IndexSettings, prepared
 
     # A sparse graph (M = 4) searched with few candidates: faiss alone returns rows of -1.
     vectors = np.random.default_rng(0).random((50, 8), dtype=np.float32)
@@ -216,8 +217,9 @@ def nothing_featurized(monkeypatch: pytest.MonkeyPatch) -> None:
     def refused(*_a, **_k):
         raise AssertionError("featurized before the arguments were checked")
 
-    monkeypatch.setattr(utils.retrieval, "featurize_files", refused)
+    monkeypatch.setattr(deep_features.retrieval, "featurize_files", refused)
     monkeypatch.setattr(utils.features, "featurize_files", refused)
+    monkeypatch.setattr(deep_features.dask_features, "featurize_files", refused)
 
 
 @pytest.mark.parametrize("case", ["missing query", "query is a folder", "a file as the folder",
@@ -263,9 +265,9 @@ def test_featurize_output_gets_npz_added_and_reports_the_real_name(photos: Path,
 
 
 def test_predict_top_is_checked_before_the_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    import utils.backbones
+    import deep_features.__main__ as cli
 
-    monkeypatch.setattr(utils.backbones, "load_backbone", lambda *_a, **_k: pytest.fail("loaded"))
+    monkeypatch.setattr(cli, "load_backbone", lambda *_a, **_k: pytest.fail("loaded"))
     for top in (0, 1001):
         with pytest.raises(ValueError, match="top must be from 1 to 1000"):
-            utils.backbones.predict_imagenet(np.zeros((1, 32, 32, 3), np.uint8), top=top)
+            cli.predict_imagenet(np.zeros((1, 32, 32, 3), np.uint8), top=top)

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from .cache import entry_path, read_entry, write_entry, write_entry_by_path
-from .data import resize_batch
 from .runtime import import_tensorflow_quietly, package_version
 
 if TYPE_CHECKING:  # keep `import utils` light: TensorFlow is imported only when a model is built
@@ -526,23 +525,6 @@ def imagenet_class_names() -> list[str]:
     if len(names) != IMAGENET_CLASSES:
         raise ValueError(f"expected {IMAGENET_CLASSES} ImageNet class names, found {len(names)}")
     return names
-
-
-def predict_imagenet(images: Any, backbone: str = DEFAULT_BACKBONE, top: int = 5) -> list[list[tuple[int, str, float]]]:
-    """Top-``top`` ImageNet classes ``(index, name, probability)`` for each image (uint8/float RGB arrays)."""
-    if not 1 <= top <= IMAGENET_CLASSES:
-        raise ValueError(f"top must be from 1 to {IMAGENET_CLASSES} (the classes), got {top}")
-    bb = load_backbone(backbone)
-    if bb.classifier is None:
-        raise ValueError(f"{backbone} has no ImageNet classifier at this image size")
-    batch = resize_batch(images, bb.input_size).astype("float32")
-    probabilities = np.asarray(bb.classifier(batch, training=False))
-    names = imagenet_class_names()
-    result = []
-    for row in probabilities:
-        best = np.argsort(row)[::-1][:top]
-        result.append([(int(i), names[i], float(row[i])) for i in best])
-    return result
 
 
 def imagenet_model(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> "keras.Model":

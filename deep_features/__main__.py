@@ -1,23 +1,32 @@
-"""Command line: ``python -m utils {predict,similar,featurize,index,train-recognizer,recognize,backbones} ...``.
+"""The command line: ``deep-features COMMAND ...``, also ``python -m deep_features COMMAND ...``.
 
-Running the whole course, its site and notebook hygiene are instructor tools: ``python -m instructor``.
+(The course runner, its site and notebook hygiene: ``python -m instructor``.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
-from .backbones import (DEFAULT_BACKBONE, IMAGENET_CLASSES, MIN_IMAGE_SIZE, REGISTRY,
-                        BackboneUnavailableError, UnknownBackboneError)
-from .data import DataNotFoundError, ImageLoadError
-from .dask_features import DaskClusterError
-from .fast_inference import PRECISION_ENV_VAR, PRECISIONS
-from .index import (EXACT_MAX_IMAGES, INDEX_KINDS, METRIC, METRICS, IndexBusyError, being_built,
-                    looks_like_index)
+import numpy as np
 
+from utils.backbones import (DEFAULT_BACKBONE, IMAGENET_CLASSES, MIN_IMAGE_SIZE, REGISTRY,
+                             BackboneUnavailableError, UnknownBackboneError, available_backbones,
+                             imagenet_class_names, load_backbone)
+from utils.data import DataNotFoundError, ImageLoadError, list_images, load_image, resize_batch
+from utils.fast_inference import PRECISION_ENV_VAR, PRECISIONS
+from utils.features import report_skipped
+
+from .dask_features import DaskClusterError, featurize
+from .index import (EXACT_MAX_IMAGES, INDEX_KINDS, METRIC, METRICS, IndexBusyError, being_built,
+                    build_index, looks_like_index)
+
+# The heavier imports (scikit-learn) wait for the commands that need them: retrieval, recognizer.
+
+PROG = "deep-features"
 DEBUG_ENV_VAR = "DEEP_FEATURES_DEBUG"  # set: a command's unexpected error shows its traceback
 
 
@@ -61,20 +70,31 @@ def _npz_output(output: Path) -> Path:
     return written
 
 
-def _predict(args: argparse.Namespace) -> int:
-    from .backbones import predict_imagenet
-    from .data import load_image
+def predict_imagenet(images, backbone: str = DEFAULT_BACKBONE,
+                     top: int = 5) -> list[list[tuple[int, str, float]]]:
+    """Top-``top`` ImageNet classes ``(index, name, probability)`` for each image (uint8 or float
+    RGB arrays): the backbone's own ImageNet classifier, for ``predict``."""
+    if not 1 <= top <= IMAGENET_CLASSES:
+        raise ValueError(f"top must be from 1 to {IMAGENET_CLASSES} (the classes), got {top}")
+    bb = load_backbone(backbone)
+    if bb.classifier is None:
+        raise ValueError(f"{backbone} has no ImageNet classifier at this image size")
+    batch = resize_batch(images, bb.input_size).astype("float32")
+    probabilities = np.asarray(bb.classifier(batch, training=False))
+    names = imagenet_class_names()
+    return [[(int(i), names[i], float(row[i])) for i in np.argsort(row)[::-1][:top]]
+            for row in probabilities]
 
+
+def _predict(args: argparse.Namespace) -> int:
     image = load_image(args.image)  # a mistyped path fails here, before the model loads
-    for rank, (index, name, probability) in enumerate(predict_imagenet(image, args.backbone, args.top)[0], 1):
+    top = predict_imagenet(image, args.backbone, args.top)[0]
+    for rank, (index, name, probability) in enumerate(top, 1):
         print(f"{rank}. {index:4d} {name:<30s} {probability:6.1%}")
     return 0
 
 
 def _similar(args: argparse.Namespace) -> int:
-    import json
-
-    from .features import report_skipped
     from .retrieval import search_folder, search_index
 
     query, folder = _checked_query(args.query), args.folder
@@ -101,27 +121,15 @@ def _similar(args: argparse.Namespace) -> int:
 
 
 def _featurize(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .data import list_images
-    from .features import featurize_files, report_skipped
-
     output = _npz_output(args.output)
     files = list_images(args.folder)
     if not files:
         raise ValueError(f"{args.folder}: no image files to featurize; nothing written")
-    if args.workers or args.scheduler:
-        from .dask_features import featurize_files_on_dask
-
-        result = featurize_files_on_dask(files, args.backbone, args.image_size, args.precision,
-                                         workers=args.workers, scheduler=args.scheduler, progress=True)
-    else:
-        result = featurize_files(files, args.backbone, args.image_size, progress=True,
-                                 precision=args.precision)
-    report_skipped(result.skipped)
+    result = featurize(files, args.backbone, args.image_size, args.precision, workers=args.workers,
+                       scheduler=args.scheduler, progress=True, report=True)
     if not result.paths:
-        raise ValueError(f"{args.folder}: none of the {len(files)} image files could be read; nothing "
-                         f"written to {output}")
+        raise ValueError(f"{args.folder}: none of the {len(files)} image files could be read; "
+                         f"nothing written to {output}")
     np.savez(output, features=result.features, paths=np.asarray([str(p) for p in result.paths]))
     print(f"{len(result.paths)} images -> {result.features.shape} features in {output}; "
           f"{len(result.skipped)} skipped")
@@ -129,11 +137,9 @@ def _featurize(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from .index import build_index
-
-    update = build_index(args.folder, args.output, args.backbone, args.image_size, args.precision, args.kind,
-                         workers=args.workers, scheduler=args.scheduler, progress=True, report=True,
-                         metric=args.metric)
+    update = build_index(args.folder, args.output, args.backbone, args.image_size, args.precision,
+                         args.kind, workers=args.workers, scheduler=args.scheduler, progress=True,
+                         report=True, metric=args.metric)
     for note in update.notes:
         print(f"repaired: {note}", file=sys.stderr)
     index = update.index
@@ -159,26 +165,27 @@ def _train_recognizer(args: argparse.Namespace) -> int:
 
 
 def _recognize(args: argparse.Namespace) -> int:
-    import json
-
     from .recognizer import Recognizer, RecognizerError
 
     recognizer = Recognizer.load(args.recognizer)
     missing = [p for p in args.photos if not p.is_file()]
     if missing and len(missing) == len(args.photos):
-        raise RecognizerError(f"{missing[0]}: no such photo file" if len(missing) == 1
-                              else f"none of the {len(missing)} photos exist (first: {missing[0]})")
+        raise RecognizerError(f"{missing[0]}: no such photo file" if len(missing) == 1 else
+                              f"none of the {len(missing)} photos exist (first: {missing[0]})")
     results, skipped = recognizer.recognize(args.photos)
     if args.json:
+        rows = [{"path": str(r.path), "class": r.label, "similarity": round(r.similarity, 6),
+                 "nearest": r.nearest} for r in results]
         print(json.dumps({"backbone": recognizer.backbone, "image_size": recognizer.image_size,
-                          "score": "cosine similarity to the class centroid", "threshold": recognizer.threshold,
-                          "classes": recognizer.class_names,
-                          "results": [{"path": str(r.path), "class": r.label, "similarity": round(r.similarity, 6),
-                                       "nearest": r.nearest} for r in results],
-                          "skipped": [{"path": str(p), "reason": why} for p, why in skipped]}, indent=2))
+                          "score": "cosine similarity to the class centroid",
+                          "threshold": recognizer.threshold, "classes": recognizer.class_names,
+                          "results": rows,
+                          "skipped": [{"path": str(p), "reason": why} for p, why in skipped]},
+                         indent=2))
     else:
-        print(f"# class, cosine similarity to its centroid (unknown below {recognizer.threshold:.3f}), photo; "
-              f"{recognizer.backbone} at {recognizer.image_size} px")
+        print(f"# class, cosine similarity to its centroid (unknown below "
+              f"{recognizer.threshold:.3f}), photo; {recognizer.backbone} at "
+              f"{recognizer.image_size} px")
         width = max(len(c) for c in [*recognizer.class_names, "unknown"])
         for r in results:
             note = f"  (nearest: {r.nearest})" if r.label == "unknown" else ""
@@ -192,48 +199,55 @@ def _recognize(args: argparse.Namespace) -> int:
 
 
 def _backbones(_: argparse.Namespace) -> int:
-    from .backbones import available_backbones
-
     here = set(available_backbones())
     for name, spec in REGISTRY.items():
         mark = "ready" if name in here else ("not installed" if spec.offline else "needs download")
-        print(f"{name:<20s} {spec.input_size:4d}px {spec.feature_dim:5d}-d  {mark:<15s} {spec.description}")
+        print(f"{name:<20s} {spec.input_size:4d}px {spec.feature_dim:5d}-d  {mark:<15s} "
+              f"{spec.description}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m utils``."""
-    parser = argparse.ArgumentParser(prog="python -m utils", description=__doc__)
+    """The argument parser of ``deep-features``."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    backbones = ", ".join(REGISTRY)
 
-    def with_backbone(p: argparse.ArgumentParser, backbone: str | None = DEFAULT_BACKBONE) -> argparse.ArgumentParser:
+    def with_backbone(p: argparse.ArgumentParser, backbone: str | None = DEFAULT_BACKBONE,
+                      precision: bool = True) -> argparse.ArgumentParser:
         default = backbone or f"{DEFAULT_BACKBONE}; an index folder's own"
-        p.add_argument("--backbone", default=backbone, help=f"one of: {', '.join(REGISTRY)} (default: {default})")
+        p.add_argument("--backbone", default=backbone,
+                       help=f"one of: {backbones} (default: {default})")
         p.add_argument("--image-size", type=_whole(MIN_IMAGE_SIZE, unit=" pixels"), default=None,
                        help="pixels (default: the backbone's own)")
-        p.add_argument("--precision", choices=PRECISIONS, default=None,
-                       help=f"inference precision (default: ${PRECISION_ENV_VAR} or float32); int8 is 2-3x faster "
-                            "on CPUs with VNNI, falls back to float32 elsewhere")
+        if precision:
+            p.add_argument("--precision", choices=PRECISIONS, default=None,
+                           help=f"inference precision (default: ${PRECISION_ENV_VAR} or float32); "
+                                "int8 is 2-3x faster on CPUs with VNNI, falls back to float32 "
+                                "elsewhere")
+        return p
+
+    def with_dask(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--workers", type=_whole(1), default=None,
+                       help="featurize on a Dask LocalCluster of N worker processes (default: this "
+                            "process)")
+        p.add_argument("--scheduler", default=None,
+                       help="featurize on an existing Dask cluster at this address (e.g. "
+                            "tcp://host:8786)")
         return p
 
     p = sub.add_parser("predict", help="top-K ImageNet classes of a photo")
     p.add_argument("image", type=Path)
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"one of: {', '.join(REGISTRY)}")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"one of: {backbones}")
     p.add_argument("--top", type=_whole(1, IMAGENET_CLASSES), default=5,
                    help=f"the number of classes shown, 1 to {IMAGENET_CLASSES} (default: 5)")
     p.set_defaults(run=_predict)
 
-    def with_dask(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--workers", type=_whole(1), default=None,
-                       help="featurize on a Dask LocalCluster of N worker processes (default: this process)")
-        p.add_argument("--scheduler", default=None,
-                       help="featurize on an existing Dask cluster at this address (e.g. tcp://host:8786)")
-        return p
-
-    p = with_backbone(sub.add_parser("similar", help="the images in a folder, or an index, closest to a query"),
-                      backbone=None)
+    p = with_backbone(sub.add_parser(
+        "similar", help="the images in a folder, or an index, closest to a query"), backbone=None)
     p.add_argument("query", type=Path)
-    p.add_argument("folder", type=Path, help="a folder of images, or an index folder (python -m utils index)")
+    p.add_argument("folder", type=Path,
+                   help=f"a folder of images, or an index folder ({PROG} index)")
     p.add_argument("--top", type=_whole(1), default=5, help="the number of results (default: 5)")
     p.add_argument("--metric", choices=METRICS, default=None,
                    help=f"the distance ranked by (default: {METRIC} on a folder, an index's own)")
@@ -241,52 +255,59 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object (metric, backbone, image_size, query, results)")
     p.set_defaults(run=_similar)
 
-    p = with_dask(with_backbone(sub.add_parser("featurize",
-                                               help="deep features of every image in a folder, to a .npz")))
+    p = with_dask(with_backbone(sub.add_parser(
+        "featurize", help="deep features of every image in a folder, to a .npz")))
     p.add_argument("folder", type=Path)
     p.add_argument("--output", type=Path, default=Path("features.npz"),
                    help="the .npz file (.npz is added to a name without it; its folder must exist)")
     p.set_defaults(run=_featurize)
 
     p = with_dask(with_backbone(sub.add_parser(
-        "index", help="build or update a faiss index of a folder's images, for `similar QUERY INDEX_DIR`"),
+        "index", help="build or update a faiss index of a folder's images, for `similar QUERY "
+                      "INDEX_DIR`"),
         backbone=None))  # an update keeps the index's settings unless told otherwise
     p.add_argument("folder", type=Path)
-    p.add_argument("--output", type=Path, required=True, help="the index folder (updated if it exists)")
+    p.add_argument("--output", type=Path, required=True,
+                   help="the index folder (updated if it exists)")
     p.add_argument("--kind", choices=INDEX_KINDS, default=None,
-                   help=f"exact (IndexFlatIP, IndexFlatL2 for euclidean), hnsw (IndexHNSWFlat) or auto: exact "
-                        f"up to {EXACT_MAX_IMAGES} images, hnsw above (default: the index's own, else auto)")
+                   help=f"exact (IndexFlatIP, IndexFlatL2 for euclidean), hnsw (IndexHNSWFlat) or "
+                        f"auto: exact up to {EXACT_MAX_IMAGES} images, hnsw above (default: the "
+                        "index's own, else auto)")
     p.add_argument("--metric", choices=METRICS, default=None,
                    help=f"the distance the index ranks by, and `similar` on it (default: "
                         f"an existing index's own, else {METRIC})")
     p.set_defaults(run=_index)
 
-    p = sub.add_parser("train-recognizer", help="a recognizer from FOLDER/<class>/<photos>, saved to a file")
-    p.add_argument("folder", type=Path, help="one sub-folder per class with its photos (one photo per class works)")
-    p.add_argument("--output", type=Path, required=True, help="the recognizer file to write, e.g. my.recognizer")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"one of: {', '.join(REGISTRY)}")
-    p.add_argument("--image-size", type=_whole(MIN_IMAGE_SIZE, unit=" pixels"), default=None,
-                   help="pixels (default: the backbone's own)")
+    p = with_backbone(sub.add_parser(
+        "train-recognizer", help="a recognizer from FOLDER/<class>/<photos>, saved to a file"),
+        precision=False)
+    p.add_argument("folder", type=Path,
+                   help="one sub-folder per class with its photos (one photo per class works)")
+    p.add_argument("--output", type=Path, required=True,
+                   help="the recognizer file to write, e.g. my.recognizer")
     p.set_defaults(run=_train_recognizer)
 
-    p = sub.add_parser("recognize", help="classify photos with a recognizer file (train-recognizer)")
+    p = sub.add_parser("recognize", help="classify photos with a recognizer file")
     p.add_argument("recognizer", type=Path, help="a file written by train-recognizer")
     p.add_argument("photos", type=Path, nargs="+", help="photo files (JPEG, PNG, HEIC, ...)")
     p.add_argument("--json", action="store_true", help="machine-readable results on stdout")
     p.set_defaults(run=_recognize)
 
-    sub.add_parser("backbones", help="list the backbones and whether they are ready here").set_defaults(run=_backbones)
-
+    sub.add_parser("backbones", help="list the backbones and whether they are ready here"
+                   ).set_defaults(run=_backbones)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command (``argv``: its arguments, default ``sys.argv[1:]``): the exit code, 0 when
+    it worked, 2 for a one-line error, 3 for a bug, 130 when interrupted."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         if args.command in {"featurize", "similar", "index", "train-recognizer"}:
-            print("\ninterrupted: the finished chunks are cached, rerun the same command to resume", file=sys.stderr)
+            print("\ninterrupted: the finished chunks are cached, rerun the same command to resume",
+                  file=sys.stderr)
         else:
             print("\ninterrupted", file=sys.stderr)
         return 130
@@ -297,11 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a full disk, no permission, ...: the system's own words and the file
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback on request
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback on request
         if os.environ.get(DEBUG_ENV_VAR):
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (a bug: rerun with {DEBUG_ENV_VAR}=1 for "
-              "the traceback, and report it)", file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {exc} (a bug: rerun with {DEBUG_ENV_VAR}=1 "
+              "for the traceback, and report it)", file=sys.stderr)
         return 3
 
 

@@ -1,11 +1,11 @@
 """Search a folder of image files, or an index of one, for the images nearest to a query image
-(``python -m utils similar``).
+(``deep-features similar``).
 
-The lessons write the nearest-neighbour search in their cells with scikit-learn's ``NearestNeighbors`` (and
-lesson 9 with faiss); this is the same search packaged for the command line, with the folder's features cached.
-A folder and an index of it give the same answers: both rank by cosine distance (1 - cosine
-similarity) by default, the better of the two on deep features in lesson 4, or by Euclidean distance
-with ``metric="euclidean"`` (an index by the metric it was built with, :mod:`utils.index`).
+The lessons write the nearest-neighbour search in their cells (scikit-learn's ``NearestNeighbors``;
+lesson 9 faiss); this is the same search for the command line, with the folder's features cached. A
+folder and an index of it give the same answers: both rank by cosine distance (1 - cosine
+similarity, the better of the two on deep features in lesson 4) by default, or by Euclidean
+distance with ``metric="euclidean"`` (an index by the metric it was built with).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from .backbones import DEFAULT_BACKBONE, get_spec
-from .data import ImageLoadError, list_images
-from .fast_inference import resolve_precision
-from .features import featurize_files
+from utils.backbones import DEFAULT_BACKBONE, get_spec
+from utils.data import ImageLoadError, list_images
+from utils.fast_inference import resolve_precision
+from utils.features import featurize_files
+
 from .index import METRIC, IndexSettings, SearchIndex, check_metric
 
 
@@ -134,27 +135,16 @@ def search_folder(query: str | Path, folder: str | Path, top: int = 5, backbone:
                   query_in_source=query_in_folder, skipped=list(collection.skipped))
 
 
-def find_similar(query: str | Path, folder: str | Path, top: int = 5, backbone: str | None = None,
-                 image_size: int | None = None, progress: bool | None = None,
-                 precision: str | None = None,
-                 metric: str = METRIC) -> tuple[list[SimilarImage], list]:
-    """The ``top`` images in ``folder`` closest to the ``query`` image file (:func:`search_folder`),
-    and the folder's skipped (unreadable) files with reasons. Distances are cosine distances, or
-    Euclidean ones with ``metric="euclidean"``."""
-    search = search_folder(query, folder, top, backbone, image_size, progress, precision, metric)
-    return search.results, search.skipped
-
-
 def search_index(query: str | Path, index: str | Path | SearchIndex, top: int = 5,
                  backbone: str | None = None, image_size: int | None = None,
                  precision: str | None = None, metric: str | None = None) -> Search:
     """The ``top`` indexed images closest to the ``query`` image file, from an index folder
-    (``python -m utils index``), and what was searched. Distances are in the index's metric.
+    (``deep-features index``), and what was searched. Distances are in the index's metric.
 
     The query is featurized with the index's settings; a ``backbone``, ``image_size``,
     ``precision`` or ``metric`` given and different from the index's raises
-    :class:`~utils.index.IndexSettingsError`, as do weights changed since the index was built. The
-    query file itself is not an answer.
+    :class:`~deep_features.index.IndexSettingsError`, as do weights changed since the index was
+    built. The query file itself is not an answer.
     """
     top = _checked_top(top)
     index = index if isinstance(index, SearchIndex) else SearchIndex.load(index)
@@ -162,8 +152,8 @@ def search_index(query: str | Path, index: str | Path | SearchIndex, top: int = 
     settings = IndexSettings.of(backbone or built.backbone, image_size or built.image_size,
                                 precision or built.precision, metric or built.metric)
     built.check(settings, index.folder)
-    found = featurize_files([query], settings.backbone, settings.image_size, use_cache=False, progress=False,
-                            precision=settings.precision)
+    found = featurize_files([query], settings.backbone, settings.image_size, use_cache=False,
+                            progress=False, precision=settings.precision)
     if found.skipped:
         raise ImageLoadError(*found.skipped[0])
     scores, rows = index.search(found.features, top + 1, settings)
@@ -175,11 +165,3 @@ def search_index(query: str | Path, index: str | Path | SearchIndex, top: int = 
                   settings.image_size, settings.precision, "index", len(index), index.kind,
                   query_in_source=len(results) < len(hits))
 
-
-def find_similar_in_index(query: str | Path, index: str | Path | SearchIndex, top: int = 5,
-                          backbone: str | None = None, image_size: int | None = None,
-                          precision: str | None = None,
-                          metric: str | None = None) -> list[SimilarImage]:
-    """The ``top`` indexed images closest to the ``query`` image file (:func:`search_index`);
-    distances are in the index's metric: cosine distances (1 - cosine similarity), or Euclidean."""
-    return search_index(query, index, top, backbone, image_size, precision, metric).results

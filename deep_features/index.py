@@ -1,32 +1,21 @@
-"""A faiss index of a folder's deep features, on disk: build it once, update it, query it in milliseconds.
+"""A faiss index of a folder's deep features, on disk: build it once, update it, query it in
+milliseconds (``deep-features index`` and ``similar``; lesson 9 builds and queries one).
 
-An index folder holds ``index.json`` (the settings it was built with: backbone, weights id, image size, precision,
-metric, index kind; and the names of the current files), the faiss index, the features and the indexed files with
-their size and modification time. Cosine similarity (the default metric) is the inner product of
-L2-normalized features, so the exact index is ``faiss.IndexFlatIP``; a Euclidean index holds the raw
-features in ``faiss.IndexFlatL2``. Above :data:`EXACT_MAX_IMAGES` images, the default is an HNSW
-graph (``faiss.IndexHNSWFlat``), which answers in about a millisecond at 10^5 images with recall@10
-close to 1 (``benchmarks/index.py``; IVF-PQ took far less memory but missed more of the true
-neighbours).
+An index folder holds ``index.json`` (the settings it was built with and the names of the current
+files), the faiss index, the features and the indexed files with their size and modification time.
+Cosine similarity (the default metric) is the inner product of L2-normalized features
+(``faiss.IndexFlatIP``); a Euclidean index holds the raw features (``faiss.IndexFlatL2``). Above
+:data:`EXACT_MAX_IMAGES` images the default is an HNSW graph (``faiss.IndexHNSWFlat``; chosen over
+IVF-PQ by ``benchmarks/index.py``).
 
-Updating (:func:`build_index` on a folder indexed before) featurizes only the files that are new or
-changed, with the index's own settings unless others are asked for; a kill loses nothing: the
-features are cached chunk by chunk while they are computed, and the index folder's files are written
-under new names (a new *generation*) before ``index.json`` switches to them in one atomic step.
-
-Concurrency: one writer at a time. :func:`build_index` holds the lock file ``.lock`` in the index
-folder for the whole update (read ``index.json``, featurize, write); a second writer waits for it,
-with a message (see :func:`build_index`). Readers take no lock: the writer keeps the previous
-generation when it switches (and deletes only the older ones), and :meth:`SearchIndex.load` reads
-``index.json`` again if a file it names is gone, so a reader always loads one whole generation,
-never a mix and never a crash. The cost: the previous generation's files stay on disk until the next
-update (twice the index's size at most).
-
-Damage: a file of the index that cannot be read (truncated, empty, missing, not JSON) makes
-:meth:`SearchIndex.load` raise :class:`IndexDamagedError`, naming the file and the command that
-rebuilds the index; :func:`build_index` repairs it: a damaged faiss index is rebuilt from the stored
-features, damaged features or file lists from the files themselves (through the feature cache, so
-files featurized before cost little), and says so in :attr:`IndexUpdate.notes`.
+An update featurizes only new or changed files; a kill loses nothing: features are cached chunk by
+chunk, and the index's files are written under new names (a new *generation*) before
+``index.json`` switches to them atomically. One writer at a time holds the lock file ``.lock``
+(see :func:`build_index`); readers take no lock: the writer keeps the previous generation, and
+:meth:`SearchIndex.load` rereads ``index.json`` if a file it names is gone, so a reader always
+loads one whole generation. A file that cannot be read makes :meth:`SearchIndex.load` raise
+:class:`IndexDamagedError` naming it; :func:`build_index` repairs the damage (from the stored
+features, or the files through the feature cache) and says so in :attr:`IndexUpdate.notes`.
 """
 
 from __future__ import annotations
@@ -42,15 +31,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, get_spec, weights_fingerprint
-from .data import list_images
-from .fast_inference import resolve_precision
-from .features import featurize_files
-from .runtime import LockTimeoutError, atomic_write, exclusive_lock
+from utils.backbones import DEFAULT_BACKBONE, get_spec, weights_fingerprint
+from utils.data import list_images
+from utils.fast_inference import resolve_precision
+from utils.runtime import LockTimeoutError, atomic_write, exclusive_lock
 
-INDEX_LAYOUT_VERSION = 1  # of the index folder the user keeps (not a cache entry): bump when its layout changes
+from .dask_features import featurize
+
+INDEX_LAYOUT_VERSION = 1  # of the index folder the user keeps (not a cache entry): bump on change
 INDEX_KINDS = ("auto", "exact", "hnsw")
-EXACT_MAX_IMAGES = 20_000  # "auto": exact up to here: ~0.41 ms of CPU per 1000 images per query (one thread)
+EXACT_MAX_IMAGES = 20_000  # "auto": exact up to here: ~0.41 ms of CPU per 1000 images per query
 HNSW_M = 32  # graph neighbours per vector: recall vs memory (benchmarks/index.py)
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 64  # candidates kept per query: recall vs query time
@@ -86,12 +76,12 @@ class IndexBusyError(RuntimeError):
 
 def rebuild_advice(folder: Path) -> str:
     """What to do about a damaged index folder."""
-    return f"run `python -m utils index FOLDER --output {folder}` to rebuild it"
+    return f"run `deep-features index FOLDER --output {folder}` to rebuild it"
 
 
 def looks_like_index(folder: str | Path) -> bool:
-    """Whether ``folder`` is an index folder, or the remains of one: ``index.json`` or a generation's
-    file (the lock file alone is not: see :func:`being_built`)."""
+    """Whether ``folder`` is an index folder, or the remains of one: ``index.json`` or a
+    generation's file (the lock file alone is not: see :func:`being_built`)."""
     folder = Path(folder)
     if (folder / "index.json").is_file():
         return True
@@ -102,8 +92,8 @@ def looks_like_index(folder: str | Path) -> bool:
 
 
 def being_built(folder: str | Path) -> bool:
-    """Whether ``folder`` holds only the writers' lock file: its first ``index`` run is under way (or
-    was killed before writing anything)."""
+    """Whether ``folder`` holds only the writers' lock file: its first ``index`` run is under way
+    (or was killed before writing anything)."""
     try:
         return [p.name for p in Path(folder).iterdir()] == [LOCK_FILE]
     except OSError:
@@ -128,18 +118,19 @@ class IndexSettings:
                    resolve_precision(precision), check_metric(metric))
 
     def describe(self) -> str:
-        return f"{self.backbone} ({self.weights}) at {self.image_size} px, {self.precision}, {self.metric}"
+        return (f"{self.backbone} ({self.weights}) at {self.image_size} px, {self.precision}, "
+                f"{self.metric}")
 
     def check(self, other: "IndexSettings", where: Path) -> None:
-        """Raise :class:`IndexSettingsError`, naming every difference, unless ``other`` is the same."""
+        """:class:`IndexSettingsError`, naming every difference, unless ``other`` is the same."""
         differ = [f"{name} {getattr(other, name)} (index: {getattr(self, name)})"
                   for name in ("backbone", "weights", "image_size", "precision", "metric")
                   if getattr(self, name) != getattr(other, name)]
         if differ:
             raise IndexSettingsError(
-                f"the index {where} was built with {self.describe()}; features with other settings cannot be "
-                f"compared with it: {'; '.join(differ)}. Use the index's settings (leave the options out), or "
-                "build a new index with --output elsewhere")
+                f"the index {where} was built with {self.describe()}; features with other "
+                f"settings cannot be compared with it: {'; '.join(differ)}. Use the index's "
+                "settings (leave the options out), or build a new index with --output elsewhere")
 
 
 def choose_kind(kind: str, count: int) -> str:
@@ -160,7 +151,8 @@ def check_metric(metric: str) -> str:
 
 
 def normalized(features: np.ndarray) -> np.ndarray:
-    """Each row divided by its L2 norm (a new float32 array): inner products are then cosine similarities."""
+    """Each row divided by its L2 norm (a new float32 array): inner products are then cosine
+    similarities."""
     import faiss
 
     rows = np.array(features, dtype=np.float32, order="C", copy=True)
@@ -195,7 +187,8 @@ def new_faiss_index(kind: str, dim: int, metric: str = METRIC):
 
 @dataclass
 class SearchIndex:
-    """An index folder loaded: its settings, the faiss index and the indexed files, in the index's row order."""
+    """An index folder loaded: its settings, the faiss index and the indexed files, in the index's
+    row order."""
 
     folder: Path
     settings: IndexSettings
@@ -217,13 +210,14 @@ class SearchIndex:
             meta = _read_meta(folder)
             if meta is None:
                 if looks_like_index(folder):
-                    raise IndexDamagedError(f"{folder} looks like an index folder but its index.json "
-                                            f"is missing; {rebuild_advice(folder)}")
+                    raise IndexDamagedError(f"{folder} looks like an index folder but its "
+                                            f"index.json is missing; {rebuild_advice(folder)}")
                 if being_built(folder):
-                    raise FileNotFoundError(f"{folder}: no index there yet: an `index` run may be building "
-                                            f"it ({folder / LOCK_FILE}); try again when it is done")
+                    raise FileNotFoundError(f"{folder}: no index there yet: an `index` run may be "
+                                            f"building it ({folder / LOCK_FILE}); try again when "
+                                            "it is done")
                 raise FileNotFoundError(f"{folder}: not an index folder (no index.json); build one "
-                                        "with python -m utils index FOLDER --output INDEX_DIR")
+                                        "with deep-features index FOLDER --output INDEX_DIR")
             if meta == tried:
                 break
             try:
@@ -242,12 +236,14 @@ class SearchIndex:
         if index.ntotal != len(entries):
             raise _damaged(folder / meta["files"]["index"],
                            f"holds {index.ntotal} vectors for {len(entries)} files")
-        return cls(folder, IndexSettings(**meta["settings"]), meta["kind"], index, [Path(e[0]) for e in entries])
+        return cls(folder, IndexSettings(**meta["settings"]), meta["kind"], index,
+                   [Path(e[0]) for e in entries])
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def search(self, query_features: np.ndarray, k: int, settings: IndexSettings) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query_features: np.ndarray, k: int,
+               settings: IndexSettings) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest indexed images to each query row: (scores, rows), both (Q, k),
         nearest first. The scores are faiss's: cosine similarities for a cosine index, squared L2
         distances for a euclidean one.
@@ -271,8 +267,8 @@ class SearchIndex:
 
 @dataclass
 class IndexUpdate:
-    """What :func:`build_index` did: the loaded index, the files added, removed, kept and skipped, and
-    the damage it repaired (``notes``, one line each)."""
+    """What :func:`build_index` did: the loaded index, the files added, removed, kept and skipped,
+    and the damage it repaired (``notes``, one line each)."""
 
     index: SearchIndex
     added: int
@@ -290,7 +286,8 @@ def _damaged(path: Path, what: str) -> IndexDamagedError:
 
 
 def _read_meta(folder: Path) -> dict | None:
-    """``index.json``, checked: ``None`` if there is none, :class:`IndexDamagedError` if unusable."""
+    """``index.json``, checked: ``None`` if there is none, :class:`IndexDamagedError` if
+    unusable."""
     path = folder / "index.json"
     try:
         text = path.read_text("utf-8")
@@ -305,8 +302,8 @@ def _read_meta(folder: Path) -> dict | None:
     if not isinstance(meta, dict):
         raise _damaged(path, "is not an index description (not a JSON object)")
     if meta.get("format") != INDEX_LAYOUT_VERSION:
-        raise ValueError(f"{folder}: index format {meta.get('format')} is not this version's ({INDEX_LAYOUT_VERSION}); "
-                         "build the index again into a new folder")
+        raise ValueError(f"{folder}: index format {meta.get('format')} is not this version's "
+                         f"({INDEX_LAYOUT_VERSION}); build the index again into a new folder")
     try:
         IndexSettings(**meta["settings"])
         files = meta["files"]
@@ -326,8 +323,9 @@ def _missing(path: Path) -> FileNotFoundError:
 
 
 def _read_faiss(path: Path):
-    """The faiss index in ``path``: :class:`FileNotFoundError` if missing, :class:`IndexDamagedError`
-    if not readable (faiss says only ``RuntimeError``, with a C++ location)."""
+    """The faiss index in ``path``: :class:`FileNotFoundError` if missing,
+    :class:`IndexDamagedError` if not readable (faiss says only ``RuntimeError``, with a C++
+    location)."""
     import faiss
 
     if not path.is_file():
@@ -343,14 +341,20 @@ def _read_faiss(path: Path):
         raise _damaged(path, f"is not a readable faiss index ({reason})") from exc
 
 
-def _read_entries(path: Path) -> list[list]:
-    """The indexed files: ``[path, size, mtime_ns]`` rows."""
+def _read(path: Path, read):
+    """``read(path)``: :class:`FileNotFoundError` if missing, :class:`IndexDamagedError` if not
+    readable."""
     try:
-        entries = json.loads(path.read_text("utf-8"))
+        return read(path)
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise _damaged(path, f"cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_entries(path: Path) -> list[list]:
+    """The indexed files: ``[path, size, mtime_ns]`` rows."""
+    entries = _read(path, lambda p: json.loads(p.read_text("utf-8")))
     if not isinstance(entries, list) or not all(
             isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) for e in entries):
         raise _damaged(path, "is not a list of [path, size, modification time]")
@@ -358,14 +362,10 @@ def _read_entries(path: Path) -> list[list]:
 
 
 def _read_features(path: Path, count: int, dim: int) -> np.ndarray:
-    try:
-        features = np.load(path, mmap_mode="r")
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, EOFError) as exc:
-        raise _damaged(path, f"cannot be read ({type(exc).__name__}: {exc})") from exc
+    features = _read(path, lambda p: np.load(p, mmap_mode="r"))
     if features.shape != (count, dim) or features.dtype != np.float32:
-        raise _damaged(path, f"holds {features.dtype} {features.shape}, not float32 {(count, dim)}")
+        raise _damaged(path, f"holds {features.dtype} {features.shape}, not float32 "
+                             f"{(count, dim)}")
     return features
 
 
@@ -378,43 +378,36 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 
 def build_index(folder: str | Path, output: str | Path, backbone: str | None = None,
-                image_size: int | None = None, precision: str | None = None, kind: str | None = None, *,
-                metric: str | None = None,
-                workers: int | None = None, scheduler: str | None = None, progress: bool | None = None,
-                report: bool = False, files: Sequence[str | Path] | None = None,
+                image_size: int | None = None, precision: str | None = None,
+                kind: str | None = None, *, metric: str | None = None, workers: int | None = None,
+                scheduler: str | None = None, progress: bool | None = None, report: bool = False,
+                files: Sequence[str | Path] | None = None,
                 lock_timeout: float | None = LOCK_TIMEOUT) -> IndexUpdate:
-    """Index the images under ``folder`` into the folder ``output``, or update the index already there.
+    """Index the images under ``folder`` into the folder ``output``, or update the index there.
 
-    Only files that are new or changed (size or modification time) since the last run are
-    featurized; files gone from the folder leave the index. ``backbone``, ``image_size``,
-    ``precision`` and ``kind`` default (``None``) to the existing index's own, else to the
-    backbone's defaults and ``"auto"``; a backbone, size or precision given and different from the
-    index's raises :class:`IndexSettingsError` (the features could not be compared), while a
-    different ``kind`` rebuilds the index as that kind from the stored features, and later updates
-    keep it. ``kind``: ``"exact"``, ``"hnsw"`` or ``"auto"`` (see :func:`choose_kind`). ``metric``:
-    ``"cosine"`` or ``"euclidean"`` (default: the index's own, else cosine; another than the index's
-    raises :class:`IndexSettingsError`, like the backbone). ``workers``
-    / ``scheduler`` run the featurization on Dask (:mod:`utils.dask_features`); default: this
-    process. ``files`` replaces the folder listing (for a list of files). Unreadable files are
-    skipped and named in the result (``report=True`` prints them, as ``featurize`` does); they are
-    tried again on the next update. A damaged index is repaired (see the module's docstring);
-    :attr:`IndexUpdate.notes` says what was.
+    Only files new or changed (size or modification time) since the last run are featurized; files
+    gone from the folder leave the index. ``backbone``, ``image_size``, ``precision``, ``metric``
+    (``"cosine"`` or ``"euclidean"``) and ``kind`` (``"exact"``, ``"hnsw"`` or ``"auto"``:
+    :func:`choose_kind`) default (``None``) to the existing index's own, else to the backbone's,
+    cosine and ``"auto"``. Settings other than the index's raise :class:`IndexSettingsError` (the
+    features could not be compared), but another ``kind`` rebuilds the index as that kind from the
+    stored features, and later updates keep it. ``workers`` / ``scheduler`` featurize on Dask
+    (:mod:`~deep_features.dask_features`). ``files`` replaces the folder listing. Unreadable files
+    are skipped, named in the result (``report=True`` prints them) and tried again next time.
 
     One writer at a time: the update holds ``output/.lock`` from reading ``index.json`` to switching
-    it. A second writer *waits* (saying so on stderr) rather than being refused: when it gets the
-    lock it reads the index the first one wrote and featurizes only what is still new, so both runs
-    succeed and nothing is done twice -- the behaviour a scheduled update overlapping a manual one
-    needs. The wait is bounded by ``lock_timeout`` seconds (default :data:`LOCK_TIMEOUT`; ``None``:
-    no limit), then :class:`IndexBusyError`: a run that featurizes 10^6 files holds the lock for
-    hours, and a script should hear about it rather than hang. The lock is the operating system's,
-    released when its holder dies, so a killed run never blocks the next one.
+    it. A second writer *waits* (saying so on stderr), then reads the index the first one wrote and
+    featurizes only what is still new: both runs succeed, nothing is done twice (a scheduled update
+    overlapping a manual one). The wait is bounded by ``lock_timeout`` seconds (``None``: no
+    limit), then :class:`IndexBusyError`: a script should hear of a run holding the lock for hours
+    rather than hang. The lock is the operating system's, released when its holder dies.
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output} is a file, not a folder: give the index folder (a new "
                          "one, or one indexed before)")
-    if kind is not None and kind not in INDEX_KINDS:
-        raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
+    if kind is not None:
+        choose_kind(kind, 0)  # an unknown kind fails before any work
     if backbone is not None:
         get_spec(backbone)  # an unknown or unavailable backbone fails before any work
     if files is None and not Path(folder).is_dir():
@@ -423,14 +416,15 @@ def build_index(folder: str | Path, output: str | Path, backbone: str | None = N
 
     def waiting() -> None:
         limit = f"; giving up after {lock_timeout:g} s" if lock_timeout is not None else ""
-        print(f"waiting for another `index` run on {output} to finish (it holds {output / LOCK_FILE}"
-              f"{limit}) ...", file=sys.stderr, flush=True)
+        print(f"waiting for another `index` run on {output} to finish (it holds "
+              f"{output / LOCK_FILE}{limit}) ...", file=sys.stderr, flush=True)
 
     try:
         with exclusive_lock(output / LOCK_FILE, lock_timeout, on_wait=waiting):
             try:
-                return _update(folder, output, files, backbone, image_size, precision, kind, metric,
-                               workers=workers, scheduler=scheduler, progress=progress, report=report)
+                return _update(folder, output, files, backbone, image_size, precision, kind,
+                               metric, workers=workers, scheduler=scheduler, progress=progress,
+                               report=report)
             except BaseException:
                 if created:  # no empty folder left (a waiter sees the lock file go: exclusive_lock)
                     _remove_if_only_lock(output)
@@ -479,7 +473,8 @@ def _previous(output: Path) -> _Previous:
         previous.features = _read_features(output / files["features"], len(previous.entries), dim)
     except (FileNotFoundError, IndexDamagedError) as exc:
         what = exc.problem if isinstance(exc, IndexDamagedError) else f"{exc.filename} is missing"
-        previous.notes.append(f"{what}: featurizing every file again (cached features make it quick)")
+        previous.notes.append(f"{what}: featurizing every file again (cached features make it "
+                              "quick)")
         previous.entries, previous.features = [], None
     return previous
 
@@ -505,35 +500,35 @@ def _update(folder, output: Path, files: Sequence[str | Path] | None, backbone: 
         built.check(settings, output)
         requested = kind or _requested_kind(meta)
     else:
-        settings = IndexSettings.of(backbone or DEFAULT_BACKBONE, image_size, precision, metric or METRIC)
+        settings = IndexSettings.of(backbone or DEFAULT_BACKBONE, image_size, precision,
+                                    metric or METRIC)
         requested = kind or "auto"
     if notes and meta is None:
         notes[-1] += f" with {settings.describe()}"
     old_entries = previous.entries
     dim = get_spec(settings.backbone).feature_dim
-    old_features = np.empty((0, dim), np.float32) if previous.features is None else previous.features
+    old_features = previous.features
+    if old_features is None:
+        old_features = np.empty((0, dim), np.float32)
     stats = {p: _stat(p) for p in paths}
-    unchanged = [row for row, (p, size, mtime) in enumerate(old_entries) if stats.get(Path(p)) == (size, mtime)]
+    unchanged = [row for row, (p, size, mtime) in enumerate(old_entries)
+                 if stats.get(Path(p)) == (size, mtime)]
     known = {Path(old_entries[row][0]) for row in unchanged}
     new = [p for p in paths if p not in known]
-    if workers or scheduler:
-        from .dask_features import featurize_files_on_dask
-
-        found = featurize_files_on_dask(new, settings.backbone, settings.image_size, settings.precision,
-                                        workers=workers, scheduler=scheduler, progress=progress, report=report)
-    else:
-        found = featurize_files(new, settings.backbone, settings.image_size, progress=progress,
-                                precision=settings.precision, report=report)
+    found = featurize(new, settings.backbone, settings.image_size, settings.precision,
+                      workers=workers, scheduler=scheduler, progress=progress, report=report)
     added_entries = [[str(p), *(stats[p] or (None, None))] for p in found.paths]
     entries = [old_entries[row] for row in unchanged] + added_entries
     if not entries:
-        raise ValueError(f"{folder}: no readable image files to index ({len(found.skipped)} skipped)")
+        raise ValueError(f"{folder}: no readable image files to index ({len(found.skipped)} "
+                         "skipped)")
     removed = len(old_entries) - len(unchanged)
     chosen = choose_kind(requested, len(entries))
 
-    # New files are added to the graph in place; a removed file, another kind or damage: built again.
+    # New files are added to the graph in place; a removed file, another kind or damage: rebuilt.
     faiss_index = None
-    if meta is not None and not removed and meta["kind"] == chosen and previous.features is not None:
+    if (meta is not None and not removed and meta["kind"] == chosen
+            and previous.features is not None):
         faiss_index = _faiss_to_extend(output / meta["files"]["index"], len(old_entries), notes)
     rebuilt = faiss_index is None
     all_features = old_features
@@ -550,8 +545,8 @@ def _update(folder, output: Path, files: Sequence[str | Path] | None, backbone: 
     if chosen == "hnsw":
         faiss_index.hnsw.efSearch = HNSW_EF_SEARCH
     index = SearchIndex(output, settings, chosen, faiss_index, [Path(e[0]) for e in entries])
-    return IndexUpdate(index, len(found.paths), removed, len(unchanged), list(found.skipped), rebuilt,
-                       notes)
+    return IndexUpdate(index, len(found.paths), removed, len(unchanged), list(found.skipped),
+                       rebuilt, notes)
 
 
 def _faiss_to_extend(path: Path, count: int, notes: list[str]):

