@@ -121,7 +121,8 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         "classes": Metric("class names, in label order"),
     },
     "Few-shot recognizer": {
-        "few_shot": Metric("test accuracy vs training images per class: raw pixels, each classifier, the chosen one"),
+        "few_shot": Metric("test accuracy vs training images per class: raw pixels, each classifier, the chosen "
+                           "one; the fewest shots from which L2 + LR stays ahead of L2 + nearest centroid"),
         "few_shot_std": Metric("standard deviation of those accuracies over the random draws, per classifier"),
         "few_shot_validation": Metric("validation accuracy per classifier and shot count (training images "
                                       "outside the shots)"),
@@ -129,9 +130,10 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         "few_shot_classifier": Metric("the few-shot classifier chosen on that validation"),
         "one_shot_accuracy": Metric("test accuracy of the chosen classifier from 1 image per class", ".3f"),
         "five_shot_accuracy": Metric("test accuracy of the chosen classifier from 5 images per class", ".3f"),
-        "recognizer": Metric("the saved recognizer: source folder, classes, steps, accuracy, predictions (with "
-                             "the photos' true classes) and how many are right; the same folder through "
-                             "train_recognizer: leave-one-out accuracy, unknown threshold, answers, test accuracy"),
+        "recognizer": Metric("the recognizer: source folder, classes, steps, test accuracy, predictions (with "
+                             "the photos' true classes) and how many are right, leave-one-out accuracy and "
+                             "predictions (cross_val_predict); the same folder through train_recognizer: its "
+                             "leave-one-out accuracy and unknown threshold"),
     },
     "Keras classifier": {
         "logistic_validation_accuracy": Metric("validation accuracy of lesson 3's logistic regression (fit images)",

@@ -157,3 +157,35 @@ def test_numeric_tolerance_and_shapes() -> None:
     assert checks._same(0.81234, 0.8123, 1e-3) and not checks._same(0.7, 0.8123, 1e-3)
     assert checks._same([1, 2, 3], np.array([1, 2, 3]), 0) and not checks._same([1, 2], np.array([1, 2, 3]), 0)
     assert not checks._same("lots", 0.8, 1e-3)
+
+
+def test_9_1_is_the_recall_of_a_2_link_graph_the_student_built() -> None:
+    """Exercise 9.1 changes the index (2 links per image instead of hnsw_m): the expected answer is that graph's
+    recall@10 at the lesson's efSearch against the exact index, computed from the student's own index (which keeps
+    its efSearch); another graph, or none yet, is not accepted."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    collection = rng.standard_normal((300, 16)).astype(np.float32)
+    queries = rng.standard_normal((40, 16)).astype(np.float32)
+    faiss.normalize_L2(collection)
+    faiss.normalize_L2(queries)
+    exact = faiss.IndexFlatIP(16)
+    exact.add(collection)
+    truth = exact.search(queries, 10)[1]
+    sparse = faiss.IndexHNSWFlat(16, 2, faiss.METRIC_INNER_PRODUCT)
+    sparse.hnsw.efConstruction = 64
+    sparse.add(collection)
+    sparse.hnsw.efSearch = 12
+    found = sparse.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) for a, b in zip(found, truth)]) / 10
+    sparse.hnsw.efSearch = 99  # the check searches at the lesson's efSearch, and leaves the student's alone
+    objects = {"approximate": sparse, "exact": exact, "queries": queries, "ef_search": 12}
+    assert checks.expected_answer("9.1", **objects) == pytest.approx(recall, abs=1e-12) and recall < 1
+    assert checks.check("9.1", recall, **objects) is True and sparse.hnsw.efSearch == 99
+    assert checks.check("9.1", recall - 0.01, **objects) is False
+    dense = faiss.IndexHNSWFlat(16, 32, faiss.METRIC_INNER_PRODUCT)
+    dense.add(collection)
+    for other in (dense, exact, None):  # the lesson's kind of graph, an exact index, not built yet
+        assert checks.expected_answer("9.1", **{**objects, "approximate": other}) is None
+        assert checks.check("9.1", recall, **{**objects, "approximate": other}) is False

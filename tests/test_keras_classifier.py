@@ -102,6 +102,11 @@ def test_notebook_trains_a_keras_head_and_stops_early(tmp_path, small_data_dir) 
     assert len(stopped["loss"]) == m["epochs_run"] <= m["max_epochs"]
     assert m["restored_epoch"] == int(np.argmin(stopped["val_loss"])) + 1
     assert m["epochs_run"] == min(m["restored_epoch"] + m["patience"], m["max_epochs"])
+    # make_head seeds: the early-stopped fit retraces the long run, so it restores the long run's lowest epoch
+    # unless it stopped before reaching it (patience epochs without a new low)
+    assert stopped["val_loss"] == pytest.approx(long["val_loss"][:m["epochs_run"]], rel=1e-6)
+    assert m["restored_epoch"] == m["best_epoch"] or (
+        m["best_epoch"] > m["epochs_run"] and long["val_loss"][m["best_epoch"] - 1] < min(stopped["val_loss"]))
     # the validation accuracy is the one of the saved predictions, on the lesson's validation split
     train, test = data.load_course_data(small_data_dir, small["n_train_per_class"], small["n_test_per_class"], seed=0)
     _, val_idx = train_test_split(np.arange(len(train)), test_size=0.2, random_state=0, stratify=train.labels)
