@@ -2,7 +2,7 @@
 
 Each configuration executes ``notebooks/08_fine_tuning.ipynb`` with papermill through the course runner
 (``instructor.run.run_course``), its parameters set from :data:`VARIANTS` and ``--seeds``, and reads the figures
-from the metrics the notebook records (``utils/lesson_metrics.py``, "Fine-tuning"). So the recipe measured is
+from the metrics the notebook records (``instructor/metrics.py``, "Fine-tuning"). So the recipe measured is
 the lesson's own code, not a copy. Only what the lesson's parameters cell declares can vary (image size, first
 fine-tuned block, epochs, learning rate, seed, backbone); the seed also changes the lesson's fit/validation split.
 Settings are compared on the validation split; the lesson also scores the test set, shown in its own columns.

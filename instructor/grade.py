@@ -83,9 +83,9 @@ def _exercise_key(exercise_id: str) -> tuple:
 
 def lesson_exercises(lesson: LessonNotebook) -> list[str]:
     """The exercise ids the checks registry holds for this lesson's number (``5.1``, ``5.2``, ...)."""
-    from utils.checks import EXERCISES
+    from utils.checks import load_all
 
-    return sorted((e for e in EXERCISES if e.split(".")[0] == str(lesson.number)), key=_exercise_key)
+    return sorted((e for e in load_all() if e.split(".")[0] == str(lesson.number)), key=_exercise_key)
 
 
 def find_submissions(submissions: Path, lessons: Iterable[LessonNotebook], log: Log = print

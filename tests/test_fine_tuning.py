@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -221,18 +220,14 @@ def test_report_names_the_fine_tuning_settings() -> None:
 
 @pytest.mark.slow
 def test_notebook_fine_tunes_and_assembles_an_image_model(tmp_path, course_data_dir) -> None:
-    import papermill
-
     from instructor import NOTEBOOK_DIR
+    from instructor.run import run_course
 
-    metrics_path = tmp_path / "metrics.json"
     model_path = tmp_path / "model.keras"
-    papermill.execute_notebook(
-        str(NOTEBOOK_DIR / "08_fine_tuning.ipynb"), str(tmp_path / "out.ipynb"),
-        parameters=dict(SMALL_RUN, data_dir=str(course_data_dir), metrics_path=str(metrics_path),
-                        model_path=str(model_path)),
-        cwd=str(NOTEBOOK_DIR), progress_bar=False)
-    m = json.loads(metrics_path.read_text())
+    results = run_course(tmp_path / "build", dict(SMALL_RUN, data_dir=str(course_data_dir),
+                                                  model_path=str(model_path)),
+                         notebooks=[NOTEBOOK_DIR / "08_fine_tuning.ipynb"], log=lambda _: None)
+    m = results["metrics"]["08_fine_tuning"]
     assert m["chain_difference"] < 1e-3  # the cells' bottom + top is the whole feature model
     assert m["top_difference"] < 0.05  # the frozen top's output is the featurizer's cached features
     # before training, the unfrozen model is the frozen network + head (Keras top vs TFLite features: a

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import nbformat
 import numpy as np
@@ -77,20 +76,16 @@ def test_7_3_wants_a_hidden_layer(toy) -> None:
 
 @pytest.mark.slow
 def test_notebook_trains_a_keras_head_and_stops_early(tmp_path, small_data_dir) -> None:
-    import papermill
     from sklearn.model_selection import train_test_split
 
     from instructor import NOTEBOOK_DIR
-    from instructor.run import SMALL_PARAMETERS
+    from instructor.run import SMALL_PARAMETERS, run_course
     from utils import data
 
-    metrics_path = tmp_path / "metrics.json"
     small = {k: SMALL_PARAMETERS[k] for k in ("n_train_per_class", "n_test_per_class", "image_size")}
-    papermill.execute_notebook(
-        str(NOTEBOOK_DIR / "07_keras_classifier.ipynb"), str(tmp_path / "out.ipynb"),
-        parameters=dict(small, data_dir=str(small_data_dir), metrics_path=str(metrics_path)),
-        cwd=str(NOTEBOOK_DIR), progress_bar=False)
-    m = json.loads(metrics_path.read_text())
+    results = run_course(tmp_path / "build", dict(small, data_dir=str(small_data_dir)),
+                         notebooks=[NOTEBOOK_DIR / "07_keras_classifier.ipynb"], log=lambda _: None)
+    m = results["metrics"]["07_keras_classifier"]
     long, stopped = m["long_curves"], m["early_stopping_curves"]
     assert set(long) == set(stopped) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert all(len(values) == m["max_epochs"] for values in long.values())  # no callback: every epoch

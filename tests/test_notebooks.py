@@ -19,7 +19,8 @@ from sklearn.preprocessing import StandardScaler
 from _course_fixtures import built_real_course
 from instructor import NOTEBOOK_DIR, report
 from instructor.run import SMALL_PARAMETERS as SMALL
-from utils import data, features, lesson_metrics
+from instructor import metrics as lesson_metrics
+from utils import data, features
 
 pytestmark = pytest.mark.slow
 LESSONS = ["01_explore_data", "02_raw_pixel_classifier", "03_deep_features_classifier", "04_image_retrieval",
