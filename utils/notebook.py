@@ -22,15 +22,16 @@ class LessonRun:
 
 
 def setup(name: str, seed: int = 0, *, blas_threads: int | None = None) -> LessonRun:
-    """Seed numpy's global generator, set readable figure defaults, print the versions used (every lesson).
+    """Seed numpy's global generator, set readable figure defaults, print the versions used
+    (every lesson).
 
-    ``name`` is the lesson's number and title (``"02 Raw-pixel classifier"``). ``blas_threads`` limits the
-    BLAS/OpenMP thread pools for the rest of the session (threadpoolctl), e.g. 1 for a lesson of many small fits,
-    each faster on one thread: machine tuning, not a lesson's idea.
+    ``name`` is the lesson's number and title (``"02 Raw-pixel classifier"``). ``blas_threads``
+    limits the BLAS/OpenMP thread pools for the rest of the session (threadpoolctl), e.g. 1 for a
+    lesson of many small fits, each faster on one thread: machine tuning, not a lesson's idea.
 
-    Library noise no lesson reads is silenced here: scikit-learn's ``NearestCentroid`` warns about the per-class
-    spread of its training images (undefined or zero with one or two images per class), which it uses only with
-    ``shrink_threshold``.
+    Library noise no lesson reads is silenced here: scikit-learn's ``NearestCentroid`` warns about
+    the per-class spread of its training images (undefined or zero with one or two images per
+    class), which it uses only with ``shrink_threshold``.
     """
     import warnings
 
@@ -46,6 +47,7 @@ def setup(name: str, seed: int = 0, *, blas_threads: int | None = None) -> Lesso
     np.random.seed(seed)
     np.set_printoptions(precision=3, suppress=True)
     plt.rcParams.update({"figure.dpi": 90, "axes.titlesize": 11, "figure.max_open_warning": 50})
-    versions = f"python {platform.python_version()}, numpy {np.__version__}, matplotlib {matplotlib.__version__}"
+    versions = (f"python {platform.python_version()}, numpy {np.__version__}, "
+                f"matplotlib {matplotlib.__version__}")
     print(f"{name}: seed {seed}; {versions}")
     return LessonRun(name)

@@ -1,11 +1,13 @@
 """Exercise self-checks: say whether a student's answer is right without showing the right answer.
 
-Each exercise registers a function that computes its expected answer from the run's own objects (the data,
-the fitted models), so the expected value follows the notebook's parameters and never sits on screen beside
-``answer = ...``. A check cell holds only the student's answer and the objects the check needs::
+Each exercise registers a function that computes its expected answer from the run's own
+objects (the data, the fitted models), so the expected value follows the notebook's parameters
+and never sits on screen beside ``answer = ...``. A check cell holds only the student's answer
+and the objects the check needs::
 
     answer = ...
-    checks.check("3.2", answer, deep_accuracy=deep_accuracy, raw_accuracy=raw_accuracy, n_test=len(test))
+    checks.check("3.2", answer, deep_accuracy=deep_accuracy, raw_accuracy=raw_accuracy,
+                 n_test=len(test))
 
 Register an exercise next to the others with::
 
@@ -13,10 +15,10 @@ Register an exercise next to the others with::
     def _(deep_accuracy, raw_accuracy, n_test):
         return round((deep_accuracy - raw_accuracy) * n_test)
 
-When ``$DEEP_FEATURES_ANSWERS`` names a file (the course runner sets it for each notebook), every check that
-computes its expected answer also appends it there as a JSON line (``{"exercise": id, "expected": value,
-"tolerance": ...}``): the answer key of that run, which the tests compare with what the notebook printed before
-each exercise.
+When ``$DEEP_FEATURES_ANSWERS`` names a file (the course runner sets it for each notebook),
+every check that computes its expected answer also appends it there as a JSON line
+(``{"exercise": id, "expected": value, "tolerance": ...}``): the answer key of that run, which
+the tests compare with what the notebook printed before each exercise.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from ..runtime import ANSWERS_ENV_VAR, CHECK_RESULTS_ENV_VAR
 
 @dataclass(frozen=True)
 class Exercise:
-    """One registered exercise: how to compute its expected answer and how close an answer must be."""
+    """One registered exercise: how to compute its expected answer and how close an answer must
+    be."""
 
     exercise_id: str
     expected: Callable[..., Any]
@@ -46,8 +49,10 @@ class Exercise:
 EXERCISES: dict[str, Exercise] = {}
 
 
-def exercise(exercise_id: str, tolerance: float = 1e-6, hint: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``function(**objects) -> expected answer`` as the check of ``exercise_id``."""
+def exercise(exercise_id: str, tolerance: float = 1e-6,
+             hint: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``function(**objects) -> expected answer`` as the check of
+    ``exercise_id``."""
     def register(function: Callable[..., Any]) -> Callable[..., Any]:
         if exercise_id in EXERCISES:
             raise ValueError(f"exercise {exercise_id!r} is registered twice")
@@ -57,12 +62,14 @@ def exercise(exercise_id: str, tolerance: float = 1e-6, hint: str = "") -> Calla
 
 
 def expected_answer(exercise_id: str, **objects: Any) -> Any:
-    """The expected answer of ``exercise_id`` for these objects (for tests and instructors, not for cells)."""
+    """The expected answer of ``exercise_id`` for these objects (for tests and instructors, not for
+    cells)."""
     _load(exercise_id)
     try:
         registered = EXERCISES[exercise_id]
     except KeyError:
-        raise KeyError(f"unknown exercise {exercise_id!r}; registered: {', '.join(sorted(load_all()))}") from None
+        raise KeyError(f"unknown exercise {exercise_id!r}; "
+                       f"registered: {', '.join(sorted(load_all()))}") from None
     return registered.expected(**objects)
 
 
@@ -77,34 +84,42 @@ def _same(answer: Any, expected: Any, tolerance: float) -> bool:
 
 
 def _record_result(exercise_id: str, status: str, answer: Any) -> None:
-    """Append this check's result to ``$DEEP_FEATURES_CHECK_RESULTS`` when the grader set it (else nothing)."""
+    """Append this check's result to ``$DEEP_FEATURES_CHECK_RESULTS`` when the grader set it (else
+    nothing)."""
     path = os.environ.get(CHECK_RESULTS_ENV_VAR)
     if path:
-        shown = repr(answer.item() if isinstance(answer, np.generic) else answer)  # 6, not np.int64(6)
+        # 6, not np.int64(6)
+        shown = repr(answer.item() if isinstance(answer, np.generic) else answer)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         with open(path, "a", encoding="utf-8") as results:
-            results.write(json.dumps({"exercise": exercise_id, "status": status, "answer": shown}) + "\n")
+            results.write(json.dumps({"exercise": exercise_id, "status": status,
+                                      "answer": shown}) + "\n")
 
 
 def _record_expected(registered: Exercise, expected: Any) -> None:
-    """Append the expected answer to ``$DEEP_FEATURES_ANSWERS`` when it is set (never to the screen)."""
+    """Append the expected answer to ``$DEEP_FEATURES_ANSWERS`` when it is set (never to the
+    screen)."""
     path = os.environ.get(ANSWERS_ENV_VAR)
     if path:
         value = expected.tolist() if isinstance(expected, (np.ndarray, np.generic)) else expected
-        record = {"exercise": registered.exercise_id, "expected": value, "tolerance": registered.tolerance}
+        record = {"exercise": registered.exercise_id, "expected": value,
+                  "tolerance": registered.tolerance}
         with open(path, "a", encoding="utf-8") as key:
             key.write(json.dumps(record, default=str) + "\n")
 
 
 def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
-    """Print whether ``answer`` is right (never printing the expected value); None while it is still ``...``/None."""
+    """Print whether ``answer`` is right (never printing the expected value); None while it is still
+    ``...``/None."""
     _load(exercise_id)
     registered = EXERCISES.get(exercise_id)
     if registered is None:  # a typo in the id fails loudly, even before the student answers
-        raise KeyError(f"unknown exercise {exercise_id!r}; registered: {', '.join(sorted(load_all()))}")
+        raise KeyError(f"unknown exercise {exercise_id!r}; "
+                       f"registered: {', '.join(sorted(load_all()))}")
     if answer is None or answer is Ellipsis:
         _record_result(exercise_id, "not attempted", answer)
-        print(f"[{exercise_id}] not answered yet: replace the ... with your answer and run the cell again.")
+        print(f"[{exercise_id}] not answered yet: "
+              "replace the ... with your answer and run the cell again.")
         return None
     expected = registered.expected(**objects)
     _record_expected(registered, expected)
@@ -113,12 +128,14 @@ def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
     if correct:
         print(f"[{exercise_id}] correct. Well done!")
         return True
-    print(f"[{exercise_id}] not quite, try again." + (f" Hint: {registered.hint}" if registered.hint else ""))
+    print(f"[{exercise_id}] not quite, try again."
+          + (f" Hint: {registered.hint}" if registered.hint else ""))
     return False
 
 
 def _load(exercise_id: str) -> None:
-    """Import the checks of the exercise's lesson (``"3.2"`` -> :mod:`utils.checks.lesson03`) once."""
+    """Import the checks of the exercise's lesson (``"3.2"`` -> :mod:`utils.checks.lesson03`)
+    once."""
     number = exercise_id.split(".")[0]
     if number.isdigit():
         try:

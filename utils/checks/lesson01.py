@@ -1,4 +1,4 @@
-"""The exercise checks of Lesson 1: the data. (imported when a check of lesson 1 first runs)."""
+"""The exercise checks of Lesson 1: the data (imported when a check of lesson 1 first runs)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 from . import exercise
 
 
-# Lesson 1: the data.
-@exercise("1.1", tolerance=1e-3, hint="count the bird labels and divide by the number of training images")
+@exercise("1.1", tolerance=1e-3, hint="count the bird labels and divide by the number of "
+                                      "training images")
 def _(train):
     return float((train.labels == train.class_names.index("bird")).mean())
 
@@ -24,8 +24,8 @@ def _(train):
     return train.class_names[int(np.argmax(means))]
 
 
-@exercise("1.4", hint="gray = train.images.mean(axis=3); contrast = gray.std(axis=(1, 2)); average it per class; "
-                      "answer with a class name")
+@exercise("1.4", hint="gray = train.images.mean(axis=3); contrast = gray.std(axis=(1, 2)); "
+                      "average it per class; answer with a class name")
 def _(train):
     contrast = train.images.mean(axis=3).std(axis=(1, 2))
     means = [contrast[train.labels == i].mean() for i in range(len(train.class_names))]

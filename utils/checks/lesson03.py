@@ -1,4 +1,4 @@
-"""The exercise checks of Lesson 3: deep features. (imported when a check of lesson 3 first runs)."""
+"""The exercise checks of Lesson 3: deep features (imported when a check of lesson 3 first runs)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from ._common import _accuracy
 from . import exercise
 
 
-# Lesson 3: deep features.
 @exercise("3.1", tolerance=0, hint="model.count_params() minus feature_model.count_params()")
 def _(model, feature_model):
     return int(model.count_params() - feature_model.count_params())
@@ -28,21 +27,25 @@ def _(deep_predicted, raw_predicted, y_test):
 @exercise("3.3", hint="per class: the fraction of its test images predicted right, deep minus raw")
 def _(deep_predicted, raw_predicted, y_test, class_names):
     y = np.asarray(y_test)
-    gain = [((np.asarray(deep_predicted) == y) & (y == c)).sum() - ((np.asarray(raw_predicted) == y) & (y == c)).sum()
+    gain = [((np.asarray(deep_predicted) == y) & (y == c)).sum()
+            - ((np.asarray(raw_predicted) == y) & (y == c)).sum()
             for c in range(len(class_names))]
     return class_names[int(np.argmax(gain))]
 
 
-@exercise("3.4", tolerance=1e-3, hint="train_test_split(..., test_size=0.2, random_state=seed, stratify=labels), "
-                                      "fit a clone of the model on the 80%, score it on the 20%")
+@exercise("3.4", tolerance=1e-3, hint="train_test_split(..., test_size=0.2, random_state=seed, "
+                                      "stratify=labels), fit a clone of the model on the 80%, "
+                                      "score it on the 20%")
 def _(model, X_train, y_train, seed):
-    fit_x, val_x, fit_y, val_y = train_test_split(X_train, y_train, test_size=0.2, random_state=seed, stratify=y_train)
+    fit_x, val_x, fit_y, val_y = train_test_split(X_train, y_train, test_size=0.2,
+                                                  random_state=seed, stratify=y_train)
     return _accuracy(clone(model).fit(fit_x, fit_y), val_x, val_y)
 
 
-@exercise("3.5", tolerance=1e-3, hint="keras.Model(model.input, GlobalAveragePooling2D()(model.get_layer(name)"
-                                      ".output)); predict on the images resized to the model's input size; "
-                                      "fit StandardScaler + LogisticRegression on the training probe")
+@exercise("3.5", tolerance=1e-3, hint="keras.Model(model.input, GlobalAveragePooling2D()"
+                                      "(model.get_layer(name).output)); predict on the images "
+                                      "resized to the model's input size; fit StandardScaler "
+                                      "+ LogisticRegression on the training probe")
 def _(model, layer, C, X_train, y_train, X_test, y_test):
     import keras  # here, not at the top: importing the checks must not start TensorFlow
 
@@ -53,16 +56,20 @@ def _(model, layer, C, X_train, y_train, X_test, y_test):
     resize = keras.layers.Resizing(*size, interpolation="bilinear")
 
     images = np.concatenate([X_train, X_test]).astype("float32")
-    cut_features = cut.predict(keras.ops.convert_to_numpy(resize(images)), verbose=0)  # one call: one trace
+    # one call: one trace
+    cut_features = cut.predict(keras.ops.convert_to_numpy(resize(images)), verbose=0)
     f_train, f_test = np.split(cut_features, [len(X_train)])
-    probe = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(C=C, max_iter=1000))])
+    probe = Pipeline([("scale", StandardScaler()),
+                      ("classify", LogisticRegression(C=C, max_iter=1000))])
     return _accuracy(probe.fit(f_train, y_train), f_test, y_test)
 
 
-@exercise("3.6", tolerance=1e-3, hint="GridSearchCV(deep_model, {'features__backbone': candidates, "
-                                      "'features__weights': ['imagenet']}, cv=cv_folds), fitted on the training "
-                                      "images; its best_score_")
+@exercise("3.6", tolerance=1e-3, hint="GridSearchCV(deep_model, {'features__backbone': "
+                                      "candidates, 'features__weights': ['imagenet']}, "
+                                      "cv=cv_folds), fitted on the training images; its "
+                                      "best_score_")
 def _(model, backbones, cv_folds, X_train, y_train):
-    scores = [cross_val_score(clone(model).set_params(features__backbone=name, features__weights="imagenet"),
+    scores = [cross_val_score(clone(model).set_params(features__backbone=name,
+                                                      features__weights="imagenet"),
                               X_train, y_train, cv=cv_folds).mean() for name in backbones]
     return float(max(scores))

@@ -1,4 +1,4 @@
-"""The exercise checks of Lesson 6: few shots. (imported when a check of lesson 6 first runs)."""
+"""The exercise checks of Lesson 6: few shots (imported when a check of lesson 6 first runs)."""
 
 from __future__ import annotations
 
@@ -11,32 +11,37 @@ from ._common import _accuracy, _nearest
 from . import exercise
 
 
-# Lesson 6: few shots.
-@exercise("6.1", tolerance=1e-3, hint="idx = data.take_per_class(y_train, 10, seed=seed); fit a clone on those rows")
+@exercise("6.1", tolerance=1e-3, hint="idx = data.take_per_class(y_train, 10, seed=seed); fit a "
+                                      "clone on those rows")
 def _(model, X_train, y_train, X_test, y_test, seed):
     idx = take_per_class(np.asarray(y_train), 10, seed=seed)
     return _accuracy(clone(model).fit(X_train[idx], np.asarray(y_train)[idx]), X_test, y_test)
 
 
-@exercise("6.2", tolerance=1e-3, hint="for idx in draws: NearestCentroid().fit(X_train[idx], y_train[idx]), "
-                                      "score it on the test set; average the scores")
+@exercise("6.2", tolerance=1e-3, hint="for idx in draws: NearestCentroid().fit(X_train[idx], "
+                                      "y_train[idx]), score it on the test set; average the "
+                                      "scores")
 def _(draws, X_train, y_train, X_test, y_test):
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     scores = []
-    for idx in draws:  # the class of the nearest class mean by Euclidean distance, features not normalized
+    # the class of the nearest class mean by Euclidean distance, features not normalized
+    for idx in draws:
         classes = np.unique(y_train[idx])
-        centroids = np.stack([np.asarray(X_train)[idx][y_train[idx] == c].mean(axis=0) for c in classes])
+        centroids = np.stack([np.asarray(X_train)[idx][y_train[idx] == c].mean(axis=0)
+                              for c in classes])
         nearest = _nearest(np.asarray(X_test), centroids, 1)[1][:, 0]
         scores.append(float((classes[nearest] == y_test).mean()))
     return float(np.mean(scores))
 
 
-@exercise("6.3", tolerance=1e-3, hint="for idx in draws: fit KNeighborsClassifier(1, metric=\"cosine\") on "
-                                      "X_train[idx], score on the test set; average the scores")
+@exercise("6.3", tolerance=1e-3, hint="for idx in draws: fit KNeighborsClassifier(1, "
+                                      "metric=\"cosine\") on X_train[idx], score on the test "
+                                      "set; average the scores")
 def _(draws, X_train, y_train, X_test, y_test):
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     scores = []
     for idx in draws:  # the class of the nearest shot by cosine distance
-        nearest = _nearest(np.asarray(X_test), np.asarray(X_train)[idx], 1, metric="cosine")[1][:, 0]
+        nearest = _nearest(np.asarray(X_test), np.asarray(X_train)[idx], 1,
+                           metric="cosine")[1][:, 0]
         scores.append(float((y_train[idx][nearest] == y_test).mean()))
     return float(np.mean(scores))

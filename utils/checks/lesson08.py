@@ -10,26 +10,28 @@ from .lesson07 import _predict
 from . import exercise
 
 
-# ---- Lesson 8: fine-tuning ----
-
-@exercise("8.1", tolerance=0, hint="count the validation images where fine_tuned_val_predicted == y_val "
-                                    "and probe_val_predicted != y_val")
+@exercise("8.1", tolerance=0, hint="count the validation images where fine_tuned_val_predicted "
+                                   "== y_val and probe_val_predicted != y_val")
 def _(fine_tuned_predicted, frozen_predicted, labels):
     labels = np.asarray(labels)
-    return int(((np.asarray(fine_tuned_predicted) == labels) & (np.asarray(frozen_predicted) != labels)).sum())
+    return int(((np.asarray(fine_tuned_predicted) == labels)
+                & (np.asarray(frozen_predicted) != labels)).sum())
 
 
-@exercise("8.2", tolerance=0, hint="count images where fine_tuned_predicted == y_test and probe_predicted != y_test")
+@exercise("8.2", tolerance=0, hint="count images where fine_tuned_predicted == y_test and "
+                                   "probe_predicted != y_test")
 def _(fine_tuned_predicted, probe_predicted, labels):
     labels = np.asarray(labels)
-    return int(((np.asarray(fine_tuned_predicted) == labels) & (np.asarray(probe_predicted) != labels)).sum())
+    return int(((np.asarray(fine_tuned_predicted) == labels)
+                & (np.asarray(probe_predicted) != labels)).sum())
 
 
-@exercise("8.3", tolerance=1e-5, hint="last_bottom, last_top = cut(net.feature_model, n_blocks - 1); their "
-                                      "activations; step 2 for 1 epoch; answer: the validation accuracy, as "
-                                      "computed (not rounded)")
+@exercise("8.3", tolerance=1e-5, hint="last_bottom, last_top = cut(net.feature_model, n_blocks - "
+                                      "1); their activations; step 2 for 1 epoch; answer: the "
+                                      "validation accuracy, as computed (not rounded)")
 def _(bottom, model, network, images, labels):
-    # right only for a bottom cut just before the network's last block, and a model that takes its activations
+    # right only for a bottom cut just before the network's last block, and a model that takes its
+    # activations
     if bottom is None or model is None or block_count(bottom) != block_count(network) - 1:
         return None
     try:
