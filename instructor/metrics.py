@@ -37,8 +37,8 @@ class Metric:
 
 #: Written by every lesson.
 EVERY_LESSON: Final[Mapping[str, Metric]] = {
-    "n_train": Metric("training images used", "d"),
-    "n_test": Metric("test images used", "d"),
+    "n_train": Metric("training images used", "d", "len(train)"),
+    "n_test": Metric("test images used", "d", "len(test)"),
 }
 
 #: lesson title -> {metric key -> declaration}.
