@@ -257,7 +257,7 @@ def test_cifar4_default_split_from_shared_folder(course_data_dir: Path) -> None:
     assert test.counts() == {c: 1000 for c in COURSE_CLASSES}
     for split in (train, test):
         assert split.images.shape == (len(split), 32, 32, 3) and split.images.dtype == np.uint8
-        assert [p.parent.name for p in split.paths] == list(split.label_names)
+        assert [p.parent.name for p in split.paths] == [split.class_names[i] for i in split.labels]
     assert len(set(train.paths)) == len(train.paths)
 
 
@@ -297,7 +297,7 @@ def test_official_python_batches(tmp_path: Path) -> None:
     for split in (train, test):
         assert split.images.shape[1:] == (32, 32, 3)
         cifar_label = split.images[:, 0, 0, 0] // 10  # what the fake pixels say
-        assert [CIFAR10_CLASSES[v] for v in cifar_label] == list(split.label_names)
+        assert [CIFAR10_CLASSES[v] for v in cifar_label] == [split.class_names[i] for i in split.labels]
     assert "Python batches" in train.source
 
 
@@ -351,7 +351,8 @@ def test_download_path_selects_and_remaps_classes(no_local_data: Path, monkeypat
     train, test = load_course_data(n_train_per_class=5, n_test_per_class=2)
     assert train.counts() == {c: 5 for c in COURSE_CLASSES} and test.counts() == {c: 2 for c in COURSE_CLASSES}
     for split in (train, test):
-        assert [CIFAR10_CLASSES[v // 10] for v in split.images[:, 0, 0, 0]] == list(split.label_names)
+        named = [split.class_names[i] for i in split.labels]
+        assert [CIFAR10_CLASSES[v // 10] for v in split.images[:, 0, 0, 0]] == named
     assert train.source.startswith("keras.datasets")
 
 

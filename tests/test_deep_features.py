@@ -97,7 +97,7 @@ def test_grid_search_over_image_size(crops) -> None:
     assert search.best_estimator_.named_steps["features"].image_size == search.best_params_["features__image_size"]
 
 
-def test_joblib_round_trip_predicts_the_same_without_a_tf_model(crops, tmp_path) -> None:
+def test_joblib_round_trip_predicts_the_same_without_a_tf_model(crops, tmp_path, monkeypatch) -> None:
     images, labels = crops
     model = recognizer().fit(images, labels)
     before = model.predict_proba(images)
@@ -105,7 +105,7 @@ def test_joblib_round_trip_predicts_the_same_without_a_tf_model(crops, tmp_path)
     joblib.dump(model, path)
     assert path.stat().st_size < 200_000  # the scaler and the weights, not a network
     assert b"keras" not in pickle.dumps(model) and b"tensorflow" not in pickle.dumps(model)
-    deep_features.clear_memo()  # the loaded model computes its features afresh
+    monkeypatch.setattr(deep_features, "_MEMO", {})  # the loaded model computes its features afresh
     loaded = joblib.load(path)
     assert_close(loaded.predict_proba(images), before)
 

@@ -1,8 +1,7 @@
-"""utils.fine_tuning (the split backbone and its cached activations) and lesson 8 run at a small size."""
+"""utils.fine_tuning (block counts, cached activations, Dense tops, batches) and lesson 8 at a small size."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import nbformat
@@ -25,65 +24,64 @@ def images() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("first_top_block", [0, 11, 15])
-def test_bottom_then_top_is_the_whole_feature_model(net, first_top_block) -> None:
-    split = fine_tuning.split_backbone(net, first_top_block)
-    x = np.random.default_rng(1).uniform(0, 255, (3, SIZE, SIZE, 3)).astype("float32")
-    assert split.bottom.output.shape[1:] == split.activation_shape
-    assert_close(np.asarray(split.top(split.bottom(x))), np.asarray(net.feature_model(x)))
-    # the weights are a copy: training the top must not change the backbone the featurizer uses
-    assert all(w is not v for w, v in zip(split.top.weights, net.feature_model.weights))
+def cut(network, block):
+    """(bottom, top) of a copy of ``network``, cut where block ``block`` starts: lesson 8's cell."""
+    import keras
+
+    copy = keras.models.clone_model(network)
+    copy.set_weights(network.get_weights())
+    names = [layer.name for layer in copy.layers]
+    first = next(i for i, n in enumerate(names) if n.startswith(f"blocks_{block}_"))
+    activations = copy.layers[first - 1].output
+    return keras.Model(copy.input, activations), keras.Model(activations, copy.output)
 
 
-def test_split_rejects_a_block_out_of_range(net) -> None:
+def test_block_count(net) -> None:
     assert fine_tuning.block_count(net.feature_model) == 16
-    assert fine_tuning.stage_starts(net.feature_model) == [0, 1, 3, 5, 8, 11, 15]
-    assert fine_tuning.split_backbone(net).first_top_block == 11  # default: the top two stages
-    with pytest.raises(ValueError, match="between 0 and 15"):
-        fine_tuning.split_backbone(net, 16)
+    assert fine_tuning.block_count(cut(net.feature_model, 11)[0]) == 11
 
 
 def test_cached_activations_reload_identical_and_match_keras(net, images, feature_cache) -> None:
-    split = fine_tuning.split_backbone(net, 11)
-    first = split.activations(images)
-    assert first.shape == (len(images), *split.activation_shape) and first.dtype == np.float32
+    bottom, _ = cut(net.feature_model, 11)
+    first = fine_tuning.activations(bottom, images)
+    assert first.shape == (len(images), *bottom.output.shape[1:]) and first.dtype == np.float32
     files = set((feature_cache / "activations").glob("*.npy"))
     assert files
-    np.testing.assert_array_equal(split.activations(images), first)  # from the disk cache
+    np.testing.assert_array_equal(fine_tuning.activations(bottom, images), first)  # from the disk cache
     resized = np.asarray(net.feature_model.input.shape[1:3])
     import tensorflow as tf
 
-    reference = np.asarray(split.bottom(tf.image.resize(images.astype("float32"), tuple(resized))))
+    reference = np.asarray(bottom(tf.image.resize(images.astype("float32"), tuple(resized))))
     np.testing.assert_allclose(first, reference, atol=0.02 * np.abs(reference).max())  # float16 storage, TFLite
-    flipped = split.activations(images, flip=True)
+    flipped = fine_tuning.activations(bottom, images[:, :, ::-1].copy())  # other images: other activations
     assert not np.array_equal(flipped, first)
-    np.testing.assert_array_equal(flipped, split.activations(images[:, :, ::-1].copy()))
+    assert len(set((feature_cache / "activations").glob("*.npy")) - files) == 1
 
 
 def test_activations_are_cached_by_content(net, images, feature_cache) -> None:
     import keras
 
-    split = fine_tuning.split_backbone(net, 15)
+    bottom, _ = cut(net.feature_model, 15)
     before = set((feature_cache / "activations").glob("*.npy"))
-    first = fine_tuning.activations(split.bottom, images)
+    first = fine_tuning.activations(bottom, images)
     files = set((feature_cache / "activations").glob("*.npy"))
     (written,) = files - before
     # another model with the same weights and shapes (lesson 8 cuts its own copy) reads the same file
-    copy = keras.models.clone_model(split.bottom)
-    copy.set_weights(split.bottom.get_weights())
+    copy = keras.models.clone_model(bottom)
+    copy.set_weights(bottom.get_weights())
     np.testing.assert_array_equal(fine_tuning.activations(copy, images), first)
     assert set((feature_cache / "activations").glob("*.npy")) == files
     # other weights never read those activations
-    copy.set_weights([w * 1.01 for w in split.bottom.get_weights()])
+    copy.set_weights([w * 1.01 for w in bottom.get_weights()])
     changed = fine_tuning.activations(copy, images)
     assert not np.allclose(changed, first)
     assert len(set((feature_cache / "activations").glob("*.npy")) - files) == 1
     written.write_bytes(b"not an array")
     with pytest.warns(UserWarning, match="unreadable"):
-        np.testing.assert_array_equal(fine_tuning.activations(split.bottom, images), first)
+        np.testing.assert_array_equal(fine_tuning.activations(bottom, images), first)
     np.testing.assert_array_equal(np.load(written).astype(np.float32), first)  # rewritten whole
     with pytest.raises(ValueError, match="uint8"):
-        fine_tuning.activations(split.bottom, images.astype("float32"))
+        fine_tuning.activations(bottom, images.astype("float32"))
     with pytest.raises(ValueError, match="feature map"):
         fine_tuning.activations(net.feature_model, images)
 
@@ -91,7 +89,7 @@ def test_activations_are_cached_by_content(net, images, feature_cache) -> None:
 def test_pointwise_as_dense_computes_the_same_top(net) -> None:
     import keras
 
-    top = fine_tuning.split_backbone(net, 11).top
+    _, top = cut(net.feature_model, 11)
     dense = fine_tuning.pointwise_as_dense(top)
     pointwise = [layer.name for layer in top.layers
                  if type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)]
@@ -151,27 +149,13 @@ def test_precise_batchnorm_averages_the_batches() -> None:
     assert not np.allclose(np.mean(means, axis=0), 0)  # the statistics moved from their initial values
 
 
-def test_bf16_only_where_the_cpu_has_it(monkeypatch) -> None:
-    monkeypatch.setattr(fine_tuning, "cpu_flags", lambda: {"avx2", "fma"})
-    assert fine_tuning.compute_dtype("auto") == "float32"
-    with pytest.warns(UserWarning, match="no native bfloat16"):
-        assert fine_tuning.compute_dtype("mixed_bfloat16") == "float32"
-    monkeypatch.setattr(fine_tuning, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
-    assert fine_tuning.compute_dtype("auto") == "mixed_bfloat16"
-    assert fine_tuning.compute_dtype("float32") == "float32"
-    with pytest.raises(ValueError, match="mixed precision"):
-        fine_tuning.compute_dtype("float16")
-
-
 def test_cpu_flags_reads_this_machine() -> None:
-    flags = fine_tuning.cpu_flags()
+    from utils.runtime import cpu_flags  # benchmarks/precision.py records them
+
+    flags = cpu_flags()
     assert isinstance(flags, frozenset)
     if Path("/proc/cpuinfo").is_file():  # Linux: x86 lists e.g. sse2, ARM lists e.g. fp / asimd
         assert flags & {"sse2", "fp", "asimd"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        expected = "mixed_bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
-        assert fine_tuning.compute_dtype("auto") == expected
 
 
 def test_lesson_8_checks(net, images, capsys) -> None:
@@ -182,18 +166,19 @@ def test_lesson_8_checks(net, images, capsys) -> None:
                                   probe_predicted=np.array([0, 0, 0, 0]), labels=labels) == 2
     import keras
 
-    last = fine_tuning.split_backbone(net, 15)
-    model = keras.Sequential([keras.Input(last.activation_shape), keras.layers.GlobalAveragePooling2D(),
+    last_bottom, _ = cut(net.feature_model, 15)
+    model = keras.Sequential([keras.Input(last_bottom.output.shape[1:]), keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(4, activation="softmax")])
     labels = np.arange(len(images)) % 4
-    predicted = model.predict(last.activations(images), verbose=0).argmax(axis=1)
+    predicted = model.predict(fine_tuning.activations(last_bottom, images), verbose=0).argmax(axis=1)
     objects = dict(model=model, network=net.feature_model, images=images, labels=labels)
-    expected = checks.expected_answer("8.3", bottom=last.bottom, **objects)
+    expected = checks.expected_answer("8.3", bottom=last_bottom, **objects)
     assert expected == pytest.approx((predicted == labels).mean())
-    assert checks.check("8.3", expected, bottom=last.bottom, **objects)
+    assert checks.check("8.3", expected, bottom=last_bottom, **objects)
     # cut elsewhere than before the last block: no answer is right
-    assert checks.expected_answer("8.3", bottom=fine_tuning.split_backbone(net, 11).bottom, **objects) is None
-    assert checks.check("8.3", expected, bottom=fine_tuning.split_backbone(net, 11).bottom, **objects) is False
+    other_bottom, _ = cut(net.feature_model, 11)
+    assert checks.expected_answer("8.3", bottom=other_bottom, **objects) is None
+    assert checks.check("8.3", expected, bottom=other_bottom, **objects) is False
     assert str(round(expected, 3)) not in capsys.readouterr().out  # the check never shows the answer
 
 

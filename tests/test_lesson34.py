@@ -99,7 +99,7 @@ def course(tmp_path_factory) -> dict:
 def test_no_answer_of_lessons_3_and_4_is_on_screen_before_its_exercise(course) -> None:
     build = course["build"] / "notebooks"
     lesson3 = nbformat.read(build / "03_deep_features_classifier.ipynb", as_version=4)
-    head = backbones.imagenet_model("efficientnet_lite0", SMALL["image_size"]).get_layer("fc")
+    head = backbones.load_backbone("efficientnet_lite0", SMALL["image_size"]).classifier.get_layer("fc")
     removed = head.count_params()  # exercise 3.1: what cutting the output layer removed
     assert not re.search(rf"\b({removed}|{removed:,})\b", _shown_before(lesson3, "3.1"))
     # Exercise 3.3 (which class gains most over raw pixels): no per-class raw-pixel figure above it, so no table

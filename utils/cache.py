@@ -14,7 +14,7 @@ Everything the course caches lives under :func:`~utils.runtime.cache_root`
         EfficientNet-Lite weights converted from PyTorch
     tflite/<model>-<size>px[-<precision>]-in<h>x<w>-tf<version>-<key>.tflite
         the feature model as TFLite
-    activations/bottom-<size>px-<h>x<w>x<c>-<n>[-flip]-<key>.npy
+    activations/bottom-<size>px-<h>x<w>x<c>-<n>-<key>.npy
         fine-tuning: a frozen bottom's activations
 
 The readable part of a name is for people; the key, made by :func:`cache_key` alone, is what makes

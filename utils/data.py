@@ -104,11 +104,6 @@ class ImageSet:
         """Images per class, in class order."""
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.class_names)}
 
-    @property
-    def label_names(self) -> np.ndarray:
-        """The class name of every image."""
-        return np.asarray(self.class_names)[self.labels]
-
 
 @dataclass
 class ImageFolder:

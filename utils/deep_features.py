@@ -34,11 +34,6 @@ _MEMO: dict[tuple[str, int, str | None], "OrderedDict[bytes, np.ndarray]"] = {}
 MEMO_MAX_ROWS = 100_000  # per (backbone, size): ~0.5 GB of 1280-float features at most
 
 
-def clear_memo() -> None:
-    """Forget the in-process features (the disk cache is untouched)."""
-    _MEMO.clear()
-
-
 def _row_hashes(images: np.ndarray) -> list[bytes]:
     flat = np.ascontiguousarray(images).reshape(len(images), -1)
     shape = str(images.shape[1:]).encode()

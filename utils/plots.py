@@ -1,5 +1,4 @@
-"""Figures used across the notebooks: image grids, confusion matrices, neighbours, learning
-curves."""
+"""Figures used across the notebooks: image grids, neighbours, learning curves, embeddings."""
 
 from __future__ import annotations
 
@@ -28,25 +27,6 @@ def show_images(images: Sequence[np.ndarray], titles: Sequence[str] | None = Non
             ax.set_title(titles[i], fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str) -> plt.Figure:
-    """A confusion matrix with counts in the cells (rows: true class, columns: predicted class)."""
-    matrix = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    im = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for (r, c), value in np.ndenumerate(matrix):
-        ax.text(c, r, str(value), ha="center", va="center",
-                color="white" if value > threshold else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
 
