@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 #: Keys (at any depth) holding timings or other machine-dependent figures.
-TIMING: Final = re.compile(r"seconds|ms_per|ms per|microseconds|build s|us per|_time|cpu", re.IGNORECASE)
+TIMING: Final = re.compile(r"seconds|ms_per|ms per|µs per|microseconds|build s|us per|_time|cpu", re.IGNORECASE)
 
 
 def _leaves(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:

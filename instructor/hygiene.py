@@ -108,8 +108,10 @@ def notebook_native_log(nb: nbformat.NotebookNode) -> list[tuple[int, str]]:
 
 
 def long_code_lines(nb: nbformat.NotebookNode, limit: int = MAX_CODE_LINE) -> list[tuple[int, int, str]]:
-    """``(cell index, length, line)`` of every code line longer than ``limit`` characters."""
+    """``(cell index, length, line)`` of every code line longer than ``limit`` characters (not in the cell the
+    course runner appends to collect the metrics, ``collect-metrics``: no student reads it)."""
     return [(index, len(line), line) for index, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            and "collect-metrics" not in cell.metadata.get("tags", [])
             for line in cell.source.splitlines() if len(line) > limit]
 
 

@@ -526,7 +526,8 @@ def write_lesson_metrics(path: str | os.PathLike[str], lesson: str, sources: Map
     (nothing is lost); then :class:`MetricsContractError` names each failure, and the course run stops there.
     """
     values, failures = collect(sources, namespace)
-    values.update({name: namespace[name] for name in parameters if name in namespace})
+    # a parameter of the same name as a metric (lesson 5's knn_metric: "auto") never hides the metric
+    values.update({name: namespace[name] for name in parameters if name in namespace and name not in values})
     values["lesson"] = lesson
     saved = save_metrics(path, values)
     if failures:

@@ -203,6 +203,11 @@ def test_the_collect_cell_reads_each_source_and_names_what_it_could_not(tmp_path
         lesson_metrics.write_lesson_metrics(tmp_path / "bad.json", "Raw-pixel classifier",
                                             {"a": "x", "c": "renamed + 1", "d": "table['gone']"}, [], namespace)
     assert json.loads((tmp_path / "bad.json").read_text()) == {"a": 2, "lesson": "Raw-pixel classifier"}
+    # a parameter named like a metric (lesson 5's knn_metric = "auto") never hides the metric's value
+    kept = lesson_metrics.write_lesson_metrics(tmp_path / "p.json", "Per-class distances",
+                                               {"knn_metric": "chosen"}, ["knn_metric"],
+                                               {"chosen": "cosine", "knn_metric": "auto"})
+    assert kept["knn_metric"] == "cosine"
 
 
 def test_every_lesson_notebook_has_a_contract_and_an_unknown_one_has_none() -> None:
