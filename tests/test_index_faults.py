@@ -27,6 +27,7 @@ from PIL import Image
 
 from deep_features import dask_features
 from deep_features import index as index_module
+import deep_features.__main__ as cli_module
 from deep_features.__main__ import main
 from deep_features.index import IndexBusyError, IndexDamagedError, SearchIndex, build_index, looks_like_index
 from utils import runtime
@@ -116,7 +117,8 @@ def test_a_second_writer_waits_for_the_first_then_updates(photos: Path, tmp_path
         assert 0.4 < time.monotonic() - started < 5
         assert "waiting for another `index` run on" in capsys.readouterr().err
         # On the command line: one line, exit 2.
-        monkeypatch.setattr(index_module, "build_index", functools.partial(build_index, lock_timeout=0.3))
+        monkeypatch.setattr(cli_module, "build_index",  # the name the command calls
+                            functools.partial(build_index, lock_timeout=0.3))
         assert main(["index", str(photos), "--output", str(out)]) == 2
         assert "another `index` run" in _one_error_line(capsys.readouterr().err.split("...")[-1])
         monkeypatch.undo()
