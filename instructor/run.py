@@ -206,8 +206,7 @@ def _with_collect_cell(lesson: LessonNotebook, metrics_file: Path, parameters: I
     nb = nbformat.read(lesson.path, as_version=4)
     found = contract(lesson.stem)
     if found is None:
-        log(f"  warning: {lesson.path.name} is no lesson of instructor/metrics.py: no metrics collected")
-        return nb
+        return nb  # no lesson of instructor/metrics.py (a scratch notebook): nothing to collect
     title, sources = found
     cell = nbformat.v4.new_code_cell(collect_cell_source(metrics_file, title, sources, parameters))
     cell.metadata["tags"] = [COLLECT_TAG]

@@ -255,7 +255,7 @@ def test_notebook_fine_tunes_and_assembles_an_image_model(tmp_path, course_data_
         assert set(m["per_class_accuracy"][name]) == {"automobile", "bird", "cat", "dog"}
     matrix = np.array(m["fine_tuned_confusion_matrix"])
     assert np.trace(matrix) / matrix.sum() == pytest.approx(m["fine_tuned_accuracy"])
-    nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    nb = nbformat.read(tmp_path / "build" / "notebooks" / "08_fine_tuning.ipynb", as_version=4)
     solutions = [c for c in nb.cells if "solution" in c.metadata.get("tags", [])]
     assert len(solutions) == 3
     for cell in solutions:

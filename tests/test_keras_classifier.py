@@ -114,7 +114,7 @@ def test_notebook_trains_a_keras_head_and_stops_early(tmp_path, small_data_dir) 
     for key in ("logistic_validation_accuracy", "logistic_test_accuracy", "head_test_accuracy"):
         assert 0.25 < m[key] <= 1, key
     assert m["n_test"] == len(test)
-    nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    nb = nbformat.read(tmp_path / "build" / "notebooks" / "07_keras_classifier.ipynb", as_version=4)
     solutions = [c for c in nb.cells if "solution" in c.metadata.get("tags", [])]
     assert len(solutions) == 3
     for cell in solutions:
