@@ -164,7 +164,7 @@ def run_course(build_dir: str | os.PathLike[str], parameters: Mapping[str, Any] 
         declared = papermill.inspect_notebook(str(lesson.path))
         injected = {k: v for k, v in parameters.items() if k in declared}
         unused -= set(injected)
-        source = _with_collect_cell(lesson, metrics_file, set(declared) - UNECHOED_PARAMETERS, contract, log)
+        source = _with_collect_cell(lesson, metrics_file, set(declared) - UNECHOED_PARAMETERS, contract)
         log(f"[{index}/{len(lessons)}] {lesson.path.name} ...")
         tick = time.perf_counter()
         try:
@@ -201,7 +201,7 @@ def run_course(build_dir: str | os.PathLike[str], parameters: Mapping[str, Any] 
 
 
 def _with_collect_cell(lesson: LessonNotebook, metrics_file: Path, parameters: Iterable[str],
-                       contract: Contract, log: Log) -> nbformat.NotebookNode:
+                       contract: Contract) -> nbformat.NotebookNode:
     """The notebook to execute: the lesson with, at its end, the cell that writes its declared metrics."""
     nb = nbformat.read(lesson.path, as_version=4)
     found = contract(lesson.stem)
