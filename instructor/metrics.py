@@ -367,7 +367,7 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         "activation_seconds": Metric("seconds to compute (or read) the activations", ".1f"),
         "fine_tune_seconds": Metric("fine-tuning wall seconds", ".1f"),
         "fine_tune_cpu_seconds": Metric("fine-tuning CPU seconds", ".1f"),
-        "image_model_test_seconds": Metric("wall seconds of the image model on the test images (Keras)", ".1f"),
+        "image_model_test_seconds": Metric("wall seconds of the image model on the test images (TFLite, converted)", ".1f"),
         "cpu_seconds": Metric("CPU seconds of the whole notebook", ".1f", "time.process_time() - cpu_start"),
         "n_validation": Metric("training images held out for validation", "d", "len(val_idx)"),
     },

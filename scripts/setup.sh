@@ -15,6 +15,12 @@ want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "== installing the course and its dependencies (first time: a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  # Linux x86_64 installs tensorflow-cpu: a venv made before holds the `tensorflow` wheel, which owns the
+  # same files, so both go first and tensorflow-cpu installs clean
+  if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && "$VENV/bin/python" -m pip show -q tensorflow \
+      >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip uninstall --quiet -y tensorflow tensorflow-cpu
+  fi
   "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test,instructor,more-backbones]"
   echo "$want" > "$stamp"
 fi

@@ -367,3 +367,32 @@ def test_image_folder_uses_the_same_size_limit_as_load_image(tmp_path: Path) -> 
     (path, reason), = folder.skipped
     assert path.name == "bomb.png" and "too large" in reason
     assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's own limit restored
+
+
+def test_course_images_are_decoded_once_then_read_from_the_cache(tmp_path: Path, feature_cache: Path) -> None:
+    """Every lesson loads the course images: the decodes are cached, keyed by the files' paths, sizes and times."""
+    import os
+
+    root = tmp_path / "course"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in COURSE_CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    root / split / name / f"{i}.png")
+    first, _ = load_course_data(root, n_train_per_class=2, n_test_per_class=1)
+    entries = set((feature_cache / "images").glob("*.npy"))
+    assert entries
+    again, _ = load_course_data(root, n_train_per_class=2, n_test_per_class=1)
+    assert np.array_equal(again.images, first.images) and set((feature_cache / "images").glob("*.npy")) == entries
+    changed = first.paths[0]  # another image under the same name: decoded anew, never the stale decode
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(changed)
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    fresh, _ = load_course_data(root, n_train_per_class=2, n_test_per_class=1)
+    assert not fresh.images[0].any() and np.array_equal(fresh.images[1:], first.images[1:])
+    for entry in set((feature_cache / "images").glob("*.npy")) - entries:
+        entry.write_bytes(b"damaged")  # a damaged entry warns once and is decoded again
+    with pytest.warns(Warning, match="decoded images"):
+        damaged, _ = load_course_data(root, n_train_per_class=2, n_test_per_class=1)
+    assert np.array_equal(damaged.images, fresh.images)

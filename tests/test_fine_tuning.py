@@ -58,6 +58,24 @@ def test_cached_activations_reload_identical_and_match_keras(net, images, featur
     assert len(set((feature_cache / "activations").glob("*.npy")) - files) == 1
 
 
+def test_predict_images_is_the_image_models_predict(net, images) -> None:
+    """Lesson 8 scores its assembled image model (any input size, resizing inside) through TFLite."""
+    import keras
+
+    pixels = keras.Input((None, None, 3))
+    x = keras.layers.Resizing(SIZE, SIZE, interpolation="bilinear")(pixels)
+    head = keras.layers.Dense(4, activation="softmax")
+    model = keras.Model(pixels, head(net.feature_model(x)))
+    expected = model.predict(images, verbose=0)
+    got = fine_tuning.predict_images(model, images, batch_size=4)  # two batches, the last short
+    assert got.shape == expected.shape == (len(images), 4)
+    assert_close(got, expected)
+    wide = np.concatenate([images, images], axis=2)  # 32 x 64: not square, Keras resizes it
+    assert_close(fine_tuning.predict_images(model, wide), model.predict(wide, verbose=0))
+    with pytest.raises(ValueError, match="uint8 images"):
+        fine_tuning.predict_images(model, images.astype(np.float32))
+
+
 def test_activations_are_cached_by_content(net, images, feature_cache) -> None:
     import keras
 
@@ -231,8 +249,8 @@ def test_notebook_fine_tunes_and_assembles_an_image_model(tmp_path, course_data_
     assert m["batchnorm_moving_mean_change"] > 0  # fit updated the BatchNorm running averages
     assert len(m["head_curves"]["val_accuracy"]) == m["head_epochs_run"]
     assert m["top_blocks_from"] == SMALL_RUN["first_top_block"]
-    # the assembled image model: pixels in, the activation model's predictions (its bottom in Keras, not TFLite
-    # stored in float16), the same after saving and reloading, and it classifies a photo file of another size
+    # the assembled image model: pixels in, the activation model's predictions (its bottom in float32, not stored
+    # in float16), the same after saving and reloading, and it classifies a photo file of another size
     assert m["image_activation_difference"] < 0.05
     assert m["image_activation_agreement"] >= 1 - 1 / m["n_test"] - 1e-9
     assert abs(m["fine_tuned_accuracy"] - m["activation_model_accuracy"]) <= 1 / m["n_test"] + 1e-9
