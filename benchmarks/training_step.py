@@ -54,9 +54,6 @@ def cut(network, block: int):
 def worker(data_dir: Path, image_size: int, first_top_block: int, steps: int, batch_size: int, repeats: int) -> dict:
     """ms per image of one training epoch for each of VARIANTS, in this process's TensorFlow setting."""
     from utils import backbones, data, fine_tuning
-    from utils.runtime import import_tensorflow_quietly
-
-    import_tensorflow_quietly()
     import keras
 
     bottom, top = cut(backbones.load_backbone("efficientnet_lite0", image_size).feature_model, first_top_block)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from .cache import entry_path, read_entry, write_entry, write_entry_by_path
-from .runtime import import_tensorflow_quietly, package_version
+from .runtime import package_version
 
 if TYPE_CHECKING:  # keep `import utils` light: TensorFlow is imported only when a model is built
     import keras
@@ -564,7 +564,6 @@ def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None,
 @functools.lru_cache(maxsize=8)
 def _load(name: str, size: int, weights: str | None) -> Backbone:
     spec = get_spec(name)
-    import_tensorflow_quietly()
     return (spec.build or _BUILDERS[spec.kind])(spec.name, size, weights)
 
 

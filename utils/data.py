@@ -29,7 +29,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .cache import content_hash, entry_path, read_entry, write_entry
-from .runtime import import_tensorflow_quietly
 
 try:  # iPhone photos (HEIC/HEIF): pillow-heif adds the format to Pillow's Image.open (a dependency)
     from pillow_heif import register_heif_opener
@@ -377,7 +376,6 @@ def _read_python_batches(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray],
 
 def _download_cifar10() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     try:
-        import_tensorflow_quietly()
         import keras
 
         (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()

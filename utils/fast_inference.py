@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .cache import entry_path, read_entry, write_entry
-from .runtime import cpu_flags, import_tensorflow_quietly, native_stderr_silenced, package_version
+from .runtime import cpu_flags, native_stderr_silenced, package_version
 
 if TYPE_CHECKING:
     from .backbones import Backbone, BackboneHandle
@@ -127,8 +127,7 @@ def _interpreter_class():
     try:  # TensorFlow's own tf.lite.Interpreter is deprecated in favour of this package
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        # TensorFlow may not be imported yet (a cached model needs no Keras): import it quietly
-        tf = import_tensorflow_quietly()
+        import tensorflow as tf  # not imported yet where a cached model needs no Keras
         # AttributeError once TensorFlow drops it: the caller falls back
         Interpreter = tf.lite.Interpreter
     return Interpreter
