@@ -35,9 +35,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def data_dir(args: argparse.Namespace) -> Path:
     """The folder of course images, found like the course finds it; a clear error when there is none."""
-    from utils.data import find_data_dir
+    from utils.data import _find_data_dir
 
-    found = find_data_dir(args.data_dir)
+    found = _find_data_dir(args.data_dir)
     if found is None:
         raise SystemExit("no course images found: pass --data-dir DIR or set $DEEP_FEATURES_DATA")
     return found.resolve()  # absolute: scale.py links to these files from another folder

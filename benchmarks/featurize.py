@@ -103,9 +103,9 @@ def ours_step(backbone) -> tuple[Callable, float, str]:
     from utils import fast_inference
 
     start = time.perf_counter()
-    step = fast_inference.tflite_featurizer(backbone) or fast_inference.keras_step(backbone)
+    step = fast_inference._tflite_featurizer(backbone) or fast_inference.keras_step(backbone)
     setup = time.perf_counter() - start
-    kind = "tflite-xnnpack" if isinstance(step, fast_inference.TFLiteFeaturizer) else "keras-tf.function"
+    kind = "tflite-xnnpack" if isinstance(step, fast_inference._TFLiteFeaturizer) else "keras-tf.function"
     return (lambda batch: np.asarray(step(batch))), setup, kind
 
 
@@ -159,9 +159,9 @@ def section_peer(images: np.ndarray, quick: bool) -> dict:
         log(f"\n## 2. PyTorch peer: SKIPPED ({exc}). Install it with: pip install torch==2.13.0 "
             "efficientnet-lite-pytorch==0.1.0   (or pip install -e '.[bench]')")
         return {"skipped": str(exc)}
-    from utils.backbones import lite_checkpoint_path, load_backbone
+    from utils.backbones import _lite_checkpoint_path, load_backbone
 
-    path = lite_checkpoint_path("efficientnet_lite0")
+    path = _lite_checkpoint_path("efficientnet_lite0")
     state = torch.load(path, map_location="cpu", weights_only=True)  # the very file our Keras model is built from
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights ..."
@@ -326,11 +326,11 @@ def section_end_to_end(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="deep-features-e2e-") as cache:
         env = dict(os.environ, DEEP_FEATURES_CACHE=cache)
         if args.tiny:  # the converted models copied in: conversions are most of a tiny run's time
-            from utils.runtime import cache_root
+            from utils.runtime import _cache_root
 
             for kind in ("weights", "tflite"):
-                if (cache_root() / kind).is_dir():
-                    shutil.copytree(cache_root() / kind, Path(cache) / kind)
+                if (_cache_root() / kind).is_dir():
+                    shutil.copytree(_cache_root() / kind, Path(cache) / kind)
         done = subprocess.run([sys.executable, "-c", E2E_CODE, str(REPO), str(data_dir(args)), str(n), str(size),
                                json.dumps(per_class)], env=env, capture_output=True, text=True)
         if done.returncode != 0:
@@ -388,7 +388,7 @@ def section_variants(images: np.ndarray, args: argparse.Namespace) -> dict:
     import tensorflow as tf
 
     from utils.backbones import load_backbone
-    from utils.fast_inference import TFLiteRunner, convert_to_tflite, load_or_convert
+    from utils.fast_inference import TFLiteRunner, convert_to_tflite, _load_or_convert
 
     quick = args.quick or args.tiny
     bb = load_backbone("efficientnet_lite0", TINY_SIZE if args.tiny else 224)
@@ -400,7 +400,7 @@ def section_variants(images: np.ndarray, args: argparse.Namespace) -> dict:
     # In-process, interleaved: batch sizes, resize before the graph, TFLite chunk sizes and threads.
     keras_graph = keras_step(bb)
     keras_pre = keras_step(bb, resize=False)
-    flat = load_or_convert(bb, images.shape[1:3])  # uint8 32x32 in, resize inside
+    flat = _load_or_convert(bb, images.shape[1:3])  # uint8 32x32 in, resize inside
     fns = {f"keras tf.function bs{b}": (keras_graph, b) for b in (8, 32, 64)}
     fns["keras, resize before the graph (resize timed too) bs32"] = (lambda x: keras_pre(resized(x, bb.input_size)), 32)
     for chunk in (1, 4, 8, 16, 32):
