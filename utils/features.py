@@ -6,11 +6,11 @@ another notebook pays nothing and a changed parameter never reads stale features
 
 Files are featurized in chunks of :data:`_CHUNK_FILES`, each cached on its own as soon as it is
 done: a killed or interrupted run resumes at the first chunk not yet cached and gives the same
-features. A small stat index (path, size, modification time -> content key) lets a rerun skip reading files it
-has already seen. Decoding runs in a background thread at most :data:`_MAX_CHUNKS_AHEAD` chunks
-ahead of the model, so memory stays flat in the number of files (see :func:`featurize_files`). Two
-processes featurizing into one cache both succeed: every file is written whole under a temporary
-name and renamed into place, and they compute the same features.
+features. A small stat index (path, size, modification time -> content key) lets a rerun skip
+reading files it has already seen. Decoding runs in a background thread at most
+:data:`_MAX_CHUNKS_AHEAD` chunks ahead of the model, so memory stays flat in the number of files
+(see :func:`featurize_files`). Two processes featurizing into one cache both succeed: every file
+is written whole under a temporary name and renamed into place, and they compute the same features.
 """
 
 from __future__ import annotations
