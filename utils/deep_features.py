@@ -48,6 +48,8 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
     or a list of image file paths. ``fit`` learns nothing (the network is pretrained); it only
     records the output width. Parameters are only stored here, as scikit-learn requires, so
     ``clone``/``set_params``/``GridSearchCV`` work.
+
+    Used in lessons 3 and 6.
     """
 
     def __init__(self, backbone: str = _DEFAULT_BACKBONE, image_size: int | None = None,

@@ -61,6 +61,10 @@ _MAX_ABS_DIFF = 1e-3
 
 
 def fast_path_enabled() -> bool:
+    """Whether the TFLite fast path is on (``$DEEP_FEATURES_FAST``, default on).
+
+    Used by :mod:`utils.fine_tuning` (lesson 8); no lesson calls it.
+    """
     return os.environ.get(_FAST_ENV_VAR, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
@@ -82,6 +86,8 @@ def resolve_precision(precision: str | None = None) -> str:
     ``benchmarks/README.md``. Where the CPU lacks those instructions, or the float32 fast path is
     off, it falls back to ``"float32"`` with one warning. Features of each precision are cached
     under their own key.
+
+    The featurizer's (every lesson's); the tool records the precision it resolves.
     """
     chosen = (precision or os.environ.get(_PRECISION_ENV_VAR) or "float32").strip().lower()
     chosen = {"fp32": "float32", "f32": "float32", "i8": "int8"}.get(chosen, chosen)
@@ -178,6 +184,8 @@ def convert_to_tflite(backbone: "Backbone | _BackboneHandle", input_hw: tuple[in
     are; ``"int8"`` is post-training quantization of weights and activations, calibrated on
     ``calibration`` images (uint8, shaped like the input; features stay float32); ``"float16"``
     stores float16 weights.
+
+    Used by :mod:`utils.fine_tuning` (lesson 8); no lesson calls it.
     """
     import contextlib
     import io
@@ -220,7 +228,10 @@ def convert_to_tflite(backbone: "Backbone | _BackboneHandle", input_hw: tuple[in
 
 class TFLiteRunner:
     """One interpreter for one flatbuffer: uint8 (N, h, w, 3) -> features, ``chunk_size`` images per
-    call."""
+    call.
+
+    Used by :mod:`utils.fine_tuning` (lesson 8); no lesson calls it.
+    """
 
     def __init__(self, flatbuffer: bytes, chunk_size: int = _CHUNK_SIZE,
                  num_threads: int = _NUM_THREADS) -> None:
@@ -334,7 +345,10 @@ def keras_step(backbone: "Backbone | _BackboneHandle") -> Callable[[np.ndarray],
     numpy features.
 
     Used when the fast path is off or fails; resizing an image already at the model's size changes
-    nothing."""
+    nothing.
+
+    Used by :mod:`utils.fine_tuning` (lesson 8); no lesson calls it.
+    """
     import tensorflow as tf
 
     size, model = backbone.input_size, backbone.feature_model

@@ -40,7 +40,10 @@ _MAX_CHUNKS_AHEAD = 2
 @dataclass
 class FileFeatures:
     """Features of the readable files among ``paths``; ``skipped`` lists the others with the
-    reason."""
+    reason.
+
+    What featurize_files returns (lesson 9); the tool's Dask path returns one too.
+    """
 
     features: np.ndarray
     paths: list[Path]
@@ -95,7 +98,10 @@ def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def array_hash(images: np.ndarray) -> str:
-    """Content hash of an image array (shape, dtype and pixels)."""
+    """Content hash of an image array (shape, dtype and pixels).
+
+    Used by :mod:`utils.fine_tuning` (lesson 8); no lesson calls it.
+    """
     digest = hashlib.sha256(f"{images.shape}{images.dtype}".encode())
     digest.update(np.ascontiguousarray(images).data)
     return digest.hexdigest()
@@ -114,6 +120,8 @@ def featurize_images(images: np.ndarray, backbone: str = _DEFAULT_BACKBONE,
     (default ``$DEEP_FEATURES_PRECISION`` or ``"float32"``): see
     :func:`utils.fast_inference.resolve_precision`. ``weights``: ``"imagenet"``, or ``None`` for a
     keras.applications network's random weights (see :func:`utils.backbones.load_backbone`).
+
+    Used in lessons 3 to 9.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -328,6 +336,8 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = _DEFAULT_BACKBO
     :func:`utils.fast_inference.resolve_precision`. ``on_chunk(done, total)`` is called after every
     chunk (files done so far, including resumed ones). Skipped files are in the result's ``skipped``
     list (the command line prints them). ``weights``: as in :func:`featurize_images`.
+
+    Used in lesson 9.
     """
     paths = [Path(p) for p in paths]
     if batch_size < 1 or chunk_files < 1:

@@ -32,6 +32,8 @@ def setup(name: str, seed: int = 0, *, blas_threads: int | None = None) -> _Less
     Library noise no lesson reads is silenced here: scikit-learn's ``NearestCentroid`` warns about
     the per-class spread of its training images (undefined or zero with one or two images per
     class), which it uses only with ``shrink_threshold``.
+
+    Used in every lesson.
     """
     import warnings
 

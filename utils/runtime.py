@@ -82,6 +82,8 @@ def atomic_write(path: str | os.PathLike[str],
     half-written one. The file gets the mode any new file gets (``0o666`` less the umask: 0644 under
     umask 022), not ``mkstemp``'s private 0600, so a cache shared by cluster workers running as
     other users stays readable to them.
+
+    Used by the lessons' feature cache, the tool and ``instructor``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,10 @@ _EXERCISES: dict[str, _Exercise] = {}
 def exercise(exercise_id: str, tolerance: float = 1e-6,
              hint: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``function(**objects) -> expected answer`` as the check of
-    ``exercise_id``."""
+    ``exercise_id``.
+
+    Used by the checks of every lesson (``utils/checks/lessonNN.py``).
+    """
     def register(function: Callable[..., Any]) -> Callable[..., Any]:
         if exercise_id in _EXERCISES:
             raise ValueError(f"exercise {exercise_id!r} is registered twice")
@@ -110,7 +113,10 @@ def _record_expected(registered: _Exercise, expected: Any) -> None:
 
 def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
     """Print whether ``answer`` is right (never printing the expected value); None while it is still
-    ``...``/None."""
+    ``...``/None.
+
+    Used in every lesson's exercises.
+    """
     _load(exercise_id)
     registered = _EXERCISES.get(exercise_id)
     if registered is None:  # a typo in the id fails loudly, even before the student answers
@@ -146,7 +152,10 @@ def _load(exercise_id: str) -> None:
 
 
 def load_all() -> dict[str, _Exercise]:
-    """Every lesson's checks, imported (for tests and instructors): :data:`_EXERCISES`."""
+    """Every lesson's checks, imported (for tests and instructors): :data:`_EXERCISES`.
+
+    Used by ``instructor grade`` and the tests; no lesson calls it.
+    """
     for path in sorted(Path(__file__).parent.glob("lesson[0-9][0-9].py")):
         importlib.import_module(f"{__name__}.{path.stem}")
     return _EXERCISES
