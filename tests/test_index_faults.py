@@ -135,7 +135,7 @@ def test_a_second_writer_waits_for_the_first_then_updates(photos: Path, tmp_path
 
 def test_without_file_locks_an_update_still_works(photos: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "_lock_functions", lambda: None)  # neither fcntl nor msvcrt
+    monkeypatch.setattr(index_module, "_lock_functions", lambda: None)  # neither fcntl nor msvcrt
     with exclusive_lock(tmp_path / "x.lock") as locked:
         assert locked is False
     build_index(photos, tmp_path / "ix", image_size=SIZE, progress=False)
