@@ -326,11 +326,11 @@ def section_end_to_end(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="deep-features-e2e-") as cache:
         env = dict(os.environ, DEEP_FEATURES_CACHE=cache)
         if args.tiny:  # the converted models copied in: conversions are most of a tiny run's time
-            from utils.runtime import _cache_root
+            from _common import cache_root
 
             for kind in ("weights", "tflite"):
-                if (_cache_root() / kind).is_dir():
-                    shutil.copytree(_cache_root() / kind, Path(cache) / kind)
+                if (cache_root() / kind).is_dir():
+                    shutil.copytree(cache_root() / kind, Path(cache) / kind)
         done = subprocess.run([sys.executable, "-c", E2E_CODE, str(REPO), str(data_dir(args)), str(n), str(size),
                                json.dumps(per_class)], env=env, capture_output=True, text=True)
         if done.returncode != 0:

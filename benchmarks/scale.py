@@ -129,9 +129,9 @@ def run_child(paths: list[Path], cache: Path, work: Path, kill_at: float | None 
 
 def warm_cache() -> Path:
     """A cache with the converted weights and the TFLite model (made once here if missing)."""
-    from utils.runtime import _cache_root
+    from _common import cache_root
 
-    warm = _cache_root()
+    warm = cache_root()
     list_file = Path(tempfile.mkstemp(suffix=".txt")[1])
     list_file.write_text(str(course_files(1)[0]))
     subprocess.run([sys.executable, __file__, "child", str(list_file), str(list_file) + ".npy"], check=True,
