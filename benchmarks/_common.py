@@ -33,11 +33,19 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a few images, one repeat, small sizes: checks the script runs (figures meaningless)")
 
 
+def cache_root() -> Path:
+    """The course's cache folder, as ``utils`` finds it: ``$DEEP_FEATURES_CACHE`` or ``~/.cache/deep-features``."""
+    return Path(os.environ.get("DEEP_FEATURES_CACHE") or Path.home() / ".cache" / "deep-features")
+
+
 def data_dir(args: argparse.Namespace) -> Path:
     """The folder of course images, found like the course finds it; a clear error when there is none."""
-    from utils.data import find_data_dir
-
-    found = find_data_dir(args.data_dir)
+    candidates = (args.data_dir, os.environ.get("DEEP_FEATURES_DATA"),
+                  Path(__file__).resolve().parents[1] / "data" / "cifar10")
+    found = next((Path(c) for c in candidates if c and Path(c).is_dir() and any(Path(c).iterdir())),
+                 None)
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise SystemExit(f"--data-dir {args.data_dir} does not exist")
     if found is None:
         raise SystemExit("no course images found: pass --data-dir DIR or set $DEEP_FEATURES_DATA")
     return found.resolve()  # absolute: scale.py links to these files from another folder

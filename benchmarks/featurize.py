@@ -73,7 +73,7 @@ def course_images(args: argparse.Namespace) -> np.ndarray:
 # Our paths
 # ---------------------------------------------------------------------------------------------------------------
 
-def keras_step(backbone, jit_compile: bool = False, resize: bool = True) -> Callable:
+def _keras_step(backbone, jit_compile: bool = False, resize: bool = True) -> Callable:
     """The tf.function path of utils.features (its fallback): uint8 -> cast -> resize in the graph -> model."""
     import tensorflow as tf
 
@@ -103,9 +103,9 @@ def ours_step(backbone) -> tuple[Callable, float, str]:
     from utils import fast_inference
 
     start = time.perf_counter()
-    step = fast_inference.tflite_featurizer(backbone) or fast_inference.keras_step(backbone)
+    step = fast_inference._tflite_featurizer(backbone) or fast_inference._keras_step(backbone)
     setup = time.perf_counter() - start
-    kind = "tflite-xnnpack" if isinstance(step, fast_inference.TFLiteFeaturizer) else "keras-tf.function"
+    kind = "tflite-xnnpack" if isinstance(step, fast_inference._TFLiteFeaturizer) else "keras-tf.function"
     return (lambda batch: np.asarray(step(batch))), setup, kind
 
 
@@ -133,7 +133,7 @@ def section_throughput(images: np.ndarray, quick: bool, tiny: bool = False) -> l
             fast, setup, kind = ours_step(bb)
             fns = {f"{kind} bs{b}": fast for b in batches}
             if size == native and not quick:
-                fns["keras-tf.function bs32"] = keras_step(bb)
+                fns["keras-tf.function bs32"] = _keras_step(bb)
             bs = {k: int(k.rsplit("bs", 1)[1]) for k in fns}
             n = min(len(images), 128 if size >= 200 else 256)
             speeds = interleaved_best(fns, images[:n], bs, repeats)
@@ -159,9 +159,9 @@ def section_peer(images: np.ndarray, quick: bool) -> dict:
         log(f"\n## 2. PyTorch peer: SKIPPED ({exc}). Install it with: pip install torch==2.13.0 "
             "efficientnet-lite-pytorch==0.1.0   (or pip install -e '.[bench]')")
         return {"skipped": str(exc)}
-    from utils.backbones import lite_checkpoint_path, load_backbone
+    from utils.backbones import _lite_checkpoint_path, load_backbone
 
-    path = lite_checkpoint_path("efficientnet_lite0")
+    path = _lite_checkpoint_path("efficientnet_lite0")
     state = torch.load(path, map_location="cpu", weights_only=True)  # the very file our Keras model is built from
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights ..."
@@ -185,7 +185,7 @@ def section_peer(images: np.ndarray, quick: bool) -> dict:
 
     bb = load_backbone("efficientnet_lite0", 224)
     ours, _, kind = ours_step(bb)
-    keras = keras_step(bb)
+    keras = _keras_step(bb)
     sample = images[:64]
     x224 = resized(sample, 224)
     with torch.inference_mode():  # model equivalence on identical float inputs
@@ -326,7 +326,7 @@ def section_end_to_end(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="deep-features-e2e-") as cache:
         env = dict(os.environ, DEEP_FEATURES_CACHE=cache)
         if args.tiny:  # the converted models copied in: conversions are most of a tiny run's time
-            from utils.runtime import cache_root
+            from _common import cache_root
 
             for kind in ("weights", "tflite"):
                 if (cache_root() / kind).is_dir():
@@ -366,13 +366,13 @@ if cfg.get("inter"):
     tf.config.threading.set_inter_op_parallelism_threads(cfg["inter"])
 sys.path.insert(0, sys.argv[1] + "/benchmarks")
 from _common import interleaved_best
-from featurize import keras_step
+from featurize import _keras_step
 from utils.backbones import load_backbone
 from utils.data import load_course_data
 bb = load_backbone("efficientnet_lite0", 224)
 train, test = load_course_data(cfg["data_dir"])
 images = np.concatenate([train.images, test.images])[: cfg["n"]]
-speeds = interleaved_best({"keras": keras_step(bb)}, images, 32, cfg["repeats"])
+speeds = interleaved_best({"keras": _keras_step(bb)}, images, 32, cfg["repeats"])
 print(json.dumps(speeds))
 """
 
@@ -388,35 +388,35 @@ def section_variants(images: np.ndarray, args: argparse.Namespace) -> dict:
     import tensorflow as tf
 
     from utils.backbones import load_backbone
-    from utils.fast_inference import TFLiteRunner, convert_to_tflite, load_or_convert
+    from utils.fast_inference import _TFLiteRunner, _convert_to_tflite, _load_or_convert
 
     quick = args.quick or args.tiny
     bb = load_backbone("efficientnet_lite0", TINY_SIZE if args.tiny else 224)
     n, repeats = (16, 1) if args.tiny else (64, 2) if quick else (128, 3)
     sample = images[:n]
-    ref = keras_step(bb)(sample[:32])
+    ref = _keras_step(bb)(sample[:32])
     rows, result = [], {}
 
     # In-process, interleaved: batch sizes, resize before the graph, TFLite chunk sizes and threads.
-    keras_graph = keras_step(bb)
-    keras_pre = keras_step(bb, resize=False)
-    flat = load_or_convert(bb, images.shape[1:3])  # uint8 32x32 in, resize inside
+    keras_graph = _keras_step(bb)
+    keras_pre = _keras_step(bb, resize=False)
+    flat = _load_or_convert(bb, images.shape[1:3])  # uint8 32x32 in, resize inside
     fns = {f"keras tf.function bs{b}": (keras_graph, b) for b in (8, 32, 64)}
     fns["keras, resize before the graph (resize timed too) bs32"] = (lambda x: keras_pre(resized(x, bb.input_size)), 32)
     for chunk in (1, 4, 8, 16, 32):
-        fns[f"tflite xnnpack 2 threads, chunk {chunk} bs32"] = (TFLiteRunner(flat, chunk_size=chunk), 32)
-    fns["tflite xnnpack 1 thread, chunk 8 bs32"] = (TFLiteRunner(flat, num_threads=1), 32)
+        fns[f"tflite xnnpack 2 threads, chunk {chunk} bs32"] = (_TFLiteRunner(flat, chunk_size=chunk), 32)
+    fns["tflite xnnpack 1 thread, chunk 8 bs32"] = (_TFLiteRunner(flat, num_threads=1), 32)
     speeds = interleaved_best({k: f for k, (f, _) in fns.items()}, sample, {k: b for k, (_, b) in fns.items()},
                               repeats)
     for k, v in speeds.items():
         rows.append([k, v, ""])
     result["in_process"] = speeds
 
-    tfl = TFLiteRunner(flat)
+    tfl = _TFLiteRunner(flat)
     result["tflite_max_diff"] = float(np.abs(tfl(sample[:32]) - ref).max())
     if not args.tiny:  # a conversion is most of a tiny run's time
         start = time.perf_counter()
-        convert_to_tflite(bb, images.shape[1:3])
+        _convert_to_tflite(bb, images.shape[1:3])
         result["tflite_conversion_s"] = time.perf_counter() - start
         rows.append(["tflite: one-off conversion seconds (then cached on disk)", result["tflite_conversion_s"],
                      f"max diff {result['tflite_max_diff']:.2g}"])
@@ -426,7 +426,7 @@ def section_variants(images: np.ndarray, args: argparse.Namespace) -> dict:
     rows.append([f"tf.image.resize 32 images to {bb.input_size} px, seconds", result["resize_s_per_32"], ""])
 
     if not quick:  # XLA: slow to compile and (here) slow to run; a few images are enough to show it
-        xla = keras_step(bb, jit_compile=True)
+        xla = _keras_step(bb, jit_compile=True)
         start = time.perf_counter()
         out = xla(sample[:8])
         result["xla_first_call_s"] = time.perf_counter() - start

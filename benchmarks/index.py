@@ -50,7 +50,7 @@ PQ_TRAIN_MAX = 50_000  # IVF-PQ trains on at most this many vectors (faiss wants
 
 
 def data_dir(arg: str | None) -> Path:
-    for candidate in (arg, os.environ.get(data.DATA_ENV_VAR), REPO / "data" / "cifar10"):
+    for candidate in (arg, os.environ.get("DEEP_FEATURES_DATA"), REPO / "data" / "cifar10"):
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     raise SystemExit("no data folder: pass --data-dir DIR or set DEEP_FEATURES_DATA")
@@ -241,10 +241,10 @@ def featurize_section(files: list[Path], image_size: int, rounds: int, log) -> l
 
 def reindex_section(files: list[Path], image_size: int, log) -> dict:
     """First indexing of a folder (empty feature cache), then the same folder with 1 % more files."""
-    from utils import runtime
     from deep_features.index import build_index
 
-    old_cache = runtime.cache_root()
+    # the course's cache folder, as utils finds it
+    old_cache = Path(os.environ.get("DEEP_FEATURES_CACHE") or Path.home() / ".cache" / "deep-features")
     with tempfile.TemporaryDirectory(prefix="index-bench-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
@@ -253,7 +253,7 @@ def reindex_section(files: list[Path], image_size: int, log) -> dict:
                 import shutil
 
                 shutil.copytree(old_cache / sub, cache / sub)
-        os.environ[runtime.CACHE_ENV_VAR] = str(cache)
+        os.environ["DEEP_FEATURES_CACHE"] = str(cache)
         try:
             folder = tmp / "photos"
             folder.mkdir()
@@ -269,7 +269,7 @@ def reindex_section(files: list[Path], image_size: int, log) -> dict:
             second = build_index(folder, tmp / "ix", image_size=image_size, progress=False)
             second_s, second_cpu = time.perf_counter() - start, time.process_time() - start_cpu
         finally:
-            os.environ[runtime.CACHE_ENV_VAR] = str(old_cache)
+            os.environ["DEEP_FEATURES_CACHE"] = str(old_cache)
     row = {"files_first": len(first.index), "files_added": second.added, "first_s": round(first_s, 2),
            "update_s": round(second_s, 2), "update_share": round(second_s / first_s, 4),
            "first_cpu_s": round(first_cpu, 2), "update_cpu_s": round(second_cpu, 2),

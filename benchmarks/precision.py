@@ -115,8 +115,8 @@ def main() -> None:
         args.repeats, args.images, args.only = 1, 16, ["tflite-f32", "tflite-int8"]
 
     from utils.backbones import load_backbone
-    from utils.fast_inference import TFLiteRunner, calibration_images, convert_to_tflite
-    from utils.runtime import cpu_flags
+    from utils.fast_inference import _TFLiteRunner, _calibration_images, _convert_to_tflite
+    from utils.runtime import _cpu_flags
 
     train, test = course_split(args)
     images = np.concatenate([train.images, test.images])
@@ -128,20 +128,20 @@ def main() -> None:
         count = min(256, len(train.images))
         calib = train.images[np.random.default_rng(0).choice(len(train.images), count, replace=False)]
     else:  # what utils.fast_inference ships: fixed crops of scikit-image's sample photos
-        calib = calibration_images(input_hw, count=8 if args.tiny else 64)
+        calib = _calibration_images(input_hw, count=8 if args.tiny else 64)
     wanted = {"none"} | ({"int8"} if not args.only or {"tflite-int8", "ov-int8"} & set(args.only) else set()) | (
         {"float16"} if not args.only or "tflite-f16w" in args.only else set())
     for q in sorted(wanted):
         t = time.perf_counter()
         paths[q] = work / f"lite0-{q}.tflite"
-        paths[q].write_bytes(convert_to_tflite(backbone, input_hw, q, calibration=calib))
+        paths[q].write_bytes(_convert_to_tflite(backbone, input_hw, q, calibration=calib))
         print(f"converted {q} in {time.perf_counter() - t:.1f} s ({paths[q].stat().st_size / 1e6:.1f} MB)",
               file=sys.stderr, flush=True)
     thr = args.threads
     makers: dict[str, Callable[[], Callable | str]] = {
-        "tflite-f32": lambda: TFLiteRunner(paths["none"].read_bytes(), num_threads=thr),
-        "tflite-int8": lambda: TFLiteRunner(paths["int8"].read_bytes(), num_threads=thr),
-        "tflite-f16w": lambda: TFLiteRunner(paths["float16"].read_bytes(), num_threads=thr),
+        "tflite-f32": lambda: _TFLiteRunner(paths["none"].read_bytes(), num_threads=thr),
+        "tflite-int8": lambda: _TFLiteRunner(paths["int8"].read_bytes(), num_threads=thr),
+        "tflite-f16w": lambda: _TFLiteRunner(paths["float16"].read_bytes(), num_threads=thr),
         "ov-f32": lambda: openvino_runner(paths["none"], "f32", thr, args.batch, input_hw),
         "ov-bf16": lambda: openvino_runner(paths["none"], "bf16", thr, args.batch, input_hw),
         "ov-int8": lambda: openvino_runner(paths["int8"], "f32", thr, args.batch, input_hw),
@@ -205,7 +205,7 @@ def main() -> None:
     except ImportError:
         caps = None
     flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "avx512_fp16")
-             if f in cpu_flags()]
+             if f in _cpu_flags()]
     doc = {"threads": thr, "calibration": args.calibration, "images_per_pass": len(sample), "repeats": args.repeats,
            "batch": args.batch, "tiny": args.tiny, "cpu_flags": flags, "openvino_capabilities": caps,
            "variants": rows, "skipped": skipped, "load_average": os.getloadavg()[0]}

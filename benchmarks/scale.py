@@ -129,7 +129,7 @@ def run_child(paths: list[Path], cache: Path, work: Path, kill_at: float | None 
 
 def warm_cache() -> Path:
     """A cache with the converted weights and the TFLite model (made once here if missing)."""
-    from utils.runtime import cache_root
+    from _common import cache_root
 
     warm = cache_root()
     list_file = Path(tempfile.mkstemp(suffix=".txt")[1])

@@ -8,5 +8,10 @@ few photos per class (:mod:`~deep_features.recognizer`).
 
 It is built on the lesson library :mod:`utils` (the backbones, the cached featurizer) and imports
 it, never the reverse: ``utils`` works without the tool (``tests/test_layout.py``), while lessons 6
-and 9 import the parts of the tool they teach.
+and 9 import the parts of the tool they teach. The tool keeps its own copies of the few settings
+it shares with ``utils`` (the default backbone here; image sizes, precisions, the chunk size in its
+modules); ``tests/test_layout.py`` checks that they agree.
 """
+
+DEFAULT_BACKBONE = "efficientnet_lite0"  # the lessons' default too
+

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.backbones import (DEFAULT_BACKBONE, IMAGENET_CLASSES, MIN_IMAGE_SIZE, REGISTRY,
-                             BackboneUnavailableError, UnknownBackboneError, available_backbones,
-                             imagenet_class_names, load_backbone)
-from utils.data import DataNotFoundError, ImageLoadError, list_images, load_image, resize_batch
-from utils.fast_inference import PRECISION_ENV_VAR, PRECISIONS
-from utils.features import report_skipped
+from utils.backbones import (REGISTRY, BackboneUnavailableError, UnknownBackboneError,
+                             available_backbones, imagenet_class_names, load_backbone)
+from utils.data import list_images, load_image, resize_batch
 
-from .dask_features import DaskClusterError, featurize
+from . import DEFAULT_BACKBONE
+from .dask_features import DaskClusterError, featurize, report_skipped
 from .index import (EXACT_MAX_IMAGES, INDEX_KINDS, METRIC, METRICS, IndexBusyError, being_built,
                     build_index, looks_like_index)
 
@@ -28,6 +26,11 @@ from .index import (EXACT_MAX_IMAGES, INDEX_KINDS, METRIC, METRICS, IndexBusyErr
 
 PROG = "deep-features"
 DEBUG_ENV_VAR = "DEEP_FEATURES_DEBUG"  # set: a command's unexpected error shows its traceback
+# what the featurizer accepts (utils.backbones, utils.fast_inference: tests/test_layout.py checks)
+MIN_IMAGE_SIZE = 32  # pixels
+PRECISIONS = ("float32", "int8")
+PRECISION_ENV_VAR = "DEEP_FEATURES_PRECISION"
+IMAGENET_CLASSES = 1000
 
 
 def _whole(minimum: int = 1, maximum: int | None = None, unit: str = ""):
@@ -311,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("\ninterrupted", file=sys.stderr)
         return 130
-    except (UnknownBackboneError, BackboneUnavailableError, DataNotFoundError, ImageLoadError,
-            FileNotFoundError, ValueError, IndexBusyError, DaskClusterError) as exc:
+    # unreadable images and missing course data are ValueError and FileNotFoundError
+    except (UnknownBackboneError, BackboneUnavailableError, FileNotFoundError, ValueError,
+            IndexBusyError, DaskClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, no permission, ...: the system's own words and the file

@@ -2,7 +2,7 @@
 process.
 
 Each task runs :func:`utils.features.featurize_files` on one chunk of
-:data:`~utils.features.CHUNK_FILES` files, with the chunk boundaries of the single-process path, so
+:data:`CHUNK_FILES` files, with the chunk boundaries of the single-process path, so
 both fill and read the same chunk cache and give the same features. A worker that dies mid-chunk
 loses only that chunk: the scheduler reruns it on another worker (up to
 ``distributed.scheduler.allowed-failures`` times, 3 by default). Results are put back in file order.
@@ -24,18 +24,22 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TextIO
 
 import numpy as np
 
-from utils.backbones import DEFAULT_BACKBONE, get_spec
-from utils.data import NO_SUCH_FILE
+from utils.backbones import get_spec
 from utils.fast_inference import resolve_precision
-from utils.features import CHUNK_FILES, FileFeatures, featurize_files, report_skipped
+from utils.features import FileFeatures, featurize_files
+
+from . import DEFAULT_BACKBONE
 
 CONNECT_TIMEOUT = 10.0  # s to reach a scheduler (distributed's default, 30 s, is long for a typo)
 NO_WORKERS_TIMEOUT = 30.0  # s with no worker before giving up (a restarting worker needs a few)
 WORKER_CHECK_INTERVAL = 1.0  # s between two counts of the workers while no chunk finishes
+# featurize_files' own chunk size (tests/test_layout.py checks): both paths share the chunk cache
+CHUNK_FILES = 256
+NO_SUCH_FILE = "no such file"  # utils.data's reason for a missing file (tests/test_layout.py)
 
 
 class DaskClusterError(RuntimeError):
@@ -52,8 +56,21 @@ def featurize(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBONE,
     if workers or scheduler:
         return featurize_files_on_dask(paths, backbone, image_size, precision, workers=workers,
                                        scheduler=scheduler, progress=progress, report=report)
-    return featurize_files(paths, backbone, image_size, progress=progress, precision=precision,
-                           report=report)
+    result = featurize_files(paths, backbone, image_size, progress=progress, precision=precision)
+    if report:
+        report_skipped(result.skipped)
+    return result
+
+
+def report_skipped(skipped: Sequence[tuple[Path, str]], file: TextIO | None = None) -> None:
+    """Print every skipped file with its reason, one per line, then the count (nothing when none was
+    skipped): what the commands show on stderr."""
+    if not skipped:
+        return
+    out = file or sys.stderr
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=out)
+    print(f"{len(skipped)} file(s) skipped", file=out, flush=True)
 
 
 def _featurize_chunk(paths: list[str], backbone: str, image_size: int, precision: str,

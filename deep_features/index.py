@@ -20,22 +20,26 @@ features, or the files through the feature cache) and says so in :attr:`IndexUpd
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import os
 import re
 import secrets
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from utils.backbones import DEFAULT_BACKBONE, get_spec, weights_fingerprint
+from utils.backbones import get_spec
 from utils.data import list_images
 from utils.fast_inference import resolve_precision
-from utils.runtime import LockTimeoutError, atomic_write, exclusive_lock
+from utils.runtime import atomic_write
 
+from . import DEFAULT_BACKBONE
 from .dask_features import featurize
 
 INDEX_LAYOUT_VERSION = 1  # of the index folder the user keeps (not a cache entry): bump on change
@@ -114,7 +118,7 @@ class IndexSettings:
     def of(cls, backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
            precision: str | None = None, metric: str = METRIC) -> "IndexSettings":
         spec = get_spec(backbone)
-        return cls(spec.name, weights_fingerprint(spec.name), int(image_size or spec.input_size),
+        return cls(spec.name, spec.weights_id(), int(image_size or spec.input_size),
                    resolve_precision(precision), check_metric(metric))
 
     def describe(self) -> str:
@@ -588,3 +592,111 @@ def _write(output: Path, settings: IndexSettings, kind: str, requested: str, fai
     for stale in output.iterdir():
         if GENERATION_FILE.fullmatch(stale.name) and stale.name not in {*files.values(), *keep}:
             stale.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The writer's lock (build_index): one `index` run at a time per index folder
+# --------------------------------------------------------------------------------------------------
+
+class LockTimeoutError(TimeoutError):
+    """:func:`exclusive_lock` waited ``timeout`` seconds for another process to release the lock."""
+
+
+def _lock_functions() -> tuple[Callable[[int], bool], Callable[[int], None]] | None:
+    """``(try_lock(fd) -> bool, unlock(fd))`` for this platform: ``fcntl.flock`` on POSIX,
+    ``msvcrt.locking`` on Windows; ``None`` where neither exists."""
+    try:
+        import fcntl
+    except ImportError:
+        pass
+    else:
+        def try_flock(fd: int) -> bool:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+
+        return try_flock, lambda fd: fcntl.flock(fd, fcntl.LOCK_UN)
+    try:
+        import msvcrt
+    except ImportError:
+        return None
+
+    # one byte at offset 0 (past the end of an empty file: allowed)
+    def try_locking(fd: int) -> bool:
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+
+    def unlock_locking(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+    return try_locking, unlock_locking
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (a holder may have removed it
+    meanwhile)."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    if not here.st_ino or not there.st_ino:  # no inode numbers here: cannot tell, assume it is
+        return True
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], timeout: float | None = None,
+                   on_wait: Callable[[], None] | None = None, poll: float = 0.2) -> Iterator[bool]:
+    """Hold an exclusive lock on the file ``path`` (created if needed) while the ``with`` block
+    runs.
+
+    The lock is the operating system's (``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows): it
+    is released when the process ends however it ends, so a killed holder leaves no stale lock. When
+    another process holds it, ``on_wait()`` is called once and the lock is tried again every
+    ``poll`` seconds, for at most ``timeout`` seconds (``None``: no limit), then
+    :class:`LockTimeoutError`. Yields ``True``, or ``False`` without locking on a platform with
+    neither call. Locks on network file systems are only as good as the server's (NFSv4: yes). The
+    lock file is left in place. A holder may still remove it before it lets go (to tidy up): a
+    waiter that then gets the lock of the removed file notices and locks the file now at ``path``
+    instead.
+    """
+    path = Path(path)
+    functions = _lock_functions()
+    if functions is None:
+        yield False
+        return
+    try_lock, unlock = functions
+    deadline = None if timeout is None else time.monotonic() + timeout
+    waited = False
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if try_lock(fd):
+                if _same_file(fd, path):
+                    break
+                unlock(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        if not waited and on_wait is not None:
+            on_wait()
+        waited = True
+        if deadline is not None and time.monotonic() >= deadline:
+            raise LockTimeoutError(f"{path} is still locked by another process after {timeout:g} s")
+        time.sleep(poll)
+    try:
+        yield True
+    finally:
+        try:
+            unlock(fd)
+        finally:
+            os.close(fd)

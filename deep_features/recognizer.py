@@ -34,11 +34,13 @@ from sklearn.model_selection import LeaveOneOut
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer
 
-from utils.backbones import DEFAULT_BACKBONE, get_spec
-from utils.data import IMAGE_EXTENSIONS, load_image_folder
+from utils.backbones import get_spec
+from utils.data import list_images, load_image_folder
 from utils.deep_features import DeepFeatures
 from utils.features import featurize_files
 from utils.runtime import atomic_write
+
+from . import DEFAULT_BACKBONE
 
 RECOGNIZER_LAYOUT_VERSION = 1  # of the file the user keeps (not a cache entry): bump on change
 UNKNOWN = "unknown"
@@ -233,18 +235,14 @@ def check_training_folder(folder: str | Path) -> None:
         raise RecognizerError(f"{folder}: no such folder. Make one sub-folder per class with its "
                               f"photos, e.g. {folder}/mug/1.jpg, {folder}/plant/1.jpg")
 
-    def photo(path: Path) -> bool:
-        return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    loose = sorted(p.name for p in entries if photo(p))
+    loose = [p.name for p in list_images(folder, recursive=False)]
     if loose:
         more = f" (and {len(loose) - 3} more)" if len(loose) > 3 else ""
         raise RecognizerError(f"{folder}: photos lie in the top folder, not in a class folder: "
                               f"{', '.join(loose[:3])}{more}. Move each into {folder}/<class>/")
     classes = sorted(p for p in entries if p.is_dir())
-    empty = [p.name for p in classes
-             if not any(photo(f) and not f.name.startswith(".") for f in p.rglob("*"))]
+    empty = [p.name for p in classes if not list_images(p)]
     if empty:
         raise RecognizerError(f"{folder}: class folder(s) with no photos: {', '.join(empty)}. Add "
                               "photos or remove the folder")

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from utils.backbones import DEFAULT_BACKBONE, get_spec
-from utils.data import ImageLoadError, list_images
+from utils.backbones import get_spec
+from utils.data import list_images
 from utils.fast_inference import resolve_precision
 from utils.features import featurize_files
 
+from . import DEFAULT_BACKBONE
 from .index import METRIC, IndexSettings, SearchIndex, check_metric
 
 
@@ -95,6 +96,12 @@ class Search:
                             for rank, r in enumerate(self.results, 1)]}
 
 
+def _unreadable(path: Path, reason: str) -> ValueError:
+    """The error for a query image the featurizer skipped: ``"<path>: <reason>"``, as
+    :func:`~utils.data.load_image` words it."""
+    return ValueError(f"{path}: {reason}")
+
+
 def _checked_top(top: int) -> int:
     if int(top) < 1:
         raise ValueError(f"the number of results must be at least 1, got {top}")
@@ -125,7 +132,7 @@ def search_folder(query: str | Path, folder: str | Path, top: int = 5, backbone:
     found = featurize_files([query], spec.name, image_size, use_cache=False, progress=False,
                             precision=precision)
     if found.skipped:
-        raise ImageLoadError(*found.skipped[0])
+        raise _unreadable(*found.skipped[0])
     distances, indices = _nearest(found.features, collection.features, top, metric)
     results = [SimilarImage(collection.paths[i], max(0.0, float(d)))
                for d, i in zip(distances[0], indices[0])]
@@ -155,7 +162,7 @@ def search_index(query: str | Path, index: str | Path | SearchIndex, top: int = 
     found = featurize_files([query], settings.backbone, settings.image_size, use_cache=False,
                             progress=False, precision=settings.precision)
     if found.skipped:
-        raise ImageLoadError(*found.skipped[0])
+        raise _unreadable(*found.skipped[0])
     scores, rows = index.search(found.features, top + 1, settings)
     query = Path(query).resolve()
     hits = [(index.paths[r], score) for score, r in zip(scores[0], rows[0]) if r >= 0]

@@ -38,6 +38,10 @@ from typing import Any, Final
 from . import NOTEBOOK_DIR, REPO
 from .lessons import LessonNotebook, discover_lessons
 
+#: Where ``utils.checks`` appends each check's result, set for every graded notebook (its name in ``utils.runtime``:
+#: ``tests/test_layout.py`` checks that the two agree).
+CHECK_RESULTS_ENV_VAR: Final = "DEEP_FEATURES_CHECK_RESULTS"
+
 STATUSES: Final = ("correct", "wrong", "not attempted", "error", "timeout", "missing")
 COLUMNS: Final = ("student", "notebook", "exercise", "status", "detail")
 KERNEL_NAME: Final = "deep-features-grade"
@@ -137,8 +141,6 @@ def _kernel_spec(memory_bytes: int, timeout: int) -> dict[str, Any]:
 
 
 def _worker_environment(work: Path, results_file: Path) -> dict[str, str]:
-    from utils.runtime import CHECK_RESULTS_ENV_VAR
-
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(work / "jupyter"), env.get("JUPYTER_PATH")) if p)

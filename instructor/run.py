@@ -31,12 +31,16 @@ import nbformat
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import CaselessStrEnum
 
-from utils.runtime import ANSWERS_ENV_VAR, atomic_write
+from utils.runtime import atomic_write
 
 from . import COURSE_TITLE, NOTEBOOK_DIR, REPO
 from .lessons import LessonNotebook, discover_lessons, read_lesson
 from .metrics import collect_cell_source, notebook_contract, to_jsonable
 from .report import CLASSIC_RESULTS, report_gaps, write_results
+
+#: Where ``utils.checks`` appends each check's expected answer, set for every notebook run (its name in
+#: ``utils.runtime``: ``tests/test_layout.py`` checks that the two agree).
+ANSWERS_ENV_VAR: Final = "DEEP_FEATURES_ANSWERS"
 
 #: ``--small``: a quick run for smoke tests and slow machines (also what the tests and the fixture data use).
 SMALL_PARAMETERS: Final[Mapping[str, Any]] = {

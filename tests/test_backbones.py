@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import utils.backbones as backbones
-from utils.backbones import (REGISTRY, BackboneUnavailableError, UnknownBackboneError, build_keras_application,
-                             get_spec, imagenet_class_names, lite_blocks_from_state_dict, load_backbone)
+from utils.backbones import (REGISTRY, BackboneUnavailableError, UnknownBackboneError, _build_keras_application,
+                             get_spec, imagenet_class_names, _lite_blocks_from_state_dict, load_backbone)
 from _numerics import assert_close
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,9 +27,9 @@ def fresh_backbones():
 
 
 def test_architecture_read_off_the_real_checkpoint() -> None:
-    from utils.torch_checkpoint import load_legacy_checkpoint
+    from utils.torch_checkpoint import _load_legacy_checkpoint
 
-    blocks = lite_blocks_from_state_dict(load_legacy_checkpoint(backbones.lite_checkpoint_path("efficientnet_lite0")))
+    blocks = _lite_blocks_from_state_dict(_load_legacy_checkpoint(backbones._lite_checkpoint_path("efficientnet_lite0")))
     assert len(blocks) == 16
     # EfficientNet-B0/Lite0 stages: repeats 1,2,2,3,3,4,1; kernels 3,3,5,3,5,5,3; strides 1,2,2,2,1,2,1
     assert [b.out_channels for b in blocks] == [16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320]
@@ -76,7 +76,7 @@ def test_converted_weights_are_cached(fresh_backbones, feature_cache: Path, monk
     def must_not_read(*_args, **_kwargs):
         raise AssertionError("the checkpoint was read again instead of the cached Keras weights")
 
-    monkeypatch.setattr(utils.torch_checkpoint, "load_legacy_checkpoint", must_not_read)
+    monkeypatch.setattr(utils.torch_checkpoint, "_load_legacy_checkpoint", must_not_read)
     load_backbone.cache_clear()
     again = load_backbone("efficientnet_lite0", 64)
     assert_close(np.asarray(again.feature_model(x)), first)
@@ -107,7 +107,7 @@ def test_online_backbone_offline_names_the_offline_choices(fresh_backbones, monk
 
 
 def test_online_code_path_builds_untrained_models() -> None:
-    mobilenet = build_keras_application("mobilenet_v2", 96, weights=None)
+    mobilenet = _build_keras_application("mobilenet_v2", 96, weights=None)
     assert mobilenet.feature_dim == 1280  # random weights: the whole network at any size, cut at "predictions"
     assert mobilenet.classifier is not None and mobilenet.classifier.output_shape == (None, 1000)
     out = np.asarray(mobilenet.feature_model(np.zeros((2, 96, 96, 3), "float32")))
@@ -127,12 +127,12 @@ def test_fully_connected_feature_layer_wiring(monkeypatch: pytest.MonkeyPatch) -
         return keras.Model(inputs, keras.layers.Dense(1000, activation="softmax", name="predictions")(x))
 
     monkeypatch.setattr(keras.applications.vgg16, "VGG16", tiny_vgg16)
-    vgg = build_keras_application("vgg16", 224, weights=None)
+    vgg = _build_keras_application("vgg16", 224, weights=None)
     assert vgg.feature_dim == 4096 and vgg.feature_model.output_shape == (None, 4096)
     assert vgg.classifier is not None and vgg.classifier.output_shape == (None, 1000)
     assert np.asarray(vgg.feature_model(np.zeros((1, 224, 224, 3), "float32"))).shape == (1, 4096)
     with pytest.raises(ValueError, match="224"):
-        build_keras_application("vgg16", 128, weights=None)
+        _build_keras_application("vgg16", 128, weights=None)
 
 
 def test_missing_lite_package_gives_a_pip_hint(fresh_backbones, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,7 +166,7 @@ def test_a_backbone_added_to_the_table_is_seen_everywhere(fresh_backbones, tmp_p
     from utils.features import featurize_images
     from utils.deep_features import DeepFeatures
 
-    fake = backbones.BackboneSpec("tiny_net", backbones.KERAS_APPLICATIONS, 64, 1280, "predictions",
+    fake = backbones._BackboneSpec("tiny_net", backbones._KERAS_APPLICATIONS, 64, 1280, "predictions",
                                   "mobilenet_v2", "MobileNetV2", "a test backbone", weights_file="tiny_net")
     monkeypatch.setitem(REGISTRY, "tiny_net", fake)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
@@ -180,13 +180,13 @@ def test_a_backbone_added_to_the_table_is_seen_everywhere(fresh_backbones, tmp_p
 
     built = load_backbone("tiny_net", None, None)  # the table's size; random weights: no download
     assert built.input_size == 64 and built.feature_model.output_shape == (None, 1280)
-    assert built.weights_id == backbones.weights_fingerprint("tiny_net", None)
+    assert built.weights_id == backbones._weights_fingerprint("tiny_net", None)
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     got = featurize_images(images, "tiny_net", weights=None, use_cache=False)
     import keras
 
     resized = keras.layers.Resizing(64, 64)(images.astype("float32"))  # as the featurizer resizes
-    want = np.asarray(backbones.backbone_handle("tiny_net", 64, None).feature_model(resized))
+    want = np.asarray(backbones._backbone_handle("tiny_net", 64, None).feature_model(resized))
     assert got.shape == (3, 1280)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert DeepFeatures("tiny_net", weights=None).fit(images).n_features_out_ == 1280
@@ -200,7 +200,7 @@ def test_random_weights_are_the_same_in_every_build_and_only_for_keras_applicati
     with pytest.raises(ValueError, match="ImageNet weights only"):
         load_backbone("efficientnet_lite0", 64, None)
     with pytest.raises(ValueError, match="weights must be"):
-        backbones.weights_fingerprint("mobilenet_v2", "random")
+        backbones._weights_fingerprint("mobilenet_v2", "random")
 
 
 def test_lite_constructors_read_like_keras_applications_and_give_the_featurizers_features() -> None:
@@ -267,4 +267,4 @@ def test_every_backbone_has_a_constructor_and_its_preprocess_input() -> None:
             assert preprocess_input is getattr(keras.applications, spec.module).preprocess_input
             assert scaling == f"keras.applications.{spec.module}.preprocess_input"
     with pytest.raises(ValueError, match="keras.applications.MobileNetV2"):
-        backbones.lite_application("mobilenet_v2")
+        backbones._lite_application("mobilenet_v2")

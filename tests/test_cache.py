@@ -32,12 +32,12 @@ def _new_files(folder: Path, before: set[Path], pattern: str) -> list[Path]:
 
 
 def _recomputed_once(compute, what: str):
-    with pytest.warns(cache.CacheWarning) as caught:
+    with pytest.warns(cache._CacheWarning) as caught:
         result = compute()
-    damaged = [w for w in caught if issubclass(w.category, cache.CacheWarning)]
+    damaged = [w for w in caught if issubclass(w.category, cache._CacheWarning)]
     assert len(damaged) == 1 and f"{what} cache file" in str(damaged[0].message), [str(w.message) for w in damaged]
     with warnings.catch_warnings():
-        warnings.simplefilter("error", cache.CacheWarning)  # repaired: read without a warning now
+        warnings.simplefilter("error", cache._CacheWarning)  # repaired: read without a warning now
         compute()
     return result
 
@@ -53,14 +53,14 @@ def test_one_version_constant_and_one_key_function() -> None:
 
 def test_the_key_changes_with_every_part() -> None:
     base = dict(kind="features", model="m", weights_id="w", size=96, precision="float32", content="c", detail=[1])
-    keys = {cache.cache_key(**base)}
+    keys = {cache._cache_key(**base)}
     for name, other in [("kind", "tflite"), ("model", "n"), ("weights_id", "v"), ("size", 128),
                         ("precision", "int8"), ("content", "d"), ("detail", [2])]:
-        keys.add(cache.cache_key(**{**base, name: other}))
+        keys.add(cache._cache_key(**{**base, name: other}))
     assert len(keys) == 8
-    path = cache.entry_path(**base, label="array", suffix=".npz")
+    path = cache._entry_path(**base, label="array", suffix=".npz")
     assert path.parent.name == "features" and re.fullmatch(r"m-96px-array-[0-9a-f]{32}\.npz", path.name)
-    assert "-int8-" in cache.entry_path(**{**base, "precision": "int8"}).name
+    assert "-int8-" in cache._entry_path(**{**base, "precision": "int8"}).name
 
 
 def test_damaged_array_features_are_recomputed(images, feature_cache: Path) -> None:
@@ -88,13 +88,13 @@ def test_damaged_file_chunk_is_recomputed(images, tmp_path: Path, feature_cache:
 
 
 def test_damaged_tflite_model_is_converted_again(images, feature_cache: Path) -> None:
-    handle = backbones.backbone_handle("efficientnet_lite0", SIZE)
-    path = fast_inference.tflite_path(handle, (SIZE, SIZE))
-    first = fast_inference.load_or_convert(handle, (SIZE, SIZE))
+    handle = backbones._backbone_handle("efficientnet_lite0", SIZE)
+    path = fast_inference._tflite_path(handle, (SIZE, SIZE))
+    first = fast_inference._load_or_convert(handle, (SIZE, SIZE))
     assert path.is_file() and path.parent == feature_cache / "tflite"
     _damage(path)
-    again = _recomputed_once(lambda: fast_inference.load_or_convert(handle, (SIZE, SIZE)), "TFLite model")
-    runner = fast_inference.TFLiteRunner
+    again = _recomputed_once(lambda: fast_inference._load_or_convert(handle, (SIZE, SIZE)), "TFLite model")
+    runner = fast_inference._TFLiteRunner
     assert_close(runner(again)(images), runner(first)(images))
 
 

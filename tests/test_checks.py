@@ -38,7 +38,7 @@ def test_every_check_of_every_lesson_is_registered_and_has_a_solution(path: Path
     asked, solved = ids_in(exercises), ids_in(solutions)
     assert asked, f"{path.name} has no exercise"
     assert all(i.startswith(f"{lesson}.") for i in asked), asked
-    assert set(asked) <= set(checks.load_all()), f"not registered: {set(asked) - set(checks.EXERCISES)}"
+    assert set(asked) <= set(checks.load_all()), f"not registered: {set(asked) - set(checks._EXERCISES)}"
     assert sorted(asked) == sorted(solved), f"{path.name}: exercises {asked} vs solutions {solved}"
     registered = sorted(i for i in checks.load_all() if i.startswith(f"{lesson}."))
     assert registered == sorted(asked), f"registered but unused: {set(registered) - set(asked)}"
@@ -53,7 +53,7 @@ def test_unknown_id_raises_even_before_an_answer() -> None:
     with pytest.raises(KeyError, match="unknown exercise"):
         checks.check("9.9", ...)
     with pytest.raises(KeyError, match="unknown exercise"):
-        checks.expected_answer("9.9")
+        checks._expected_answer("9.9")
 
 
 def test_registering_twice_is_an_error() -> None:
@@ -181,11 +181,11 @@ def test_9_1_is_the_recall_of_a_2_link_graph_the_student_built() -> None:
     recall = np.mean([len(set(a) & set(b)) for a, b in zip(found, truth)]) / 10
     sparse.hnsw.efSearch = 99  # the check searches at the lesson's efSearch, and leaves the student's alone
     objects = {"approximate": sparse, "exact": exact, "queries": queries, "ef_search": 12}
-    assert checks.expected_answer("9.1", **objects) == pytest.approx(recall, abs=1e-12) and recall < 1
+    assert checks._expected_answer("9.1", **objects) == pytest.approx(recall, abs=1e-12) and recall < 1
     assert checks.check("9.1", recall, **objects) is True and sparse.hnsw.efSearch == 99
     assert checks.check("9.1", recall - 0.01, **objects) is False
     dense = faiss.IndexHNSWFlat(16, 32, faiss.METRIC_INNER_PRODUCT)
     dense.add(collection)
     for other in (dense, exact, None):  # the lesson's kind of graph, an exact index, not built yet
-        assert checks.expected_answer("9.1", **{**objects, "approximate": other}) is None
+        assert checks._expected_answer("9.1", **{**objects, "approximate": other}) is None
         assert checks.check("9.1", recall, **{**objects, "approximate": other}) is False

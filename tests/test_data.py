@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import utils.data as data
-from utils.data import (CIFAR10_CLASSES, COURSE_CLASSES, DataNotFoundError, ImageLoadError, load_course_data,
+from utils.data import (_CIFAR10_CLASSES, _COURSE_CLASSES, _DataNotFoundError, _ImageLoadError, load_course_data,
                         load_image, load_image_folder)
 
 
@@ -121,17 +121,17 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 def test_decompression_bomb_header_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bomb.png").write_bytes(_png_claiming(30000, 30000))
-    with pytest.raises(ImageLoadError, match="too large"):
+    with pytest.raises(_ImageLoadError, match="too large"):
         load_image(tmp_path / "bomb.png")
 
 
 def test_image_over_the_pixel_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Image.fromarray(_gradient()).save(tmp_path / "a.png")  # 384 pixels
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 300)
-    with pytest.raises(ImageLoadError, match="too large"):
+    monkeypatch.setattr(data, "_MAX_IMAGE_PIXELS", 300)
+    with pytest.raises(_ImageLoadError, match="too large"):
         load_image(tmp_path / "a.png")
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 100)
-    with pytest.raises(ImageLoadError, match="too large"):
+    monkeypatch.setattr(data, "_MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(_ImageLoadError, match="too large"):
         load_image(tmp_path / "a.png")
     assert Image.MAX_IMAGE_PIXELS != 100  # Pillow's global limit restored
 
@@ -152,34 +152,34 @@ def _jpeg_bytes() -> bytes:
 def test_unreadable_files_raise_image_load_error(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(ImageLoadError, match=reason) as info:
+    with pytest.raises(_ImageLoadError, match=reason) as info:
         load_image(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ImageLoadError, match="no such file"):
+    with pytest.raises(_ImageLoadError, match="no such file"):
         load_image(tmp_path / "nope.png")
 
 
 @pytest.mark.parametrize("name, content, words", [
-    ("gone.png", None, data.NO_SUCH_FILE),
-    ("empty.png", b"", data.EMPTY_FILE),
-    ("text.jpg", b"a text file\n", data.NOT_AN_IMAGE),
-    ("cut.jpg", _jpeg_bytes()[:600], data.CORRUPT),
-    ("bomb.png", _png_claiming(30000, 30000), data.TOO_LARGE),
+    ("gone.png", None, data._NO_SUCH_FILE),
+    ("empty.png", b"", data._EMPTY_FILE),
+    ("text.jpg", b"a text file\n", data._NOT_AN_IMAGE),
+    ("cut.jpg", _jpeg_bytes()[:600], data._CORRUPT),
+    ("bomb.png", _png_claiming(30000, 30000), data._TOO_LARGE),
 ])
 def test_reasons_start_with_the_words_of_the_cause(tmp_path: Path, name: str, content: bytes | None,
                                                    words: str) -> None:
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(ImageLoadError) as info:
+    with pytest.raises(_ImageLoadError) as info:
         load_image(path)
     assert info.value.path == path and info.value.reason.startswith(words), info.value.reason
     assert str(info.value) == f"{path}: {info.value.reason}"
     if content is not None:  # the same reason from the bytes
-        with pytest.raises(ImageLoadError) as from_bytes:
+        with pytest.raises(_ImageLoadError) as from_bytes:
             load_image(data=content)
         assert from_bytes.value.reason.split(" (")[0].split(":")[0] == info.value.reason.split(" (")[0].split(":")[0]
 
@@ -191,7 +191,7 @@ def test_unsupported_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         raise ValueError(f"conversion from {image.mode} to RGB not supported")
 
     monkeypatch.setattr(data, "_to_rgb", no_conversion)
-    with pytest.raises(ImageLoadError, match="unsupported mode 'RGB'"):
+    with pytest.raises(_ImageLoadError, match="unsupported mode 'RGB'"):
         load_image(tmp_path / "a.png")
 
 
@@ -201,7 +201,7 @@ def test_load_image_from_bytes_matches_the_file(tmp_path: Path) -> None:
                                   load_image(tmp_path / "a.png", size=8))
     with pytest.raises(TypeError):
         load_image()
-    assert str(ImageLoadError("a whole message")) == "a whole message"  # the one-argument form still works
+    assert str(_ImageLoadError("a whole message")) == "a whole message"  # the one-argument form still works
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def test_image_folder_missing_root(tmp_path: Path) -> None:
 def test_cifar4_default_split_from_shared_folder(course_data_dir: Path) -> None:
     train, test = load_course_data(course_data_dir)
     assert train.counts() == {"automobile": 509, "bird": 478, "cat": 509, "dog": 509}
-    assert test.counts() == {c: 1000 for c in COURSE_CLASSES}
+    assert test.counts() == {c: 1000 for c in _COURSE_CLASSES}
     for split in (train, test):
         assert split.images.shape == (len(split), 32, 32, 3) and split.images.dtype == np.uint8
         assert [p.parent.name for p in split.paths] == [split.class_names[i] for i in split.labels]
@@ -265,7 +265,7 @@ def test_cifar4_sampling_is_seeded(course_data_dir: Path) -> None:
     a, a_test = load_course_data(course_data_dir, n_train_per_class=10, n_test_per_class=3, seed=1)
     b, _ = load_course_data(course_data_dir, n_train_per_class=10, n_test_per_class=3, seed=1)
     c, _ = load_course_data(course_data_dir, n_train_per_class=10, n_test_per_class=3, seed=2)
-    assert a.counts() == {cl: 10 for cl in COURSE_CLASSES} and a_test.counts() == {cl: 3 for cl in COURSE_CLASSES}
+    assert a.counts() == {cl: 10 for cl in _COURSE_CLASSES} and a_test.counts() == {cl: 3 for cl in _COURSE_CLASSES}
     assert a.paths == b.paths and np.array_equal(a.images, b.images)
     assert a.paths != c.paths
     with pytest.raises(ValueError, match="only"):
@@ -297,20 +297,20 @@ def test_official_python_batches(tmp_path: Path) -> None:
     for split in (train, test):
         assert split.images.shape[1:] == (32, 32, 3)
         cifar_label = split.images[:, 0, 0, 0] // 10  # what the fake pixels say
-        assert [CIFAR10_CLASSES[v] for v in cifar_label] == [split.class_names[i] for i in split.labels]
+        assert [_CIFAR10_CLASSES[v] for v in cifar_label] == [split.class_names[i] for i in split.labels]
     assert "Python batches" in train.source
 
 
 def test_explicit_path_beats_environment_beats_repo_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     explicit, env, repo = (_fake_cifar_batches(tmp_path / n) for n in ("explicit", "env", "repo"))
-    monkeypatch.setattr(data, "REPO_DATA_DIR", repo)
+    monkeypatch.setattr(data, "_REPO_DATA_DIR", repo)
     monkeypatch.setenv("DEEP_FEATURES_DATA", str(env))
     kwargs = dict(n_train_per_class=1, n_test_per_class=1)
     assert str(explicit) in load_course_data(explicit, **kwargs)[0].source
     assert str(env) in load_course_data(**kwargs)[0].source
     monkeypatch.delenv("DEEP_FEATURES_DATA")
     assert str(repo) in load_course_data(**kwargs)[0].source
-    with pytest.raises(DataNotFoundError):
+    with pytest.raises(_DataNotFoundError):
         load_course_data(tmp_path / "does-not-exist", **kwargs)
 
 
@@ -318,7 +318,7 @@ def test_explicit_path_beats_environment_beats_repo_folder(tmp_path: Path, monke
 def no_local_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     empty = tmp_path / "repo-data"
     empty.mkdir()
-    monkeypatch.setattr(data, "REPO_DATA_DIR", empty)
+    monkeypatch.setattr(data, "_REPO_DATA_DIR", empty)
     monkeypatch.delenv("DEEP_FEATURES_DATA", raising=False)
     return empty
 
@@ -331,7 +331,7 @@ def test_no_data_and_failed_download_says_where_to_put_it(no_local_data: Path,
         raise OSError("URL fetch failure: [Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
-    with pytest.raises(DataNotFoundError) as info:
+    with pytest.raises(_DataNotFoundError) as info:
         load_course_data()
     message = str(info.value)
     assert str(no_local_data) in message and "DEEP_FEATURES_DATA" in message and "data_dir" in message
@@ -349,15 +349,15 @@ def test_download_path_selects_and_remaps_classes(no_local_data: Path, monkeypat
 
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", fake_load_data)
     train, test = load_course_data(n_train_per_class=5, n_test_per_class=2)
-    assert train.counts() == {c: 5 for c in COURSE_CLASSES} and test.counts() == {c: 2 for c in COURSE_CLASSES}
+    assert train.counts() == {c: 5 for c in _COURSE_CLASSES} and test.counts() == {c: 2 for c in _COURSE_CLASSES}
     for split in (train, test):
         named = [split.class_names[i] for i in split.labels]
-        assert [CIFAR10_CLASSES[v // 10] for v in split.images[:, 0, 0, 0]] == named
+        assert [_CIFAR10_CLASSES[v // 10] for v in split.images[:, 0, 0, 0]] == named
     assert train.source.startswith("keras.datasets")
 
 
 def test_image_folder_uses_the_same_size_limit_as_load_image(tmp_path: Path) -> None:
-    """A 12000 x 12000 photo is within MAX_IMAGE_PIXELS (only headers are read here: nothing big is allocated)."""
+    """A 12000 x 12000 photo is within _MAX_IMAGE_PIXELS (only headers are read here: nothing big is allocated)."""
     root = tmp_path / "imgs"
     (root / "big").mkdir(parents=True)
     (root / "big" / "photo.png").write_bytes(_png_claiming(12000, 12000))
@@ -376,7 +376,7 @@ def test_course_images_are_decoded_once_then_read_from_the_cache(tmp_path: Path,
     root = tmp_path / "course"
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
-        for name in COURSE_CLASSES:
+        for name in _COURSE_CLASSES:
             (root / split / name).mkdir(parents=True)
             for i in range(3):
                 Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(

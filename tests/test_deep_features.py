@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from utils import deep_features
-from utils.data import ImageLoadError, load_image
+from utils.data import _ImageLoadError, load_image
 from utils.features import featurize_files, featurize_images
 from utils.deep_features import DeepFeatures
 from _numerics import assert_close
@@ -123,5 +123,5 @@ def test_file_paths_in_and_a_bad_file_is_named(crops, tmp_path) -> None:
     assert_close(from_files, featurize_files(paths, image_size=SIZE, use_cache=False).features)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(ImageLoadError, match="broken.jpg"):
+    with pytest.raises(_ImageLoadError, match="broken.jpg"):
         step.transform([paths[0], bad])

@@ -17,7 +17,8 @@ import utils.backbones as backbones
 import utils.fast_inference as fast_inference
 import utils.features as features
 from utils.data import load_image
-from utils.features import array_cache_path, featurize_files, featurize_images, report_skipped
+from deep_features.dask_features import report_skipped
+from utils.features import _array_cache_path, featurize_files, featurize_images
 
 from _numerics import assert_close
 
@@ -95,7 +96,7 @@ def test_cache_hit_is_identical_and_does_not_rebuild(crops: np.ndarray, feature_
     def no_model(*_args, **_kwargs):
         raise AssertionError("the backbone was loaded although the features are cached")
 
-    monkeypatch.setattr(backbones.BackboneHandle, "load", no_model)  # the handle itself builds nothing
+    monkeypatch.setattr(backbones._BackboneHandle, "load", no_model)  # the handle itself builds nothing
     monkeypatch.setattr(backbones, "load_backbone", no_model)
     again = featurize_images(images.copy(), image_size=SIZE)  # same content, another array
     np.testing.assert_array_equal(again, first)
@@ -110,9 +111,9 @@ def test_changed_pixels_size_or_backbone_use_another_cache_file(crops: np.ndarra
     b = featurize_images(images, image_size=SIZE)
     assert len(_feature_files(feature_cache) - before) == 2
     assert not np.array_equal(a, b)
-    handle = backbones.backbone_handle
-    paths = {array_cache_path("h", handle("efficientnet_lite0", SIZE)), array_cache_path("h", handle("efficientnet_lite0", 96)),
-             array_cache_path("h", handle("efficientnet_lite1", SIZE)), array_cache_path("h2", handle("efficientnet_lite0", SIZE))}
+    handle = backbones._backbone_handle
+    paths = {_array_cache_path("h", handle("efficientnet_lite0", SIZE)), _array_cache_path("h", handle("efficientnet_lite0", 96)),
+             _array_cache_path("h", handle("efficientnet_lite1", SIZE)), _array_cache_path("h2", handle("efficientnet_lite0", SIZE))}
     assert len(paths) == 4
 
 
@@ -238,7 +239,8 @@ def test_every_skipped_file_is_named_with_its_reason(photo_files: list[Path], tm
     (tmp_path / "cut.png").write_bytes(photo_files[0].read_bytes()[:200])
     paths = [tmp_path / "empty.png", photo_files[0], tmp_path / "gone.png", tmp_path / "text.jpg",
              tmp_path / "cut.png"]
-    result = featurize_files(paths, image_size=SIZE, chunk_files=2, report=True)
+    result = featurize_files(paths, image_size=SIZE, chunk_files=2)
+    report_skipped(result.skipped)  # what the commands print
     assert result.paths == [photo_files[0]]
     reasons = dict(result.skipped)
     assert [p for p, _ in result.skipped] == [paths[0], paths[2], paths[3], paths[4]]  # in input order
@@ -254,7 +256,7 @@ def test_int8_has_its_own_cache_key_and_falls_back_without_vnni(photo_files: lis
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import utils.fast_inference as fast
 
-    monkeypatch.setattr(fast, "int8_supported", lambda: False)
+    monkeypatch.setattr(fast, "_int8_supported", lambda: False)
     monkeypatch.setattr(fast, "_warned_fallback", set())
     with pytest.warns(UserWarning, match="int8.*using float32"):
         assert fast.resolve_precision("int8") == "float32"
@@ -262,11 +264,11 @@ def test_int8_has_its_own_cache_key_and_falls_back_without_vnni(photo_files: lis
     assert fast.resolve_precision() == "float32"  # the environment variable, warned once only
     with pytest.raises(ValueError, match="precision must be one of"):
         fast.resolve_precision("bf17")
-    lite0 = backbones.backbone_handle("efficientnet_lite0", SIZE)
-    assert array_cache_path("h", lite0, "int8") != array_cache_path("h", lite0)
+    lite0 = backbones._backbone_handle("efficientnet_lite0", SIZE)
+    assert _array_cache_path("h", lite0, "int8") != _array_cache_path("h", lite0)
 
 
-@pytest.mark.skipif(not __import__("utils.fast_inference").fast_inference.int8_supported(),
+@pytest.mark.skipif(not __import__("utils.fast_inference").fast_inference._int8_supported(),
                     reason="no int8 dot-product instructions on this CPU: int8 falls back to float32")
 def test_int8_features_are_close_to_float32(photo_files: list[Path]) -> None:
     f32 = featurize_files(photo_files, image_size=SIZE, precision="float32")
@@ -278,9 +280,9 @@ def test_int8_features_are_close_to_float32(photo_files: list[Path]) -> None:
 @pytest.fixture()
 def fresh_handles():
     """Per-process backbone handles (and the inference steps they hold) cleared before and after."""
-    backbones.backbone_handle.cache_clear()
+    backbones._backbone_handle.cache_clear()
     yield
-    backbones.backbone_handle.cache_clear()
+    backbones._backbone_handle.cache_clear()
 
 
 def _no_keras(*_args, **_kwargs):
@@ -289,13 +291,13 @@ def _no_keras(*_args, **_kwargs):
 
 def test_cached_tflite_model_featurizes_without_building_keras(photo_files: list[Path], crops: np.ndarray,
                                                               fresh_handles, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not fast_inference.fast_path_enabled():
+    if not fast_inference._fast_path_enabled():
         pytest.skip("DEEP_FEATURES_FAST is off: the Keras path is asked for")
     first = featurize_files(photo_files[:3], image_size=SIZE, use_cache=False)  # converts, unless cached
     arrays = featurize_images(crops[:2], image_size=SIZE, use_cache=False)
-    handle = backbones.backbone_handle("efficientnet_lite0", SIZE)
-    assert fast_inference.tflite_path(handle, (SIZE, SIZE)).exists()
-    backbones.backbone_handle.cache_clear()  # a new handle: nothing built or stepped in this process
+    handle = backbones._backbone_handle("efficientnet_lite0", SIZE)
+    assert fast_inference._tflite_path(handle, (SIZE, SIZE)).exists()
+    backbones._backbone_handle.cache_clear()  # a new handle: nothing built or stepped in this process
     monkeypatch.setattr(backbones, "load_backbone", _no_keras)
     monkeypatch.setitem(backbones.REGISTRY, "efficientnet_lite0",
                         dataclasses.replace(backbones.REGISTRY["efficientnet_lite0"], build=_no_keras))
@@ -311,7 +313,7 @@ def test_keras_is_built_when_a_conversion_is_needed_or_the_fast_path_is_off(phot
     monkeypatch.setenv("DEEP_FEATURES_FAST", "0")
     with pytest.raises(AssertionError, match="Keras model was built"):
         featurize_files(photo_files[:1], image_size=SIZE, use_cache=False)
-    backbones.backbone_handle.cache_clear()
+    backbones._backbone_handle.cache_clear()
     monkeypatch.setenv("DEEP_FEATURES_FAST", "1")
     monkeypatch.setenv("DEEP_FEATURES_CACHE", str(tmp_path / "empty-cache"))  # no converted model to find
     with warnings.catch_warnings():
@@ -321,25 +323,25 @@ def test_keras_is_built_when_a_conversion_is_needed_or_the_fast_path_is_off(phot
 
 
 def test_tflite_cache_name_needs_no_model_and_changes_with_weights_size_and_precision(fresh_handles) -> None:
-    handle = backbones.backbone_handle("efficientnet_lite0", SIZE)
+    handle = backbones._backbone_handle("efficientnet_lite0", SIZE)
     built = backbones.load_backbone("efficientnet_lite0", SIZE)
-    path = fast_inference.tflite_path(handle, (SIZE, SIZE))
-    assert handle.weights_id == built.weights_id and path == fast_inference.tflite_path(built, (SIZE, SIZE))
+    path = fast_inference._tflite_path(handle, (SIZE, SIZE))
+    assert handle.weights_id == built.weights_id and path == fast_inference._tflite_path(built, (SIZE, SIZE))
     assert handle.feature_dim == built.feature_dim and handle.load() is built
     import tensorflow as tf
 
     assert f"-tf{tf.__version__}-" in path.name  # the converter version, read without importing TensorFlow
-    other_weights = backbones.BackboneHandle("efficientnet_lite0", SIZE)
+    other_weights = backbones._BackboneHandle("efficientnet_lite0", SIZE)
     other_weights.weights_id = "efficientnet_lite0-0123456789abcdef"  # what another checkpoint file would give
-    names = {path, fast_inference.tflite_path(handle, (32, 32)), fast_inference.tflite_path(handle, (SIZE, SIZE), "int8"),
-             fast_inference.tflite_path(backbones.backbone_handle("efficientnet_lite0", 96), (SIZE, SIZE)),
-             fast_inference.tflite_path(other_weights, (SIZE, SIZE))}
+    names = {path, fast_inference._tflite_path(handle, (32, 32)), fast_inference._tflite_path(handle, (SIZE, SIZE), "int8"),
+             fast_inference._tflite_path(backbones._backbone_handle("efficientnet_lite0", 96), (SIZE, SIZE)),
+             fast_inference._tflite_path(other_weights, (SIZE, SIZE))}
     assert len(names) == 5
 
 
 def test_a_fresh_process_with_the_model_cached_imports_neither_tensorflow_nor_keras(photo_files: list[Path]) -> None:
     pytest.importorskip("ai_edge_litert", reason="without ai-edge-litert the interpreter comes from TensorFlow")
-    if not fast_inference.fast_path_enabled():
+    if not fast_inference._fast_path_enabled():
         pytest.skip("DEEP_FEATURES_FAST is off: the Keras path is asked for")
     want = featurize_files(photo_files[:2], image_size=SIZE, use_cache=False).features  # model converted and cached
     code = ("import sys, numpy as np; from utils.features import featurize_files; "
@@ -355,10 +357,10 @@ def test_a_fresh_process_with_the_model_cached_imports_neither_tensorflow_nor_ke
 
 def test_without_ai_edge_litert_the_cached_model_runs_in_tensorflows_interpreter(
         photo_files: list[Path], fresh_handles, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not fast_inference.fast_path_enabled():
+    if not fast_inference._fast_path_enabled():
         pytest.skip("DEEP_FEATURES_FAST is off: the Keras path is asked for")
     want = featurize_files(photo_files[:2], image_size=SIZE, use_cache=False).features
-    backbones.backbone_handle.cache_clear()
+    backbones._backbone_handle.cache_clear()
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails: tf.lite.Interpreter
     monkeypatch.setattr(backbones, "load_backbone", _no_keras)
     with warnings.catch_warnings():

@@ -127,10 +127,10 @@ def test_the_classifier_is_chosen_on_validation_not_on_the_test_set(lesson6, rec
 def test_a_recognizer_from_one_image_per_class_fits_and_predicts(lesson6) -> None:
     m = lesson6["metrics"]
     recognizer = m["recognizer"]
-    assert recognizer["images"] == 4 and recognizer["classes"] == list(data.COURSE_CLASSES)
+    assert recognizer["images"] == 4 and recognizer["classes"] == list(data._COURSE_CLASSES)
     assert recognizer["steps"] == ["features", *_template(m["few_shot_classifier"], m).named_steps]
     assert len(recognizer["predictions"]) == 1 + 2 * 4  # the cat photo and two test images per class
-    assert {p["recognized as"] for p in recognizer["predictions"]} <= set(data.COURSE_CLASSES)
+    assert {p["recognized as"] for p in recognizer["predictions"]} <= set(data._COURSE_CLASSES)
     assert 0 <= recognizer["test_accuracy"] <= 1
     # leave-one-out with cross_val_predict, then the same folder through train_recognizer (the command's code):
     # one photo per class, so leave-one-out cannot get any right, and both say so
@@ -152,13 +152,13 @@ def test_the_new_photos_show_their_class_and_the_count_right_matches_a_recomputa
     m = lesson6["metrics"]
     rows, y_test, y_train = m["recognizer"]["predictions"], recomputed["y_test"], recomputed["y_train"]
     test_rows = data.take_per_class(y_test, 2, seed=m["seed"])
-    assert [r["true class"] for r in rows] == ["cat", *(data.COURSE_CLASSES[y_test[i]] for i in test_rows)]
+    assert [r["true class"] for r in rows] == ["cat", *(data._COURSE_CLASSES[y_test[i]] for i in test_rows)]
     folder = data.take_per_class(y_train, 1, seed=m["seed"])  # the stand-in folder: one course image per class
     with threadpool_limits(1):
         model = _template(m["few_shot_classifier"], m).fit(recomputed["f_train"][folder], y_train[folder])
         chelsea = DeepFeatures(m["backbone"], m["image_size"]).fit(None).transform([skimage_data / "chelsea.png"])
         predicted = model.predict(np.concatenate([chelsea, recomputed["f_test"][test_rows]]))
-    assert [r["recognized as"] for r in rows] == [data.COURSE_CLASSES[p] for p in predicted]
+    assert [r["recognized as"] for r in rows] == [data._COURSE_CLASSES[p] for p in predicted]
     right = sum(r["true class"] == r["recognized as"] for r in rows)
     assert m["recognizer"]["new_photos_right"] == right
     out = "".join(o.get("text", "") for c in lesson6["notebook"].cells if c.cell_type == "code"
@@ -178,11 +178,11 @@ def test_no_exercise_answer_is_on_screen_before_its_question(lesson6, recomputed
     question = {e: next(i for i, c in enumerate(nb.cells) if c.cell_type == "code"
                         and f'checks.check("{e}"' in c.source) for e in ("6.1", "6.2", "6.3")}
     expected = {
-        "6.1": checks.expected_answer("6.1", model=_template(m["few_shot_classifier"], m), X_train=r["f_train"],
+        "6.1": checks._expected_answer("6.1", model=_template(m["few_shot_classifier"], m), X_train=r["f_train"],
                                       y_train=r["y_train"], X_test=r["f_test"], y_test=r["y_test"], seed=m["seed"]),
-        "6.2": checks.expected_answer("6.2", draws=r["draws"][1], X_train=r["f_train"], y_train=r["y_train"],
+        "6.2": checks._expected_answer("6.2", draws=r["draws"][1], X_train=r["f_train"], y_train=r["y_train"],
                                       X_test=r["f_test"], y_test=r["y_test"]),
-        "6.3": checks.expected_answer("6.3", draws=r["draws"][5], X_train=r["f_train"], y_train=r["y_train"],
+        "6.3": checks._expected_answer("6.3", draws=r["draws"][5], X_train=r["f_train"], y_train=r["y_train"],
                                       X_test=r["f_test"], y_test=r["y_test"]),
     }
     tables = [*m["few_shot"]["by_classifier"].values(), m["few_shot"]["raw_pixel_accuracy"],

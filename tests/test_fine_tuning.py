@@ -15,7 +15,7 @@ SIZE = 64  # small images: the split is about layers, not accuracy
 
 
 @pytest.fixture(scope="module")
-def net() -> backbones.Backbone:
+def net() -> backbones._Backbone:
     return backbones.load_backbone("efficientnet_lite0", SIZE)
 
 
@@ -168,9 +168,9 @@ def test_precise_batchnorm_averages_the_batches() -> None:
 
 
 def test_cpu_flags_reads_this_machine() -> None:
-    from utils.runtime import cpu_flags  # benchmarks/precision.py records them
+    from utils.runtime import _cpu_flags  # benchmarks/precision.py records them
 
-    flags = cpu_flags()
+    flags = _cpu_flags()
     assert isinstance(flags, frozenset)
     if Path("/proc/cpuinfo").is_file():  # Linux: x86 lists e.g. sse2, ARM lists e.g. fp / asimd
         assert flags & {"sse2", "fp", "asimd"}
@@ -178,9 +178,9 @@ def test_cpu_flags_reads_this_machine() -> None:
 
 def test_lesson_8_checks(net, images, capsys) -> None:
     labels = np.array([0, 1, 2, 3])
-    assert checks.expected_answer("8.1", fine_tuned_predicted=np.array([0, 1, 2, 0]),
+    assert checks._expected_answer("8.1", fine_tuned_predicted=np.array([0, 1, 2, 0]),
                                   frozen_predicted=np.array([0, 0, 2, 0]), labels=labels) == 1
-    assert checks.expected_answer("8.2", fine_tuned_predicted=np.array([0, 1, 2, 0]),
+    assert checks._expected_answer("8.2", fine_tuned_predicted=np.array([0, 1, 2, 0]),
                                   probe_predicted=np.array([0, 0, 0, 0]), labels=labels) == 2
     import keras
 
@@ -190,12 +190,12 @@ def test_lesson_8_checks(net, images, capsys) -> None:
     labels = np.arange(len(images)) % 4
     predicted = model.predict(fine_tuning.activations(last_bottom, images), verbose=0).argmax(axis=1)
     objects = dict(model=model, network=net.feature_model, images=images, labels=labels)
-    expected = checks.expected_answer("8.3", bottom=last_bottom, **objects)
+    expected = checks._expected_answer("8.3", bottom=last_bottom, **objects)
     assert expected == pytest.approx((predicted == labels).mean())
     assert checks.check("8.3", expected, bottom=last_bottom, **objects)
     # cut elsewhere than before the last block: no answer is right
     other_bottom, _ = cut(net.feature_model, 11)
-    assert checks.expected_answer("8.3", bottom=other_bottom, **objects) is None
+    assert checks._expected_answer("8.3", bottom=other_bottom, **objects) is None
     assert checks.check("8.3", expected, bottom=other_bottom, **objects) is False
     assert str(round(expected, 3)) not in capsys.readouterr().out  # the check never shows the answer
 

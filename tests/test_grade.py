@@ -135,7 +135,7 @@ def test_checks_record_results_only_for_the_grader(tmp_path: Path, monkeypatch: 
     model = {"fine_tuned_predicted": [0, 1, 2, 3], "probe_predicted": [0, 9, 9, 9], "labels": [0, 1, 2, 3]}
     checks.check("8.2", 3, **model)  # no variable: nothing written anywhere
     results = tmp_path / "results.jsonl"
-    monkeypatch.setenv(runtime.CHECK_RESULTS_ENV_VAR, str(results))
+    monkeypatch.setenv(runtime._CHECK_RESULTS_ENV_VAR, str(results))
     checks.check("8.2", ..., **model)
     checks.check("8.2", 1, **model)
     checks.check("8.2", 3, **model)

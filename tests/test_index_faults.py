@@ -29,11 +29,12 @@ from deep_features import dask_features
 from deep_features import index as index_module
 import deep_features.__main__ as cli_module
 from deep_features.__main__ import main
-from deep_features.index import IndexBusyError, IndexDamagedError, SearchIndex, build_index, looks_like_index
+from deep_features.index import (IndexBusyError, IndexDamagedError, SearchIndex, build_index, exclusive_lock,
+                                 looks_like_index)
 from utils import runtime
-from utils.data import NO_SUCH_FILE, list_images
+from utils.data import _NO_SUCH_FILE, list_images
 from utils.features import FileFeatures, featurize_files
-from utils.runtime import atomic_write, cache_root, exclusive_lock
+from utils.runtime import _cache_root, atomic_write
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ def test_a_second_writer_waits_for_the_first_then_updates(photos: Path, tmp_path
 
 def test_without_file_locks_an_update_still_works(photos: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "_lock_functions", lambda: None)  # neither fcntl nor msvcrt
+    monkeypatch.setattr(index_module, "_lock_functions", lambda: None)  # neither fcntl nor msvcrt
     with exclusive_lock(tmp_path / "x.lock") as locked:
         assert locked is False
     build_index(photos, tmp_path / "ix", image_size=SIZE, progress=False)
@@ -393,7 +394,7 @@ def test_a_cluster_that_loses_all_its_workers_mid_run_fails_in_bounded_time(in_p
 def test_workers_that_see_none_of_the_files_are_named(in_process_cluster, photos: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     def nothing_there(paths, *_args) -> FileFeatures:  # as on workers without the shared file system
-        return FileFeatures(np.empty((0, 1280), np.float32), [], [(Path(p), NO_SUCH_FILE) for p in paths])
+        return FileFeatures(np.empty((0, 1280), np.float32), [], [(Path(p), _NO_SUCH_FILE) for p in paths])
 
     monkeypatch.setattr(dask_features, "_featurize_chunk", nothing_there)
     client = in_process_cluster(1)
@@ -420,7 +421,7 @@ def test_cluster_errors_reach_the_user_as_one_line(photos: Path, tmp_path: Path,
 def test_index_and_cache_files_follow_the_umask(photos: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)  # a photo never seen: its chunk's cache entry is written now
     Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(photos / "dog" / "noise.png")
-    cache = cache_root() / "features"
+    cache = _cache_root() / "features"
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
     old = os.umask(0o022)
     try:

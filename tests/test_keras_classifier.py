@@ -37,7 +37,7 @@ def test_7_1_is_the_mean_cross_entropy_of_one_class(toy, capsys) -> None:
     keras_loss = float(keras.losses.CategoricalCrossentropy()(keras.utils.to_categorical(labels[cats], 4), p[cats]))
     assert expected == pytest.approx(keras_loss, abs=1e-4)  # the loss by hand is Keras's loss
     objects = dict(model=head, features=feats, labels=labels, class_names=CLASSES, class_name="cat")
-    assert checks.expected_answer("7.1", **objects) == pytest.approx(expected, abs=1e-9)
+    assert checks._expected_answer("7.1", **objects) == pytest.approx(expected, abs=1e-9)
     assert checks.check("7.1", expected, **objects)
     assert checks.check("7.1", float(-np.log(p[np.arange(40), labels]).mean()), **objects) is False  # all classes
     assert f"{expected:.3f}" not in capsys.readouterr().out
@@ -49,14 +49,14 @@ def test_7_2_wants_adam_at_the_asked_learning_rate(toy) -> None:
     feats, labels, head = toy
     accuracy = float((head.predict(feats, verbose=0).argmax(axis=1) == labels).mean())
     objects = dict(features=feats, labels=labels)
-    assert checks.expected_answer("7.2", model=head, learning_rate=1e-2, **objects) == pytest.approx(accuracy)
+    assert checks._expected_answer("7.2", model=head, learning_rate=1e-2, **objects) == pytest.approx(accuracy)
     assert checks.check("7.2", accuracy, model=head, learning_rate=1e-2, **objects)
-    assert checks.expected_answer("7.2", model=head, learning_rate=1e-3, **objects) is None  # another rate
+    assert checks._expected_answer("7.2", model=head, learning_rate=1e-3, **objects) is None  # another rate
     assert checks.check("7.2", accuracy, model=head, learning_rate=1e-3, **objects) is False
     sgd = keras.models.clone_model(head)
     sgd.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-2), loss="categorical_crossentropy")
-    assert checks.expected_answer("7.2", model=sgd, learning_rate=1e-2, **objects) is None  # not Adam
-    assert checks.expected_answer("7.2", model=None, learning_rate=1e-2, **objects) is None  # not done yet
+    assert checks._expected_answer("7.2", model=sgd, learning_rate=1e-2, **objects) is None  # not Adam
+    assert checks._expected_answer("7.2", model=None, learning_rate=1e-2, **objects) is None  # not done yet
     assert checks.check("7.2", 0.5, model=None, learning_rate=1e-2, **objects) is False
 
 
@@ -65,13 +65,13 @@ def test_7_3_wants_a_hidden_layer(toy) -> None:
 
     feats, labels, head = toy
     objects = dict(features=feats, labels=labels)
-    assert checks.expected_answer("7.3", model=head, **objects) is None  # the lesson's head: no hidden layer
+    assert checks._expected_answer("7.3", model=head, **objects) is None  # the lesson's head: no hidden layer
     deeper = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dropout(0.5),
                                keras.layers.Dense(4, activation="softmax")])
     accuracy = float((deeper.predict(feats, verbose=0).argmax(axis=1) == labels).mean())  # untrained is fine here
-    assert checks.expected_answer("7.3", model=deeper, **objects) == pytest.approx(accuracy)
+    assert checks._expected_answer("7.3", model=deeper, **objects) == pytest.approx(accuracy)
     wrong_input = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8), keras.layers.Dense(4)])
-    assert checks.expected_answer("7.3", model=wrong_input, **objects) is None
+    assert checks._expected_answer("7.3", model=wrong_input, **objects) is None
 
 
 @pytest.mark.slow
@@ -128,7 +128,7 @@ def test_tensorflows_retracing_advice_stays_out_of_the_lessons(caplog) -> None:
 
     import utils
 
-    utils.runtime.quiet_tensorflow()  # what import utils ran (idempotent)
+    utils.runtime._quiet_tensorflow()  # what import utils ran (idempotent)
 
     logger = logging.getLogger("tensorflow")
     with caplog.at_level(logging.WARNING, logger="tensorflow"):

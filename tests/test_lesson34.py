@@ -88,7 +88,7 @@ def test_lesson3_runs_the_constructor_it_teaches(tmp_path, small_data_dir, name,
     f_test = features.featurize_images(test.images, name, SIZE, weights=weights)
     probe = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(C=0.01, max_iter=1000))])
     assert m["deep_feature_accuracy"] == pytest.approx(probe.fit(f_train, train.labels).score(f_test, test.labels))
-    assert backbones.weights_fingerprint("mobilenet_v2", None) != backbones.weights_fingerprint("mobilenet_v2")
+    assert backbones._weights_fingerprint("mobilenet_v2", None) != backbones._weights_fingerprint("mobilenet_v2")
 
 
 @pytest.fixture(scope="module")

@@ -102,9 +102,9 @@ def test_a_check_records_its_answer_only_where_the_runner_asks(tmp_path: Path, m
     from utils import checks
 
     key = tmp_path / "answers.jsonl"
-    monkeypatch.delenv(runtime.ANSWERS_ENV_VAR, raising=False)
+    monkeypatch.delenv(runtime._ANSWERS_ENV_VAR, raising=False)
     assert checks.check("8.2", 119, fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is False and not key.exists()
-    monkeypatch.setenv(runtime.ANSWERS_ENV_VAR, str(key))
+    monkeypatch.setenv(runtime._ANSWERS_ENV_VAR, str(key))
     assert checks.check("8.2", ..., fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is None and not key.exists()  # nothing computed
     assert checks.check("8.2", 120, fine_tuned_predicted=list(range(150)) + [-1] * 50, probe_predicted=list(range(30)) + [-1] * 170, labels=list(range(200))) is True
     assert hygiene.read_answer_key(key) == {"8.2": hygiene.Answer(120, 0)}

@@ -34,7 +34,7 @@ def run(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def small_split(run) -> tuple[data.ImageSet, data.ImageSet]:
+def small_split(run) -> tuple[data._ImageSet, data._ImageSet]:
     return data.load_course_data(run["data_dir"], SMALL["n_train_per_class"], SMALL["n_test_per_class"], seed=0)
 
 
@@ -108,9 +108,9 @@ def test_the_lessons_write_the_library_calls_in_their_cells() -> None:
 def test_explore_counts_match_the_split(run, small_split) -> None:
     m = run["metrics"]["01_explore_data"]
     train, test = small_split
-    assert m["train_counts"] == train.counts() == {c: SMALL["n_train_per_class"] for c in data.COURSE_CLASSES}
+    assert m["train_counts"] == train.counts() == {c: SMALL["n_train_per_class"] for c in data._COURSE_CLASSES}
     assert m["test_counts"] == test.counts()
-    assert m["least_common_class"] in data.COURSE_CLASSES
+    assert m["least_common_class"] in data._COURSE_CLASSES
     assert m["train_counts"][m["least_common_class"]] == min(m["train_counts"].values())
     assert m["image_shape"] == [32, 32, 3]
 
@@ -134,7 +134,7 @@ def test_raw_pixels_are_weak_but_above_chance(run, small_split) -> None:
     out = "".join(_stdout(c) for c in nb.cells if c.cell_type == "code")
     assert f"{(predicted[shown] == test.labels[shown]).sum()} of these {len(shown)} are right" in out
     # exercise 2.2 (of the images predicted as cat, the share that are cats) is not on screen before it
-    cat = data.COURSE_CLASSES.index("cat")
+    cat = data._COURSE_CLASSES.index("cat")
     above = nb.cells[:next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and 'check("2.2"' in c.source)]
     assert f"{matrix[cat, cat] / matrix[:, cat].sum():.3f}" not in "".join(map(_outputs, above))
 
@@ -246,7 +246,7 @@ def test_few_shot_curve_rises_and_deep_features_win(run) -> None:
     assert (deep > raw).mean() >= 0.75
     assert deep.tolist() == m["by_classifier"][m["classifier"]]  # figures against a recomputation: test_few_shot.py
     recognizer = run["metrics"]["06_few_shot_recognizer"]["recognizer"]
-    assert recognizer["classes"] == list(data.COURSE_CLASSES) and recognizer["images"] == 20
+    assert recognizer["classes"] == list(data._COURSE_CLASSES) and recognizer["images"] == 20
 
 
 def test_keras_classifier_matches_a_recomputation(run, small_split) -> None:

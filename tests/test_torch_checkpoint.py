@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.torch_checkpoint import (LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, CheckpointFormatError,
-                                    load_legacy_checkpoint)
+from utils.torch_checkpoint import (_LEGACY_MAGIC_NUMBER, _LEGACY_PROTOCOL_VERSION, _CheckpointFormatError,
+                                    _load_legacy_checkpoint)
 
 _STORAGE_NAMES = {np.dtype("<f4"): "FloatStorage", np.dtype("<f8"): "DoubleStorage", np.dtype("<i8"): "LongStorage",
                   np.dtype("<i4"): "IntStorage", np.dtype("u1"): "ByteStorage", np.dtype("<f2"): "HalfStorage"}
@@ -73,8 +73,8 @@ def _fake_torch_modules() -> dict[str, types.ModuleType]:
     return {"torch": torch, "torch._utils": utils}
 
 
-def legacy_checkpoint_bytes(state: dict, sys_info: dict | None = None, magic: int = LEGACY_MAGIC_NUMBER,
-                            protocol: int = LEGACY_PROTOCOL_VERSION) -> bytes:
+def legacy_checkpoint_bytes(state: dict, sys_info: dict | None = None, magic: int = _LEGACY_MAGIC_NUMBER,
+                            protocol: int = _LEGACY_PROTOCOL_VERSION) -> bytes:
     """``state`` (name -> _Tensor) serialized like ``torch.save(..., _use_new_zipfile_serialization=False)``."""
     with pytest.MonkeyPatch.context() as mp:
         modules = _fake_torch_modules()
@@ -122,7 +122,7 @@ def arrays() -> dict[str, np.ndarray]:
 def test_round_trip_values_shapes_dtypes(tmp_path: Path, arrays: dict[str, np.ndarray]) -> None:
     path = tmp_path / "model.pth"
     path.write_bytes(legacy_checkpoint_bytes({k: tensor(v, str(i)) for i, (k, v) in enumerate(arrays.items())}))
-    state = load_legacy_checkpoint(path)
+    state = _load_legacy_checkpoint(path)
     assert list(state) == list(arrays)
     for name, expected in arrays.items():
         assert state[name].shape == expected.shape and state[name].dtype == expected.dtype, name
@@ -139,7 +139,7 @@ def test_non_contiguous_strides_shared_storage_and_offsets(tmp_path: Path) -> No
     }
     path = tmp_path / "strided.pth"
     path.write_bytes(legacy_checkpoint_bytes(state))
-    loaded = load_legacy_checkpoint(path)
+    loaded = _load_legacy_checkpoint(path)
     np.testing.assert_array_equal(loaded["tf_layout"], weight)
     np.testing.assert_array_equal(loaded["head"], np.arange(10, dtype=np.float32).reshape(2, 5))
     np.testing.assert_array_equal(loaded["tail_transposed"], np.arange(10, 20, dtype=np.float32).reshape(2, 5).T)
@@ -160,8 +160,8 @@ def test_truncated_files_raise_format_error(tmp_path: Path, good_bytes: bytes, c
     n = int(len(good_bytes) * cut) if cut > 0 else len(good_bytes) + int(cut)
     path = tmp_path / "cut.pth"
     path.write_bytes(good_bytes[:n])
-    with pytest.raises(CheckpointFormatError):
-        load_legacy_checkpoint(path)
+    with pytest.raises(_CheckpointFormatError):
+        _load_legacy_checkpoint(path)
 
 
 def test_truncated_inside_a_storage_count(tmp_path: Path, good_bytes: bytes, arrays) -> None:
@@ -169,16 +169,16 @@ def test_truncated_inside_a_storage_count(tmp_path: Path, good_bytes: bytes, arr
     tail = 8 + arrays["fc.weight"].nbytes
     path = tmp_path / "cut.pth"
     path.write_bytes(good_bytes[: len(good_bytes) - tail + 3])
-    with pytest.raises(CheckpointFormatError, match="truncated"):
-        load_legacy_checkpoint(path)
+    with pytest.raises(_CheckpointFormatError, match="truncated"):
+        _load_legacy_checkpoint(path)
 
 
 def test_zip_format_checkpoint_is_refused_with_reason(tmp_path: Path) -> None:
     path = tmp_path / "new.pt"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
-    with pytest.raises(CheckpointFormatError, match="zip"):
-        load_legacy_checkpoint(path)
+    with pytest.raises(_CheckpointFormatError, match="zip"):
+        _load_legacy_checkpoint(path)
 
 
 @pytest.mark.parametrize("content", [b"", b"hello, not a pickle at all\n", b"\x00" * 64,
@@ -186,22 +186,22 @@ def test_zip_format_checkpoint_is_refused_with_reason(tmp_path: Path) -> None:
 def test_non_checkpoints_raise_format_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "x.pth"
     path.write_bytes(content)
-    with pytest.raises(CheckpointFormatError):
-        load_legacy_checkpoint(path)
+    with pytest.raises(_CheckpointFormatError):
+        _load_legacy_checkpoint(path)
 
 
 def test_wrong_magic_and_protocol(tmp_path: Path, arrays) -> None:
     state = {"w": tensor(arrays["mask"], "0")}
     path = tmp_path / "x.pth"
     path.write_bytes(legacy_checkpoint_bytes(state, magic=12345))
-    with pytest.raises(CheckpointFormatError, match="magic"):
-        load_legacy_checkpoint(path)
+    with pytest.raises(_CheckpointFormatError, match="magic"):
+        _load_legacy_checkpoint(path)
     path.write_bytes(legacy_checkpoint_bytes(state, protocol=1000))
-    with pytest.raises(CheckpointFormatError, match="protocol"):
-        load_legacy_checkpoint(path)
+    with pytest.raises(_CheckpointFormatError, match="protocol"):
+        _load_legacy_checkpoint(path)
     path.write_bytes(legacy_checkpoint_bytes(state, sys_info={"little_endian": False}))
-    with pytest.raises(CheckpointFormatError, match="big-endian"):
-        load_legacy_checkpoint(path)
+    with pytest.raises(_CheckpointFormatError, match="big-endian"):
+        _load_legacy_checkpoint(path)
 
 
 def test_tensor_larger_than_its_storage_is_refused(tmp_path: Path) -> None:
@@ -209,8 +209,8 @@ def test_tensor_larger_than_its_storage_is_refused(tmp_path: Path) -> None:
     storage = _Storage("s", np.arange(4, dtype=np.float32))
     path = tmp_path / "x.pth"
     path.write_bytes(legacy_checkpoint_bytes({"w": _Tensor(storage, 2, (1000, 1000), (1000, 1))}))
-    with pytest.raises(CheckpointFormatError):
-        load_legacy_checkpoint(path)
+    with pytest.raises(_CheckpointFormatError):
+        _load_legacy_checkpoint(path)
 
 
 def _system_call_pickle(marker: Path) -> bytes:
@@ -222,14 +222,14 @@ def _system_call_pickle(marker: Path) -> bytes:
 def test_disallowed_global_in_state_dict_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     f = io.BytesIO()
-    for header in (LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, {"little_endian": True}):
+    for header in (_LEGACY_MAGIC_NUMBER, _LEGACY_PROTOCOL_VERSION, {"little_endian": True}):
         pickle.dump(header, f, protocol=2)
     f.write(_system_call_pickle(marker))
     pickle.dump([], f, protocol=2)
     path = tmp_path / "evil.pth"
     path.write_bytes(f.getvalue())
-    with pytest.raises(CheckpointFormatError, match="os.system"):
-        load_legacy_checkpoint(path)
+    with pytest.raises(_CheckpointFormatError, match="os.system"):
+        _load_legacy_checkpoint(path)
     assert not marker.exists()
 
 
@@ -237,21 +237,21 @@ def test_disallowed_global_in_state_dict_is_refused(tmp_path: Path) -> None:
 def test_disallowed_global_in_any_header_pickle_is_refused(tmp_path: Path, position: int) -> None:
     """The magic number, sys info and storage-key pickles are untrusted too, not just the state dict."""
     marker = tmp_path / "pwned"
-    parts = [pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=2), pickle.dumps(LEGACY_PROTOCOL_VERSION, protocol=2),
+    parts = [pickle.dumps(_LEGACY_MAGIC_NUMBER, protocol=2), pickle.dumps(_LEGACY_PROTOCOL_VERSION, protocol=2),
              pickle.dumps({"little_endian": True}, protocol=2), pickle.dumps({}, protocol=2),
              pickle.dumps([], protocol=2)]
     parts[position] = _system_call_pickle(marker)
     path = tmp_path / "evil.pth"
     path.write_bytes(b"".join(parts))
-    with pytest.raises(CheckpointFormatError):
-        load_legacy_checkpoint(path)
+    with pytest.raises(_CheckpointFormatError):
+        _load_legacy_checkpoint(path)
     assert not marker.exists()
 
 
 def test_real_efficientnet_lite0_checkpoint() -> None:
-    from utils.backbones import lite_checkpoint_path
+    from utils.backbones import _lite_checkpoint_path
 
-    state = load_legacy_checkpoint(lite_checkpoint_path("efficientnet_lite0"))
+    state = _load_legacy_checkpoint(_lite_checkpoint_path("efficientnet_lite0"))
     assert len(state) == 296
     assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
     assert state["_fc.weight"].shape == (1000, 1280) and state["_fc.bias"].shape == (1000,)

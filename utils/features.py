@@ -4,13 +4,13 @@ Entries are keyed by :mod:`utils.cache` (the images' content, pixels or file byt
 its weights, the image size and the inference precision) and written atomically, so a re-run or
 another notebook pays nothing and a changed parameter never reads stale features.
 
-Files are featurized in chunks of :data:`CHUNK_FILES`, each cached on its own as soon as it is done:
-a killed or interrupted run resumes at the first chunk not yet cached and gives the same features. A
-small stat index (path, size, modification time -> content key) lets a rerun skip reading files it
-has already seen. Decoding runs in a background thread at most :data:`MAX_CHUNKS_AHEAD` chunks ahead
-of the model, so memory stays flat in the number of files (see :func:`featurize_files`). Two
-processes featurizing into one cache both succeed: every file is written whole under a temporary
-name and renamed into place, and they compute the same features.
+Files are featurized in chunks of :data:`_CHUNK_FILES`, each cached on its own as soon as it is
+done: a killed or interrupted run resumes at the first chunk not yet cached and gives the same
+features. A small stat index (path, size, modification time -> content key) lets a rerun skip
+reading files it has already seen. Decoding runs in a background thread at most
+:data:`_MAX_CHUNKS_AHEAD` chunks ahead of the model, so memory stays flat in the number of files
+(see :func:`featurize_files`). Two processes featurizing into one cache both succeed: every file
+is written whole under a temporary name and renamed into place, and they compute the same features.
 """
 
 from __future__ import annotations
@@ -22,32 +22,35 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TextIO
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, Backbone, BackboneHandle, backbone_handle
-from .cache import content_hash, entry_path, read_entry, write_entry
-from .data import NO_SUCH_FILE, ImageLoadError, load_image
-from .fast_inference import keras_step, resolve_precision, tflite_featurizer
+from .backbones import _DEFAULT_BACKBONE, _Backbone, _BackboneHandle, _backbone_handle
+from .cache import _content_hash, _entry_path, _read_entry, _write_entry
+from .data import _NO_SUCH_FILE, _ImageLoadError, load_image
+from .fast_inference import _keras_step, resolve_precision, _tflite_featurizer
 
-DEFAULT_BATCH_SIZE = 64
-CHUNK_FILES = 256  # files per cached chunk: what a kill can lose at most
+_DEFAULT_BATCH_SIZE = 64
+_CHUNK_FILES = 256  # files per cached chunk: what a kill can lose at most
 # decoded chunks waiting for the model (plus one being decoded and one being featurized)
-MAX_CHUNKS_AHEAD = 2
+_MAX_CHUNKS_AHEAD = 2
 
 
 @dataclass
 class FileFeatures:
     """Features of the readable files among ``paths``; ``skipped`` lists the others with the
-    reason."""
+    reason.
+
+    What featurize_files returns (lesson 9); the tool's Dask path returns one too.
+    """
 
     features: np.ndarray
     paths: list[Path]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _inference_step(backbone: Backbone | BackboneHandle,
+def _inference_step(backbone: _Backbone | _BackboneHandle,
                     precision: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
     """The step uint8 images (N, h, w, 3) -> features (N, dim), resizing to the model's size when
     needed.
@@ -56,18 +59,18 @@ def _inference_step(backbone: Backbone | BackboneHandle,
     float32: about twice TensorFlow's speed on a small CPU, same features to ~1e-5); the fallback a
     tf.function around the model (always float32: ``precision`` must come from
     :func:`~utils.fast_inference.resolve_precision`). Given a
-    :class:`~utils.backbones.BackboneHandle`, the Keras model is built only if the fast path needs a
-    conversion or is off: with the converted model cached, start-up skips TensorFlow and Keras
+    :class:`~utils.backbones._BackboneHandle`, the Keras model is built only if the fast path needs
+    a conversion or is off: with the converted model cached, start-up skips TensorFlow and Keras
     altogether.
     """
     key = f"_step_{precision}"
     if key not in backbone.__dict__:
-        fast = tflite_featurizer(backbone, precision=precision)
+        fast = _tflite_featurizer(backbone, precision=precision)
         if fast is None and precision != "float32":
             raise RuntimeError(f"{precision} inference needs the TFLite fast path "
                                "(DEEP_FEATURES_FAST is off or TFLite is unavailable): "
                                "use precision='float32'")
-        backbone.__dict__[key] = fast or keras_step(backbone)
+        backbone.__dict__[key] = fast or _keras_step(backbone)
     return backbone.__dict__[key]
 
 
@@ -81,10 +84,10 @@ def _progress(total: int, description: str, enabled: bool | None):
                 mininterval=interval)
 
 
-def array_cache_path(images_hash: str, backbone: BackboneHandle,
+def _array_cache_path(images_hash: str, backbone: _BackboneHandle,
                      precision: str = "float32") -> Path:
-    """Where the features of an image array (by its :func:`array_hash`) are cached."""
-    return entry_path("features", backbone.name, backbone.weights_id, backbone.input_size,
+    """Where the features of an image array (by its :func:`_array_hash`) are cached."""
+    return _entry_path("features", backbone.name, backbone.weights_id, backbone.input_size,
                       precision,
                       content=images_hash, label="array", suffix=".npz")
 
@@ -94,16 +97,19 @@ def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in keys}
 
 
-def array_hash(images: np.ndarray) -> str:
-    """Content hash of an image array (shape, dtype and pixels)."""
+def _array_hash(images: np.ndarray) -> str:
+    """Content hash of an image array (shape, dtype and pixels).
+
+    Used by :mod:`utils.fine_tuning` (lesson 8); no lesson calls it.
+    """
     digest = hashlib.sha256(f"{images.shape}{images.dtype}".encode())
     digest.update(np.ascontiguousarray(images).data)
     return digest.hexdigest()
 
 
-def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE,
+def featurize_images(images: np.ndarray, backbone: str = _DEFAULT_BACKBONE,
                      image_size: int | None = None,
-                     batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True,
+                     batch_size: int = _DEFAULT_BATCH_SIZE, use_cache: bool = True,
                      progress: bool | None = None, precision: str | None = None,
                      weights: str | None = "imagenet") -> np.ndarray:
     """Deep features of RGB images (N, H, W, 3) uint8 -> (N, feature_dim) float32, resized on the
@@ -114,6 +120,8 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE,
     (default ``$DEEP_FEATURES_PRECISION`` or ``"float32"``): see
     :func:`utils.fast_inference.resolve_precision`. ``weights``: ``"imagenet"``, or ``None`` for a
     keras.applications network's random weights (see :func:`utils.backbones.load_backbone`).
+
+    Used in lessons 3 to 9.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -123,9 +131,9 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE,
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     # resolved once, passed down; builds no Keras model
-    bb = backbone_handle(backbone, image_size, weights)
+    bb = _backbone_handle(backbone, image_size, weights)
     precision = resolve_precision(precision)
-    path = array_cache_path(array_hash(images), bb, precision) if use_cache else None
+    path = _array_cache_path(_array_hash(images), bb, precision) if use_cache else None
     if path is not None:
         def read(p: Path) -> np.ndarray:
             found = _load_npz(p, ("features",))["features"]
@@ -133,7 +141,7 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE,
                 raise ValueError(f"shape {found.shape}, expected {(len(images), bb.feature_dim)}")
             return found
 
-        cached = read_entry(path, read, "feature")
+        cached = _read_entry(path, read, "feature")
         if cached is not None:
             return cached
     step = _inference_step(bb, precision)
@@ -144,7 +152,7 @@ def featurize_images(images: np.ndarray, backbone: str = DEFAULT_BACKBONE,
             out[start : start + len(batch)] = np.asarray(step(batch))
             bar.update(len(batch))
     if path is not None:
-        write_entry(path, lambda f: np.savez(f, features=out))
+        _write_entry(path, lambda f: np.savez(f, features=out))
     return out
 
 
@@ -167,12 +175,12 @@ class _ChunkCache:
     """Where chunks live: ``features/chunks/`` (by content) and their stat index
     ``features/index/``."""
 
-    def __init__(self, backbone: BackboneHandle, precision: str) -> None:
+    def __init__(self, backbone: _BackboneHandle, precision: str) -> None:
         self.backbone, self.precision = backbone, precision
 
     def _path(self, kind: str, content: str, suffix: str) -> Path:
         bb = self.backbone
-        return entry_path(kind, bb.name, bb.weights_id, bb.input_size, self.precision,
+        return _entry_path(kind, bb.name, bb.weights_id, bb.input_size, self.precision,
                           content=content,
                           suffix=suffix)
 
@@ -184,10 +192,10 @@ class _ChunkCache:
                 stats.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
             except OSError:
                 stats.append([str(p), None])
-        return content_hash(json.dumps(stats))
+        return _content_hash(json.dumps(stats))
 
     def content_key(self, digests: Sequence[str]) -> str:
-        return content_hash(json.dumps(list(digests)))
+        return _content_hash(json.dumps(list(digests)))
 
     def index_file(self, stat_key: str) -> Path:
         return self._path("features/index", stat_key, ".txt")
@@ -205,14 +213,14 @@ class _ChunkCache:
                 raise ValueError("it does not match its files")
             return arrays
 
-        return read_entry(self.chunk_file(content_key), read_consistent, "feature")
+        return _read_entry(self.chunk_file(content_key), read_consistent, "feature")
 
     def write(self, chunk: _Chunk, features: np.ndarray, kept: list[int]) -> dict[str, np.ndarray]:
         arrays = {"features": features, "kept": np.asarray(kept, dtype=np.int64),
                   "skipped": np.asarray([i for i, _ in chunk.skipped], dtype=np.int64),
                   "reasons": np.asarray([r for _, r in chunk.skipped], dtype=str)}
-        write_entry(self.chunk_file(chunk.content_key), lambda f: np.savez(f, **arrays))
-        write_entry(chunk.index_file, chunk.content_key)
+        _write_entry(self.chunk_file(chunk.content_key), lambda f: np.savez(f, **arrays))
+        _write_entry(chunk.index_file, chunk.content_key)
         return arrays
 
 
@@ -221,7 +229,7 @@ def _read_file(path: Path) -> bytes | str:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        return NO_SUCH_FILE
+        return _NO_SUCH_FILE
     except IsADirectoryError:
         return "not an image (a folder)"
     except OSError as exc:
@@ -251,7 +259,7 @@ def _prepare_chunk(cache: _ChunkCache | None, paths: Sequence[Path], start: int,
     if cache is not None and content_key != indexed_key:
         cached = cache.read(content_key, len(paths), dim)
         if cached is not None:
-            write_entry(index_file, content_key)
+            _write_entry(index_file, content_key)
             return _Chunk(start, len(paths), content_key, index_file, cached=cached)
     chunk = _Chunk(start, len(paths), content_key, index_file)
     for i, (path, content) in enumerate(zip(paths, contents)):
@@ -260,16 +268,16 @@ def _prepare_chunk(cache: _ChunkCache | None, paths: Sequence[Path], start: int,
             continue
         try:
             chunk.images.append((i, load_image(data=content, size=size)))
-        except ImageLoadError as exc:
+        except _ImageLoadError as exc:
             chunk.skipped.append((i, exc.reason))
     return chunk
 
 
 def _chunks_ahead(cache: _ChunkCache | None, paths: Sequence[Path], size: int, dim: int | None,
                   chunk_files: int) -> Iterator[_Chunk]:
-    """Chunks decoded in a background thread, at most :data:`MAX_CHUNKS_AHEAD` ahead of the
+    """Chunks decoded in a background thread, at most :data:`_MAX_CHUNKS_AHEAD` ahead of the
     consumer."""
-    ready: queue.Queue = queue.Queue(maxsize=MAX_CHUNKS_AHEAD)
+    ready: queue.Queue = queue.Queue(maxsize=_MAX_CHUNKS_AHEAD)
     stop = threading.Event()
 
     def put(item: object) -> bool:
@@ -306,12 +314,12 @@ def _chunks_ahead(cache: _ChunkCache | None, paths: Sequence[Path], size: int, d
         worker.join(timeout=5)
 
 
-def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBONE,
+def featurize_files(paths: Sequence[str | Path], backbone: str = _DEFAULT_BACKBONE,
                     image_size: int | None = None,
-                    batch_size: int = DEFAULT_BATCH_SIZE, use_cache: bool = True,
+                    batch_size: int = _DEFAULT_BATCH_SIZE, use_cache: bool = True,
                     progress: bool | None = None, precision: str | None = None,
-                    on_chunk: Callable[[int, int], None] | None = None, report: bool = False,
-                    chunk_files: int = CHUNK_FILES,
+                    on_chunk: Callable[[int, int], None] | None = None,
+                    chunk_files: int = _CHUNK_FILES,
                     weights: str | None = "imagenet") -> FileFeatures:
     """Deep features of image files. Unreadable files are skipped and listed with the reason, never
     fatal.
@@ -320,22 +328,23 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
     backbone's own). Work is done and cached in chunks of ``chunk_files`` files: an interrupted run
     resumes where it stopped (the progress bar counts the resumed files), and a rerun on unchanged
     files (same path, size and modification time) reads no image. Memory is bounded: at most
-    ``MAX_CHUNKS_AHEAD + 2`` chunks of decoded images exist at once, ``4 x 256 x 224 x 224 x 3``
+    ``_MAX_CHUNKS_AHEAD + 2`` chunks of decoded images exist at once, ``4 x 256 x 224 x 224 x 3``
     bytes = 154 MB at 224 px, whatever the number of files (plus the output matrix, 5 kB per file
     for 1280 features).
 
     ``precision``: ``"float32"`` (default) or ``"int8"``, see
     :func:`utils.fast_inference.resolve_precision`. ``on_chunk(done, total)`` is called after every
     chunk (files done so far, including resumed ones). Skipped files are in the result's ``skipped``
-    list; ``report=True`` also prints them on stderr (:func:`report_skipped`), as the command line
-    does. ``weights``: as in :func:`featurize_images`.
+    list (the command line prints them). ``weights``: as in :func:`featurize_images`.
+
+    Used in lesson 9.
     """
     paths = [Path(p) for p in paths]
     if batch_size < 1 or chunk_files < 1:
         raise ValueError(f"batch_size and chunk_files must be positive, "
                          f"got {batch_size} and {chunk_files}")
     # resolved once, passed down; builds no Keras model
-    bb = backbone_handle(backbone, image_size, weights)
+    bb = _backbone_handle(backbone, image_size, weights)
     size, dim = bb.input_size, bb.feature_dim
     precision = resolve_precision(precision)
     cache = _ChunkCache(bb, precision) if use_cache else None
@@ -380,19 +389,5 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBON
             if on_chunk is not None:
                 on_chunk(chunk.start + chunk.count, len(paths))
     features = out[: len(kept_idx)]  # a view: no copy when files were skipped
-    result = FileFeatures(features, [paths[i] for i in kept_idx],
-                          [(paths[i], r) for i, r in skipped])
-    if report:
-        report_skipped(result.skipped)
-    return result
-
-
-def report_skipped(skipped: Sequence[tuple[Path, str]], file: TextIO | None = None) -> None:
-    """Print every skipped file with its reason, one per line, then the count (nothing when none was
-    skipped)."""
-    if not skipped:
-        return
-    out = file or sys.stderr
-    for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=out)
-    print(f"{len(skipped)} file(s) skipped", file=out, flush=True)
+    return FileFeatures(features, [paths[i] for i in kept_idx],
+                        [(paths[i], r) for i, r in skipped])

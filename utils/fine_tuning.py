@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from . import fast_inference
-from .backbones import Backbone
-from .cache import content_hash, entry_path, read_entry, write_entry
-from .features import array_hash
+from .backbones import _Backbone
+from .cache import _content_hash, _entry_path, _read_entry, _write_entry
+from .features import _array_hash
 
 if TYPE_CHECKING:
     import keras
@@ -104,7 +104,7 @@ def batches(x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 32, sh
 def _weights_digest(model: "keras.Model") -> str:
     shapes = json.dumps([[None if d is None else int(d) for d in model.input.shape[1:]],
                          [int(d) for d in model.output.shape[1:]]])
-    return content_hash(shapes, *(np.ascontiguousarray(w).tobytes() for w in model.get_weights()))
+    return _content_hash(shapes, *(np.ascontiguousarray(w).tobytes() for w in model.get_weights()))
 
 
 def _cached_array(path: Path, compute: Callable[[], np.ndarray],
@@ -112,13 +112,13 @@ def _cached_array(path: Path, compute: Callable[[], np.ndarray],
     """``compute()`` stored as float16 at the cache entry ``path`` and read back as float32 on the
     next call."""
     if use_cache:
-        cached = read_entry(path, lambda p: np.load(p).astype(np.float32), "activation")
+        cached = _read_entry(path, lambda p: np.load(p).astype(np.float32), "activation")
         if cached is not None:
             return cached
     # half the space, far below what training can tell apart
     out = np.asarray(compute(), dtype=np.float16)
     if use_cache:
-        write_entry(path, lambda f: np.save(f, out))
+        _write_entry(path, lambda f: np.save(f, out))
     return out.astype(np.float32)
 
 
@@ -132,14 +132,14 @@ def _inference_step(bottom: "keras.Model", digest: str,
     if (digest, input_hw) in _STEPS:
         return _STEPS[digest, input_hw]
     # a model of any input size (None) resizes its inputs itself: the step feeds them as they are
-    handle = Backbone(name=bottom.name, input_size=int(bottom.input.shape[1] or input_hw[0]),
+    handle = _Backbone(name=bottom.name, input_size=int(bottom.input.shape[1] or input_hw[0]),
                       feature_dim=int(bottom.output.shape[-1]), feature_model=bottom,
                       classifier=None,
                       weights_id=digest)
-    step = fast_inference.keras_step(handle)
-    if fast_inference.fast_path_enabled():
+    step = fast_inference._keras_step(handle)
+    if fast_inference._fast_path_enabled():
         try:
-            runner = fast_inference.TFLiteRunner(fast_inference.convert_to_tflite(handle, input_hw))
+            runner = fast_inference._TFLiteRunner(fast_inference._convert_to_tflite(handle, input_hw))
             probe = np.random.default_rng(0).integers(0, 256, (2, *input_hw, 3), dtype=np.uint8)
             reference = step(probe)
             diff = float(np.abs(runner(probe) - reference).max())
@@ -199,7 +199,7 @@ def activations(bottom: "keras.Model", images: np.ndarray, batch_size: int = 64,
         return _in_batches(step, images, batch_size)
 
     shape = "x".join(str(d) for d in bottom.output.shape[1:])
-    path = entry_path("activations", "bottom", digest, int(bottom.input.shape[1]),
-                      content=array_hash(images), label=f"{shape}-{len(images)}", suffix=".npy")
+    path = _entry_path("activations", "bottom", digest, int(bottom.input.shape[1]),
+                      content=_array_hash(images), label=f"{shape}-{len(images)}", suffix=".npy")
     return _cached_array(path, compute, use_cache)
 

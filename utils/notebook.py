@@ -10,7 +10,7 @@ import numpy as np
 
 
 @dataclass
-class LessonRun:
+class _LessonRun:
     """A lesson being run: its name and start time (for the summary's "ran in ... s")."""
 
     name: str
@@ -21,7 +21,7 @@ class LessonRun:
         return time.perf_counter() - self.started
 
 
-def setup(name: str, seed: int = 0, *, blas_threads: int | None = None) -> LessonRun:
+def setup(name: str, seed: int = 0, *, blas_threads: int | None = None) -> _LessonRun:
     """Seed numpy's global generator, set readable figure defaults, print the versions used
     (every lesson).
 
@@ -32,6 +32,8 @@ def setup(name: str, seed: int = 0, *, blas_threads: int | None = None) -> Lesso
     Library noise no lesson reads is silenced here: scikit-learn's ``NearestCentroid`` warns about
     the per-class spread of its training images (undefined or zero with one or two images per
     class), which it uses only with ``shrink_threshold``.
+
+    Used in every lesson.
     """
     import warnings
 
@@ -50,4 +52,4 @@ def setup(name: str, seed: int = 0, *, blas_threads: int | None = None) -> Lesso
     versions = (f"python {platform.python_version()}, numpy {np.__version__}, "
                 f"matplotlib {matplotlib.__version__}")
     print(f"{name}: seed {seed}; {versions}")
-    return LessonRun(name)
+    return _LessonRun(name)

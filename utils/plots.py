@@ -10,7 +10,10 @@ import numpy as np
 
 def show_images(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 8,
                 title: str | None = None, size: float = 1.4) -> plt.Figure:
-    """A grid of images with optional per-image titles."""
+    """A grid of images with optional per-image titles.
+
+    Used in lessons 1-6 and 8.
+    """
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, int(np.ceil(n / ncols)))
@@ -34,7 +37,10 @@ def show_images(images: Sequence[np.ndarray], titles: Sequence[str] | None = Non
 def plot_neighbors(query: np.ndarray, neighbors: Sequence[np.ndarray], distances: Sequence[float],
                    labels: Sequence[str] | None = None,
                    title: str = "Nearest neighbours") -> plt.Figure:
-    """The query image followed by its neighbours, each captioned with its distance (and label)."""
+    """The query image followed by its neighbours, each captioned with its distance (and label).
+
+    Used in lessons 4 and 9.
+    """
     captions = ["query"] + [
         f"{labels[i]}\nd={d:.2f}" if labels is not None else f"d={d:.2f}" for i,
         d in enumerate(distances)
@@ -45,7 +51,10 @@ def plot_neighbors(query: np.ndarray, neighbors: Sequence[np.ndarray], distances
 
 def plot_curves(x: Sequence[float], curves: Mapping[str, Sequence[float]], title: str, xlabel: str,
                 ylabel: str, logx: bool = False) -> plt.Figure:
-    """Line plot of several named curves over the same x values."""
+    """Line plot of several named curves over the same x values.
+
+    Used in lesson 6.
+    """
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in curves.items():
         ax.plot(x, values, marker="o", label=name)
@@ -65,7 +74,10 @@ def plot_embeddings(maps: Mapping[str, np.ndarray], labels: np.ndarray, class_na
                     images: np.ndarray | None = None, thumbnails: int = 12, seed: int = 0,
                     title: str | None = None) -> plt.Figure:
     """2-D maps (e.g. t-SNE) side by side, points coloured by class, with a few images drawn at
-    their points."""
+    their points.
+
+    Used in lesson 4.
+    """
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     fig, axes = plt.subplots(1, len(maps), figsize=(6 * len(maps), 5.4), squeeze=False)

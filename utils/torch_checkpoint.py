@@ -24,8 +24,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
-LEGACY_PROTOCOL_VERSION = 1001
+_LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL_VERSION = 1001
 
 _STORAGE_DTYPES: dict[str, np.dtype] = {
     "FloatStorage": np.dtype("<f4"),
@@ -40,7 +40,7 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
 }
 
 
-class CheckpointFormatError(ValueError):
+class _CheckpointFormatError(ValueError):
     """The file is not a legacy PyTorch checkpoint this reader understands."""
 
 
@@ -63,11 +63,11 @@ class _TensorRef:
         numel = len(self.storage.data)
         if (any(s < 0 for s in self.size) or any(s < 0 for s in self.stride)
                 or len(self.stride) != len(self.size)):
-            raise CheckpointFormatError(f"invalid tensor size {self.size} / stride {self.stride}")
+            raise _CheckpointFormatError(f"invalid tensor size {self.size} / stride {self.stride}")
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
         # as_strided must not read past the storage
         if 0 not in self.size and not 0 <= self.offset <= last < numel:
-            raise CheckpointFormatError(
+            raise _CheckpointFormatError(
                 f"tensor of size {self.size}, stride {self.stride}, offset {self.offset} "
                 f"does not fit its storage of {numel} elements"
             )
@@ -103,17 +103,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _rebuild_tensor
         if module == "torch" and name in _STORAGE_DTYPES:
             return name
-        raise CheckpointFormatError(f"checkpoint refers to {module}.{name}, "
+        raise _CheckpointFormatError(f"checkpoint refers to {module}.{name}, "
                                     "which this reader does not allow")
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise CheckpointFormatError(f"unexpected persistent id {pid!r}")
+            raise _CheckpointFormatError(f"unexpected persistent id {pid!r}")
         _, storage_type, key, _location, numel, view_metadata = pid
         if view_metadata is not None:
-            raise CheckpointFormatError("storage views are not supported")
+            raise _CheckpointFormatError("storage views are not supported")
         if storage_type not in _STORAGE_DTYPES:
-            raise CheckpointFormatError(f"unsupported storage type {storage_type!r}")
+            raise _CheckpointFormatError(f"unsupported storage type {storage_type!r}")
         if key not in self.storages:
             self.storages[key] = _Storage(_STORAGE_DTYPES[storage_type], int(numel))
         return self.storages[key]
@@ -133,34 +133,34 @@ class _HeaderUnpickler(pickle.Unpickler):
     """The magic number, protocol, sys info and storage keys are plain data: no globals at all."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise CheckpointFormatError(f"checkpoint refers to {module}.{name}, "
+        raise _CheckpointFormatError(f"checkpoint refers to {module}.{name}, "
                                     "which this reader does not allow")
 
     def persistent_load(self, pid: Any) -> Any:
-        raise CheckpointFormatError(f"unexpected persistent id {pid!r}")
+        raise _CheckpointFormatError(f"unexpected persistent id {pid!r}")
 
 
-def load_legacy_checkpoint(path: str | Path) -> "collections.OrderedDict[str, np.ndarray]":
+def _load_legacy_checkpoint(path: str | Path) -> "collections.OrderedDict[str, np.ndarray]":
     """Load a legacy-format PyTorch state dict as ``{name: numpy array}`` (arrays in PyTorch's
     shapes).
 
     Anything that is not a well-formed legacy checkpoint (truncated, corrupt, zip format, foreign
-    pickle) raises :class:`CheckpointFormatError`; no pickle in the file can import or call
+    pickle) raises :class:`_CheckpointFormatError`; no pickle in the file can import or call
     arbitrary code.
     """
     path = Path(path)
     with path.open("rb") as f:
         if f.read(2)[:1] == b"PK":
-            raise CheckpointFormatError(f"{path} is a zip-format checkpoint (torch>=1.6); "
+            raise _CheckpointFormatError(f"{path} is a zip-format checkpoint (torch>=1.6); "
                                         "only the legacy format is read")
         f.seek(0)
         try:
             return _read_legacy(f, path)
-        except CheckpointFormatError:
+        except _CheckpointFormatError:
             raise
         except Exception as exc:  # noqa: BLE001
             # any unpickling/struct failure means "not a (whole) checkpoint"
-            raise CheckpointFormatError(
+            raise _CheckpointFormatError(
                 f"{path} is not a readable legacy PyTorch checkpoint "
                 f"(corrupt or truncated: {type(exc).__name__}: {exc})"
             ) from exc
@@ -169,40 +169,40 @@ def load_legacy_checkpoint(path: str | Path) -> "collections.OrderedDict[str, np
 def _read_legacy(f: BinaryIO, path: Path) -> "collections.OrderedDict[str, np.ndarray]":
     try:
         magic = _HeaderUnpickler(f).load()
-    except CheckpointFormatError:
+    except _CheckpointFormatError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise CheckpointFormatError(f"{path} is not a PyTorch checkpoint: {exc}") from exc
-    if magic != LEGACY_MAGIC_NUMBER:
-        raise CheckpointFormatError(f"{path} has no legacy PyTorch magic number")
+        raise _CheckpointFormatError(f"{path} is not a PyTorch checkpoint: {exc}") from exc
+    if magic != _LEGACY_MAGIC_NUMBER:
+        raise _CheckpointFormatError(f"{path} has no legacy PyTorch magic number")
     protocol = _HeaderUnpickler(f).load()
-    if protocol != LEGACY_PROTOCOL_VERSION:
-        raise CheckpointFormatError(f"{path}: unsupported protocol version {protocol}")
+    if protocol != _LEGACY_PROTOCOL_VERSION:
+        raise _CheckpointFormatError(f"{path}: unsupported protocol version {protocol}")
     sys_info = _HeaderUnpickler(f).load()
     if not isinstance(sys_info, dict):
-        raise CheckpointFormatError(f"{path}: malformed system info {sys_info!r}")
+        raise _CheckpointFormatError(f"{path}: malformed system info {sys_info!r}")
     if not sys_info.get("little_endian", True):
-        raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
+        raise _CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
     unpickler = _RestrictedUnpickler(f)
     obj = unpickler.load()
     storage_keys = _HeaderUnpickler(f).load()
     for key in storage_keys:
         if key not in unpickler.storages:
-            raise CheckpointFormatError(f"{path}: storage {key!r} is not used by any tensor")
+            raise _CheckpointFormatError(f"{path}: storage {key!r} is not used by any tensor")
         storage = unpickler.storages[key]
         count = f.read(8)
         if len(count) != 8:
-            raise CheckpointFormatError(f"{path} is truncated (storage {key})")
+            raise _CheckpointFormatError(f"{path} is truncated (storage {key})")
         (numel,) = struct.unpack("<q", count)
         if numel != storage.numel:
-            raise CheckpointFormatError(f"{path}: storage {key} has {numel} elements, "
+            raise _CheckpointFormatError(f"{path}: storage {key} has {numel} elements, "
                                         f"expected {storage.numel}")
         nbytes = numel * storage.dtype.itemsize
         raw = f.read(nbytes)
         if len(raw) != nbytes:
-            raise CheckpointFormatError(f"{path} is truncated (storage {key})")
+            raise _CheckpointFormatError(f"{path} is truncated (storage {key})")
         storage.data = np.frombuffer(raw, dtype=storage.dtype)
     missing = [k for k, s in unpickler.storages.items() if s.data is None]
     if missing:
-        raise CheckpointFormatError(f"{path}: storages {missing[:5]} have no data")
+        raise _CheckpointFormatError(f"{path}: storages {missing[:5]} have no data")
     return _as_numpy_tree(obj)

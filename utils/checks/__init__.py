@@ -32,11 +32,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..runtime import ANSWERS_ENV_VAR, CHECK_RESULTS_ENV_VAR
+from ..runtime import _ANSWERS_ENV_VAR, _CHECK_RESULTS_ENV_VAR
 
 
 @dataclass(frozen=True)
-class Exercise:
+class _Exercise:
     """One registered exercise: how to compute its expected answer and how close an answer must
     be."""
 
@@ -46,27 +46,30 @@ class Exercise:
     hint: str
 
 
-EXERCISES: dict[str, Exercise] = {}
+_EXERCISES: dict[str, _Exercise] = {}
 
 
 def exercise(exercise_id: str, tolerance: float = 1e-6,
              hint: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``function(**objects) -> expected answer`` as the check of
-    ``exercise_id``."""
+    ``exercise_id``.
+
+    Used by the checks of every lesson (``utils/checks/lessonNN.py``).
+    """
     def register(function: Callable[..., Any]) -> Callable[..., Any]:
-        if exercise_id in EXERCISES:
+        if exercise_id in _EXERCISES:
             raise ValueError(f"exercise {exercise_id!r} is registered twice")
-        EXERCISES[exercise_id] = Exercise(exercise_id, function, tolerance, hint)
+        _EXERCISES[exercise_id] = _Exercise(exercise_id, function, tolerance, hint)
         return function
     return register
 
 
-def expected_answer(exercise_id: str, **objects: Any) -> Any:
+def _expected_answer(exercise_id: str, **objects: Any) -> Any:
     """The expected answer of ``exercise_id`` for these objects (for tests and instructors, not for
     cells)."""
     _load(exercise_id)
     try:
-        registered = EXERCISES[exercise_id]
+        registered = _EXERCISES[exercise_id]
     except KeyError:
         raise KeyError(f"unknown exercise {exercise_id!r}; "
                        f"registered: {', '.join(sorted(load_all()))}") from None
@@ -86,7 +89,7 @@ def _same(answer: Any, expected: Any, tolerance: float) -> bool:
 def _record_result(exercise_id: str, status: str, answer: Any) -> None:
     """Append this check's result to ``$DEEP_FEATURES_CHECK_RESULTS`` when the grader set it (else
     nothing)."""
-    path = os.environ.get(CHECK_RESULTS_ENV_VAR)
+    path = os.environ.get(_CHECK_RESULTS_ENV_VAR)
     if path:
         # 6, not np.int64(6)
         shown = repr(answer.item() if isinstance(answer, np.generic) else answer)
@@ -96,10 +99,10 @@ def _record_result(exercise_id: str, status: str, answer: Any) -> None:
                                       "answer": shown}) + "\n")
 
 
-def _record_expected(registered: Exercise, expected: Any) -> None:
+def _record_expected(registered: _Exercise, expected: Any) -> None:
     """Append the expected answer to ``$DEEP_FEATURES_ANSWERS`` when it is set (never to the
     screen)."""
-    path = os.environ.get(ANSWERS_ENV_VAR)
+    path = os.environ.get(_ANSWERS_ENV_VAR)
     if path:
         value = expected.tolist() if isinstance(expected, (np.ndarray, np.generic)) else expected
         record = {"exercise": registered.exercise_id, "expected": value,
@@ -110,9 +113,12 @@ def _record_expected(registered: Exercise, expected: Any) -> None:
 
 def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
     """Print whether ``answer`` is right (never printing the expected value); None while it is still
-    ``...``/None."""
+    ``...``/None.
+
+    Used in every lesson's exercises.
+    """
     _load(exercise_id)
-    registered = EXERCISES.get(exercise_id)
+    registered = _EXERCISES.get(exercise_id)
     if registered is None:  # a typo in the id fails loudly, even before the student answers
         raise KeyError(f"unknown exercise {exercise_id!r}; "
                        f"registered: {', '.join(sorted(load_all()))}")
@@ -145,8 +151,11 @@ def _load(exercise_id: str) -> None:
                 raise
 
 
-def load_all() -> dict[str, Exercise]:
-    """Every lesson's checks, imported (for tests and instructors): :data:`EXERCISES`."""
+def load_all() -> dict[str, _Exercise]:
+    """Every lesson's checks, imported (for tests and instructors): :data:`_EXERCISES`.
+
+    Used by ``instructor grade`` and the tests; no lesson calls it.
+    """
     for path in sorted(Path(__file__).parent.glob("lesson[0-9][0-9].py")):
         importlib.import_module(f"{__name__}.{path.stem}")
-    return EXERCISES
+    return _EXERCISES
