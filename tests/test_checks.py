@@ -78,6 +78,11 @@ def toy() -> SimpleNamespace:
 def cases(t: SimpleNamespace) -> list[tuple[str, dict, object, object]]:
     """(id, objects, a right answer computed independently, a wrong answer)."""
     bright = [t.train.images[t.labels == c].mean() for c in range(4)]
+    bird_rgb = t.train.images[t.labels == 1].mean(axis=(1, 2))
+    bluer_birds = int((bird_rgb[:, 2] > bird_rgb[:, 0]).sum())
+    saturated = SimpleNamespace(images=t.train.images.copy())  # test images: 4 of 32 all 255
+    saturated.images[:4] = 255
+    assert not (t.train.images == 255).any()
     d = np.linalg.norm(t.queries[:, None] - t.feats[None], axis=2)
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     cosine = 1 - unit(t.queries) @ unit(t.feats).T
@@ -108,18 +113,18 @@ def cases(t: SimpleNamespace) -> list[tuple[str, dict, object, object]]:
     assert abs(shifted_accuracy - unshifted_accuracy) > 0.5  # the check must shift the images
     matrix = confusion_matrix(t.query_labels, t.model.predict(t.queries), labels=range(4))
     return [
-        ("1.1", {"train": t.train}, 0.25, 0.3),
-        ("1.2", {"train": t.train}, 32 * 4 * 4 * 3, 32 * 4 * 4),
+        ("1.1", {"train": t.train}, bluer_birds, bluer_birds + 1),
+        ("1.2", {"test": saturated}, 4 / 32, 0.0),  # 0.0: the training images' share, not the test's
         ("1.3", {"train": t.train}, CLASSES[int(np.argmax(bright))], CLASSES[int(np.argmin(bright))]),
         ("2.1", {"model": pixel_model, "test_images": wide, "y_test": t.labels}, shifted_accuracy,
          unshifted_accuracy),
         ("1.4", {"train": t.train}, CLASSES[int(np.argmax(contrast))], CLASSES[int(np.argmin(contrast))]),
         ("2.2", {"model": t.model, "X_test": t.queries, "y_test": t.query_labels, "class_names": CLASSES},
          matrix[2, 2] / matrix[:, 2].sum(), matrix[2, 2] / matrix[:, 2].sum() - 0.1),
-        ("3.2", {"deep_predicted": np.array([0, 1, 2, 3]), "raw_predicted": np.array([0, 0, 0, 0]),
-                 "y_test": np.array([0, 1, 2, 2])}, 2, 3),
-        ("3.1", {"model": SimpleNamespace(count_params=lambda: 1_281_000 + 10),
-                 "feature_model": SimpleNamespace(count_params=lambda: 10)}, 1_281_000, 1280),
+        # deep right on images 0-2, raw right on image 3 only: 3 gained, 2 net (the wrong answer)
+        ("3.2", {"deep_predicted": np.array([0, 1, 2, 3]), "raw_predicted": np.array([1, 0, 0, 2]),
+                 "y_test": np.array([0, 1, 2, 2])}, 3, 2),
+        ("3.1", {"f_train": np.array([[0.0, 0.5, 0.0], [0.0, 1e-3, 2.0]])}, 3 / 6, 2 / 6),
         ("4.1", {"query": t.queries[0], "collection": t.feats}, cosine[0].min(), d[0].min()),
         ("4.2", {"query": t.queries[0], "query_label": 0, "collection": t.feats, "collection_labels": t.labels},
          int((t.labels[np.argsort(d[0])[:5]] == 0).sum()), 6),

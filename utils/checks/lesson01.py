@@ -7,15 +7,19 @@ import numpy as np
 from . import exercise
 
 
-@exercise("1.1", tolerance=1e-3, hint="count the bird labels and divide by the number of "
-                                      "training images")
+@exercise("1.1", tolerance=0, hint="select the bird images with train.labels, average them over "
+                                   "axes (1, 2), then count the rows whose blue (column 2) is "
+                                   "above their red (column 0)")
 def _(train):
-    return float((train.labels == train.class_names.index("bird")).mean())
+    bird = train.class_names.index("bird")
+    rgb = train.images[train.labels == bird].mean(axis=(1, 2))  # one (red, green, blue) per image
+    return int((rgb[:, 2] > rgb[:, 0]).sum())
 
 
-@exercise("1.2", tolerance=0, hint="every image holds height x width x 3 numbers")
-def _(train):
-    return int(train.images.size)
+@exercise("1.2", tolerance=1e-5, hint="compare test.images with 255: the mean of the True/False "
+                                      "array is the fraction")
+def _(test):
+    return float((test.images == 255).mean())
 
 
 @exercise("1.3", hint="average the pixels of each class's images; answer with a class name")
