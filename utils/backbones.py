@@ -343,7 +343,8 @@ def _build_lite(name: str, input_size: int, weights: str | None = "imagenet") ->
     model = None
     if blocks is not None:
         model = _build_efficientnet_lite(blocks, input_size, name=name)
-        model = _read_entry(converted, lambda p: model.load_weights(p) or model, "converted weights")
+        model = _read_entry(converted, lambda p: model.load_weights(p) or model,
+                            "converted weights")
     # first use, or a damaged entry: read the PyTorch checkpoint, convert, cache as Keras weights
     if model is None:
         from .torch_checkpoint import _load_legacy_checkpoint

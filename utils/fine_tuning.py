@@ -139,7 +139,8 @@ def _inference_step(bottom: "keras.Model", digest: str,
     step = fast_inference._keras_step(handle)
     if fast_inference._fast_path_enabled():
         try:
-            runner = fast_inference._TFLiteRunner(fast_inference._convert_to_tflite(handle, input_hw))
+            flatbuffer = fast_inference._convert_to_tflite(handle, input_hw)
+            runner = fast_inference._TFLiteRunner(flatbuffer)
             probe = np.random.default_rng(0).integers(0, 256, (2, *input_hw, 3), dtype=np.uint8)
             reference = step(probe)
             diff = float(np.abs(runner(probe) - reference).max())

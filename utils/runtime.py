@@ -1,8 +1,8 @@
 """Process plumbing shared by every other module: the cache folder, one atomic write, a quiet
 TensorFlow import, the CPU's feature flags.
 
-TensorFlow's C++ start-up log is kept quiet by :func:`_quiet_tensorflow` (called by ``import utils``):
-an environment setting, read when TensorFlow loads.
+TensorFlow's C++ start-up log is kept quiet by :func:`_quiet_tensorflow` (called by ``import
+utils``): an environment setting, read when TensorFlow loads.
 
 This is the bottom layer of ``utils`` (it imports no other module of the package), so data,
 backbones, features and the rest can all use it without import cycles.
