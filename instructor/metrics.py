@@ -229,7 +229,8 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
     "Few-shot recognizer": {
         "few_shot": Metric(
             ("test accuracy vs training images per class: raw pixels, each classifier, the chosen one; "
-             "the fewest shots from which L2 + LR stays ahead of L2 + nearest centroid"),
+             "the fewest shots from which L2 + LR stays ahead of L2 + nearest centroid by more than "
+             "two standard errors of its lead over the draws"),
             "",
             ("{'shots': curve.index.tolist(), 'classifier': chosen, 'raw_pixel_accuracy': "
              "raw_curve.tolist(), 'by_classifier': {name: curve[name].fillna(0).tolist() for name in "
@@ -360,6 +361,10 @@ DECLARED: Final[Mapping[str, Mapping[str, Metric]]] = {
         ),
         "reload_difference": Metric(
             "largest prediction difference after saving and reloading the image model",
+            ".1e",
+        ),
+        "scored_difference": Metric(
+            "largest difference between Keras' predict and the test scoring (predict_images), 64 images",
             ".1e",
         ),
         "model_megabytes": Metric("size of the saved .keras file, MB", ".1f"),

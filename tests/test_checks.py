@@ -194,3 +194,22 @@ def test_9_1_is_the_recall_of_a_2_link_graph_the_student_built() -> None:
     for other in (dense, exact, None):  # the lesson's kind of graph, an exact index, not built yet
         assert checks._expected_answer("9.1", **{**objects, "approximate": other}) is None
         assert checks.check("9.1", recall, **{**objects, "approximate": other}) is False
+
+
+def test_4_5_mirrors_the_query_images_itself() -> None:
+    """Exercise 4.5 changes the data: the expected answer is the precision@5 of the mirrored images' features, which
+    the check computes itself (the featurizer on the images reversed left to right), not the unmirrored one's."""
+    from utils import features
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    images[:6, :, :16] = 255  # half the images bright on the left: mirroring moves it to the right
+    labels = np.repeat([0, 1], 6)
+    collection = features.featurize_images(images, "efficientnet_lite0", 32)
+    mirrored = features.featurize_images(np.ascontiguousarray(images[:, :, ::-1]), "efficientnet_lite0", 32)
+    d = np.linalg.norm(mirrored[:, None] - collection[None], axis=2)
+    right = float((labels[np.argsort(d, axis=1, kind="stable")[:, :5]] == labels[:, None]).mean())
+    objects = {"images": images, "labels": labels, "collection": collection, "collection_labels": labels,
+               "backbone": "efficientnet_lite0", "image_size": 32}
+    assert checks.check("4.5", right, **objects) is True
+    assert checks.check("4.5", right + 0.1, **objects) is False
