@@ -230,7 +230,9 @@ def test_dog_distance_table_matches_a_recomputation(run, small_split) -> None:
     assert m["example_image"]["closer_to"] == min(("cat", "dog"), key=m["example_nearest_distance"].get)
     nb = nbformat.read(run["build"] / "notebooks" / "05_per_class_distances.ipynb", as_version=4)
     out = "".join(_stdout(c) for c in nb.cells if c.cell_type == "code")
-    assert f"Test image {first_dog}, a dog, is closer to a {m['example_image']['closer_to']}." in out
+    closer = m["example_image"]["closer_to"]
+    verdict = "right" if closer == "dog" else f"wrong: 1-NN would call this dog a {closer}"
+    assert f"Test image {first_dog}, a dog, is closer to a {closer}: {verdict}." in out
     assert "median distances, nearest first: dog-" in out  # the box plot's figures, read in the text below it
     table = next(o["data"]["text/plain"] for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []) if "dog-automobile" in o.get("data", {}).get("text/plain", ""))
