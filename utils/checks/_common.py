@@ -12,6 +12,13 @@ def _accuracy(model: Any, X: Any, y: np.ndarray) -> float:
     return float((np.asarray(model.predict(X)) == np.asarray(y)).mean())
 
 
+def _right_only_by(predicted: Any, other: Any, labels: Any) -> int:
+    """How many images ``predicted`` gets right and ``other`` gets wrong (exercises 3.2, 8.1,
+    8.2)."""
+    labels = np.asarray(labels)
+    return int(((np.asarray(predicted) == labels) & (np.asarray(other) != labels)).sum())
+
+
 def _nearest(queries: np.ndarray, collection: np.ndarray, k: int,
              metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
     """(distances, indices) of the ``k`` nearest collection rows, nearest first (an independent

@@ -9,7 +9,7 @@ from sklearn.model_selection import cross_val_score, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ._common import _accuracy
+from ._common import _accuracy, _right_only_by
 from . import exercise
 
 
@@ -22,8 +22,7 @@ def _(f_train):
 @exercise("3.2", tolerance=0, hint="an image counts when the deep-feature prediction is right "
                                    "and the raw-pixel one is wrong: combine the two with &")
 def _(deep_predicted, raw_predicted, y_test):
-    y = np.asarray(y_test)
-    return int(((np.asarray(deep_predicted) == y) & (np.asarray(raw_predicted) != y)).sum())
+    return _right_only_by(deep_predicted, raw_predicted, y_test)
 
 
 @exercise("3.3", hint="per class: the fraction of its test images predicted right, deep minus raw")

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..fine_tuning import activations, block_count
 
+from ._common import _right_only_by
 from .lesson07 import _predict
 from . import exercise
 
@@ -13,17 +14,13 @@ from . import exercise
 @exercise("8.1", tolerance=0, hint="count the validation images where fine_tuned_val_predicted "
                                    "== y_val and probe_val_predicted != y_val")
 def _(fine_tuned_predicted, frozen_predicted, labels):
-    labels = np.asarray(labels)
-    return int(((np.asarray(fine_tuned_predicted) == labels)
-                & (np.asarray(frozen_predicted) != labels)).sum())
+    return _right_only_by(fine_tuned_predicted, frozen_predicted, labels)
 
 
 @exercise("8.2", tolerance=0, hint="count images where fine_tuned_predicted == y_test and "
                                    "probe_predicted != y_test")
 def _(fine_tuned_predicted, probe_predicted, labels):
-    labels = np.asarray(labels)
-    return int(((np.asarray(fine_tuned_predicted) == labels)
-                & (np.asarray(probe_predicted) != labels)).sum())
+    return _right_only_by(fine_tuned_predicted, probe_predicted, labels)
 
 
 @exercise("8.3", tolerance=1e-5, hint="last_bottom, last_top = cut(net.feature_model, n_blocks - "
