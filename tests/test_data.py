@@ -201,7 +201,7 @@ def test_load_image_from_bytes_matches_the_file(tmp_path: Path) -> None:
                                   load_image(tmp_path / "a.png", size=8))
     with pytest.raises(TypeError):
         load_image()
-    assert str(_ImageLoadError("a whole message")) == "a whole message"  # the one-argument form still works
+    assert str(_ImageLoadError(None, "a whole message")) == "a whole message"  # no path: the reason alone
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,4 @@
 
 from .runtime import _quiet_tensorflow
 
-# TensorFlow's C++ start-up log (CPU flags, oneDNN) confuses students: quiet before any lesson
-# imports keras; TensorFlow's errors and Python warnings still show.
-_quiet_tensorflow()
+_quiet_tensorflow()  # before any lesson imports keras: TensorFlow's start-up log confuses students
