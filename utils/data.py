@@ -9,6 +9,7 @@ The course data come from, in order: ``data_dir``, ``$DEEP_FEATURES_DATA``, the 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -16,7 +17,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -100,8 +101,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
-def _open_image(source: Path | bytes) -> Image.Image:
-    """Open an image file (or its bytes), header only, refusing over :data:`_MAX_IMAGE_PIXELS`.
+@contextlib.contextmanager
+def _opened(source: Path | bytes) -> Iterator[Image.Image]:
+    """An image file (or its bytes) opened, header only; anything failing in the block, from a
+    missing file to over :data:`_MAX_IMAGE_PIXELS` pixels, raises ``_ImageLoadError``.
 
     Pillow's own limit, a process-wide setting, is off for the ``open`` alone, under a lock (files
     are opened from several threads).
@@ -118,23 +121,19 @@ def _open_image(source: Path | bytes) -> Image.Image:
                 image = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
+        with image:
+            if image.width * image.height > _MAX_IMAGE_PIXELS:
+                raise _ImageLoadError(where, f"{_TOO_LARGE}: {image.width}x{image.height} pixels, "
+                                             f"limit {_MAX_IMAGE_PIXELS:,}")
+            yield image
+    except _ImageLoadError:
+        raise
     except UnidentifiedImageError as exc:
         raise _ImageLoadError(where, f"{_NOT_AN_IMAGE} (no image format Pillow can read)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise _decode_error(where, exc) from exc
-    if image.width * image.height > _MAX_IMAGE_PIXELS:
-        image.close()
-        raise _ImageLoadError(where, f"{_TOO_LARGE}: {image.width}x{image.height} pixels, "
-                                     f"limit {_MAX_IMAGE_PIXELS:,}")
-    return image
-
-
-def _decode_error(where: str | Path, exc: BaseException) -> _ImageLoadError:
-    """The _ImageLoadError for an exception Pillow raised while reading a file."""
-    text = str(exc)
-    if isinstance(exc, Image.DecompressionBombError) or "too large" in text.lower():
-        return _ImageLoadError(where, f"{_TOO_LARGE}: {text}")
-    return _ImageLoadError(where, f"{_CORRUPT} ({text})")
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
+        too_large = isinstance(exc, Image.DecompressionBombError) or "too large" in str(exc).lower()
+        raise _ImageLoadError(where, f"{_TOO_LARGE}: {exc}" if too_large
+                              else f"{_CORRUPT} ({exc})") from exc
 
 
 def load_image(path: str | Path | None = None, size: int | None = None, *,
@@ -145,20 +144,15 @@ def load_image(path: str | Path | None = None, size: int | None = None, *,
         raise TypeError("load_image needs a path or data=bytes (not both)")
     source: Path | bytes = Path(path) if path is not None else bytes(data)  # type: ignore[arg-type]
     where = source if isinstance(source, Path) else "<bytes>"
-    try:
-        with _open_image(source) as image:
-            if size is not None and image.format == "JPEG":
-                image.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale: much faster
-            image = ImageOps.exif_transpose(image)
-            image.load()
-            try:
-                rgb = _to_rgb(image)
-            except (ValueError, OSError) as exc:  # e.g. LAB, HSV or CMYK with alpha
-                raise _ImageLoadError(where, f"unsupported mode {image.mode!r} ({exc})") from exc
-    except _ImageLoadError:
-        raise
-    except (OSError, SyntaxError, ValueError) as exc:  # raised while decoding
-        raise _decode_error(where, exc) from exc
+    with _opened(source) as image:
+        if size is not None and image.format == "JPEG":
+            image.draft("RGB", (size, size))  # decode big JPEGs at a reduced scale: much faster
+        image = ImageOps.exif_transpose(image)
+        image.load()
+        try:
+            rgb = _to_rgb(image)
+        except (ValueError, OSError) as exc:  # e.g. LAB, HSV or CMYK with alpha
+            raise _ImageLoadError(where, f"unsupported mode {image.mode!r} ({exc})") from exc
     if min(rgb.size) < 1:
         raise _ImageLoadError(where, f"{_CORRUPT} (no pixels)")
     if size is not None and rgb.size != (size, size):
@@ -226,8 +220,9 @@ def load_image_folder(root: str | Path, min_classes: int = 1,
                 skipped.append((f, "not an image file extension"))
                 continue
             try:
-                if check_images:
-                    _verify_image(f)
+                if check_images:  # header, size and structure; decoding is the featurizer's
+                    with _opened(f) as image:
+                        image.verify()
                 good.append(f)
             except _ImageLoadError as exc:
                 skipped.append((f, exc.reason))
@@ -248,15 +243,6 @@ def load_image_folder(root: str | Path, min_classes: int = 1,
         )
     return _ImageSet(np.asarray(labels, dtype=np.int64), class_names, paths=paths,
                      source=f"image folder {root}", skipped=skipped)
-
-
-def _verify_image(path: Path) -> None:
-    """Header, size limit and file structure (decoding happens at featurization)."""
-    with _open_image(path) as image:
-        try:
-            image.verify()
-        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
-            raise _decode_error(path, exc) from exc
 
 
 def _find_data_dir(data_dir: str | Path | None = None) -> Path | None:

@@ -1,4 +1,4 @@
-"""Figures used across the notebooks: image grids, neighbours, learning curves, embeddings."""
+"""The lessons' figures: image grids, neighbours, curves, embeddings."""
 
 from __future__ import annotations
 
@@ -10,24 +10,19 @@ import numpy as np
 
 def show_images(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 8,
                 title: str | None = None, size: float = 1.4) -> plt.Figure:
-    """A grid of images with optional per-image titles.
-
-    Used in lessons 1-6 and 8.
-    """
-    n = len(images)
-    ncols = max(1, min(ncols, n))
-    nrows = max(1, int(np.ceil(n / ncols)))
+    """A grid of images with optional per-image titles (lessons 1-6 and 8)."""
+    ncols = max(1, min(ncols, len(images)))
+    nrows = max(1, -(-len(images) // ncols))
     fig, axes = plt.subplots(nrows, ncols,
                              figsize=(size * ncols, size * nrows + (0.4 if title else 0)),
                              squeeze=False)
-    for ax in axes.flat:
+    for i, ax in enumerate(axes.flat):
         ax.axis("off")
-    for i, image in enumerate(images):
-        ax = axes.flat[i]
-        ax.imshow(image,
-                  interpolation="nearest" if np.asarray(image).shape[0] <= 64 else "antialiased")
-        if titles is not None:
-            ax.set_title(titles[i], fontsize=8)
+        if i < len(images):
+            small = np.asarray(images[i]).shape[0] <= 64
+            ax.imshow(images[i], interpolation="nearest" if small else "antialiased")
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -37,24 +32,16 @@ def show_images(images: Sequence[np.ndarray], titles: Sequence[str] | None = Non
 def plot_neighbors(query: np.ndarray, neighbors: Sequence[np.ndarray], distances: Sequence[float],
                    labels: Sequence[str] | None = None,
                    title: str = "Nearest neighbours") -> plt.Figure:
-    """The query image followed by its neighbours, each captioned with its distance (and label).
-
-    Used in lessons 4 and 9.
-    """
-    captions = ["query"] + [
-        f"{labels[i]}\nd={d:.2f}" if labels is not None else f"d={d:.2f}" for i,
-        d in enumerate(distances)
-    ]
+    """The query image, then its neighbours captioned with distance (and label) (lessons 4, 9)."""
+    captions = ["query"] + [(f"{labels[i]}\n" if labels is not None else "") + f"d={d:.2f}"
+                            for i, d in enumerate(distances)]
     return show_images([query, *neighbors], captions, ncols=len(neighbors) + 1, title=title,
                        size=1.6)
 
 
 def plot_curves(x: Sequence[float], curves: Mapping[str, Sequence[float]], title: str, xlabel: str,
                 ylabel: str, logx: bool = False) -> plt.Figure:
-    """Line plot of several named curves over the same x values.
-
-    Used in lesson 6.
-    """
+    """Named curves over the same x values (lesson 6)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in curves.items():
         ax.plot(x, values, marker="o", label=name)
@@ -73,11 +60,8 @@ def plot_curves(x: Sequence[float], curves: Mapping[str, Sequence[float]], title
 def plot_embeddings(maps: Mapping[str, np.ndarray], labels: np.ndarray, class_names: Sequence[str],
                     images: np.ndarray | None = None, thumbnails: int = 12, seed: int = 0,
                     title: str | None = None) -> plt.Figure:
-    """2-D maps (e.g. t-SNE) side by side, points coloured by class, with a few images drawn at
-    their points.
-
-    Used in lesson 4.
-    """
+    """2-D maps (e.g. t-SNE) side by side, coloured by class, a few images at their points
+    (lesson 4)."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     fig, axes = plt.subplots(1, len(maps), figsize=(6 * len(maps), 5.4), squeeze=False)
