@@ -7,9 +7,8 @@ Entries live under ``_cache_root()/<kind>/`` (kinds: ``features``, ``features/ch
 alone, hashes everything the entry depends on: the content (pixels or file bytes), model, weights
 id, size, precision, ``detail`` and :data:`_CACHE_FORMAT`.
 
-Not ``joblib.Memory``: its key is a function's arguments, but these entries depend on what is not
-an argument (a checkpoint's hash, the TensorFlow version) and must ignore what is (batch size,
-progress bar); Keras weights and TFLite models are files read by path, not pickles.
+Not ``joblib.Memory``: these entries depend on what is not an argument (a checkpoint's hash, the
+TensorFlow version), must ignore what is (batch size), and include files read by path.
 """
 
 from __future__ import annotations

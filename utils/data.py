@@ -1,10 +1,9 @@
-"""Datasets and image loading for the lessons: the 4-class CIFAR-10 course split, image folders
-and robust single-image loading.
+"""Datasets and image loading for the lessons: the CIFAR-10 course split, image folders, robust
+single images.
 
-The course data come from, in order: ``data_dir``, ``$DEEP_FEATURES_DATA``, the repository's
-``data/cifar10/``, else ``keras.datasets.cifar10`` (downloads once). A local source holds either
-``train/<class>/*.jpg`` and ``test/<class>/*.jpg`` or the official CIFAR-10 Python batches
-(``data_batch_1`` ... ``test_batch``, optionally in ``cifar-10-batches-py/``).
+The course data come from ``data_dir``, else ``$DEEP_FEATURES_DATA``, else ``data/cifar10/``
+(``train/<class>/*.jpg`` and ``test/<class>/*.jpg``, or the CIFAR-10 Python batches), else a
+download by ``keras.datasets.cifar10``.
 """
 
 from __future__ import annotations
@@ -79,7 +78,6 @@ class _ImageSet:
         return len(self.labels)
 
     def counts(self) -> dict[str, int]:
-        """Images per class, in class order."""
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.class_names)}
 
 
@@ -103,12 +101,9 @@ _PILLOW_LIMIT_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def _opened(source: Path | bytes) -> Iterator[Image.Image]:
-    """An image file (or its bytes) opened, header only; anything failing in the block, from a
-    missing file to over :data:`_MAX_IMAGE_PIXELS` pixels, raises ``_ImageLoadError``.
-
-    Pillow's own limit, a process-wide setting, is off for the ``open`` alone, under a lock (files
-    are opened from several threads).
-    """
+    """An image file (or its bytes) opened, header only; anything failing in the block, up to
+    over :data:`_MAX_IMAGE_PIXELS` pixels, raises ``_ImageLoadError``. Pillow's own limit, one
+    process-wide setting, is off for the ``open`` alone, under a lock (threads open files)."""
     where = source if isinstance(source, Path) else "<bytes>"
     if isinstance(source, Path) and not source.is_file():
         raise _ImageLoadError(where, _NO_SUCH_FILE)
@@ -195,22 +190,15 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
 
 def load_image_folder(root: str | Path, min_classes: int = 1,
                       check_images: bool = True) -> _ImageSet:
-    """Index ``root/<class>/<image>`` files for featurization (lesson 6).
-
-    Unreadable files (opened once each with ``check_images``) are listed in ``skipped``, empty
-    class folders skipped with a warning; fewer than ``min_classes`` classes is a ValueError.
-    """
+    """Index ``root/<class>/<image>`` files (lesson 6): unreadable ones (each opened with
+    ``check_images``) in ``skipped``, empty classes left out with a warning."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(
             f"{root}: no such folder. Make one sub-folder per class with its images inside, e.g. "
             f"{root}/cat/1.jpg, {root}/dog/1.jpg"
         )
-    paths: list[Path] = []
-    labels: list[int] = []
-    class_names: list[str] = []
-    skipped: list[tuple[Path, str]] = []
-    empty: list[str] = []
+    paths, labels, class_names, skipped, empty = [], [], [], [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         good = []
         for f in sorted(class_dir.rglob("*")):
@@ -265,17 +253,15 @@ def _python_batches_dir(path: Path) -> Path | None:
 
 
 def _read_python_batches(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        batches = []
-        for name in names:
-            with (folder / name).open("rb") as f:
-                batches.append(pickle.load(f, encoding="bytes"))
-        images = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
-        return (images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1),
-                np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in batches]))
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        with (folder / name).open("rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        return images.transpose(0, 2, 3, 1), np.asarray(batch[b"labels"], dtype=np.int64)
 
-    train = [f"data_batch_{i}" for i in range(1, 6) if (folder / f"data_batch_{i}").is_file()]
-    return [read(train), read(["test_batch"])]
+    train = [read(f"data_batch_{i}") for i in range(1, 6) if (folder / f"data_batch_{i}").is_file()]
+    return [(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
+            read("test_batch")]
 
 
 def _download_cifar10() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -339,12 +325,8 @@ def load_course_data(data_dir: str | Path | None = None,
                      n_test_per_class: int | dict[str, int] | None = None, seed: int = 0,
                      classes: Sequence[str] = _COURSE_CLASSES) -> tuple[_ImageSet, _ImageSet]:
     """The CIFAR-10 course data as (train, test) ``_ImageSet`` s of 32x32 uint8 images (every
-    lesson).
-
-    By default the classic split: 2005 training images (automobile 509, bird 478, cat 509, dog
-    509) and all 4000 test images of those classes; ``n_*_per_class`` (an int, or a dict by class)
-    samples other sizes with ``seed``. Labels index ``classes``.
-    """
+    lesson): by default 2005 training and 4000 test images; ``n_*_per_class`` (an int, or a dict
+    by class) samples other sizes with ``seed``. Labels index ``classes``."""
     classes = list(classes)
     unknown = [c for c in classes if c not in _CIFAR10_CLASSES]
     if unknown:
@@ -369,17 +351,16 @@ def load_course_data(data_dir: str | Path | None = None,
     for i, split in enumerate(("train", "test")):
         if folders:
             paths, labels = _list_split(source / split, classes)
-        else:
-            images, labels = arrays[i]
-            kept = lookup[labels] >= 0
-            images, labels = images[kept], lookup[labels[kept]]
-        idx = _sample_indices(labels, classes, counts[i], rng, split)
-        if folders:
+            idx = _sample_indices(labels, classes, counts[i], rng, split)
             chosen = [paths[j] for j in idx]
             sets.append(_ImageSet(labels[idx], classes, _decoded_course_images(chosen), chosen,
                                   f"image folders in {source / split}"))
-        else:
-            sets.append(_ImageSet(labels[idx], classes, images[idx], source=f"{origin} ({split})"))
+            continue
+        images, labels = arrays[i]
+        kept = lookup[labels] >= 0
+        idx = _sample_indices(lookup[labels[kept]], classes, counts[i], rng, split)
+        sets.append(_ImageSet(lookup[labels[kept]][idx], classes, images[kept][idx],
+                              source=f"{origin} ({split})"))
     return sets[0], sets[1]
 
 
@@ -404,10 +385,8 @@ def _decoded_course_images(paths: Sequence[Path]) -> np.ndarray:
 
 
 def take_per_class(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Indices of ``n`` examples of every class, sampled with ``seed`` (all of a smaller class).
-
-    Used in lessons 2, 3, 6 and 9.
-    """
+    """Indices of ``n`` examples of every class (all of a smaller one), sampled with ``seed``;
+    used in lessons 2, 3, 6 and 9."""
     rng = np.random.default_rng(seed)
     return np.concatenate([np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
                            for pool in (np.flatnonzero(labels == c) for c in np.unique(labels))])

@@ -18,20 +18,16 @@ from .backbones import _DEFAULT_BACKBONE, _checked_weights, get_spec
 from .data import _ImageLoadError
 from .features import _DEFAULT_BATCH_SIZE, featurize_files, featurize_images
 
-#: Feature rows by (backbone, size, weights, image shape, pixel hash), in this process. Needed
-#: besides the disk cache, which is keyed by whole arrays: cross-validation clones the transformer
-#: and feeds it other subsets of the same images in every fold, each image computed once here.
-#: First in, first out beyond _MEMO_MAX_ROWS (~0.5 GB of 1280-float rows).
+#: Feature rows by (backbone, size, weights, image shape, pixel hash), in this process: the disk
+#: cache is keyed by whole arrays, but cross-validation feeds the same images in other subsets in
+#: every fold. First in, first out beyond _MEMO_MAX_ROWS (~0.5 GB of 1280-float rows).
 _MEMO: dict[tuple, np.ndarray] = {}
 _MEMO_MAX_ROWS = 100_000
 
 
 class DeepFeatures(TransformerMixin, BaseEstimator):
-    """Images -> the pooled features of a pretrained backbone (lessons 3 and 6).
-
-    ``transform`` takes uint8 RGB arrays (N, H, W, 3), resized to ``image_size``, or a list of
-    image files. ``fit`` learns nothing; it checks the backbone and records the output width.
-    """
+    """Images -> the pooled features of a pretrained backbone (lessons 3 and 6): ``transform``
+    takes uint8 RGB arrays (N, H, W, 3) or image files; ``fit`` learns nothing."""
 
     def __init__(self, backbone: str = _DEFAULT_BACKBONE, image_size: int | None = None,
                  batch_size: int = _DEFAULT_BATCH_SIZE, use_cache: bool = True,
@@ -103,9 +99,7 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
                                         use_cache=self.use_cache,
                                         progress=self.progress, weights=self.weights)
             _MEMO.update(zip([keys[i] for i in missing], computed))
-        if not keys:
-            return np.empty((0, self.n_features_out_), np.float32)
-        out = np.stack([_MEMO[k] for k in keys]).astype(np.float32, copy=False)
+        out = np.asarray([_MEMO[k] for k in keys], np.float32).reshape(-1, self.n_features_out_)
         while len(_MEMO) > _MEMO_MAX_ROWS:
             del _MEMO[next(iter(_MEMO))]
         return out

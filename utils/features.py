@@ -1,10 +1,8 @@
 """Batched featurization for the lessons and the tool: images or image files -> float32 deep
 features, cached on disk (:mod:`utils.cache`) so a re-run or another notebook pays nothing.
 
-Files go in chunks of :data:`_CHUNK_FILES`, each cached as soon as it is done: a killed run
-resumes at the first chunk not cached, and a stat index (paths, sizes, modification times ->
-content key) lets a rerun skip reading unchanged files. One thread decodes at most
-:data:`_MAX_CHUNKS_AHEAD` chunks ahead of the model, so memory stays flat in the number of files.
+Files go in chunks, each cached when done (a killed run resumes at the first missing one; a stat
+index lets a rerun skip reading unchanged files), decoded by one thread a few chunks ahead.
 """
 
 from __future__ import annotations
@@ -34,8 +32,7 @@ _CHUNK_ARRAYS = ("features", "kept", "skipped", "reasons")
 
 @dataclass
 class FileFeatures:
-    """What featurize_files returns (lesson 9): the features of the readable ``paths``, and the
-    ``skipped`` files with the reason."""
+    """featurize_files' result (lesson 9): readable ``paths``, their features, ``skipped``."""
 
     features: np.ndarray
     paths: list[Path]
@@ -45,11 +42,8 @@ class FileFeatures:
 @functools.lru_cache(maxsize=8)
 def _inference_step(backbone: _Backbone | _BackboneHandle,
                     precision: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 images (N, h, w, 3) -> features (N, dim), once per backbone handle and precision.
-
-    The model converted to TFLite (:mod:`utils.fast_inference`), else a tf.function around the
-    Keras model (float32 only), which a handle builds only then.
-    """
+    """uint8 images (N, h, w, 3) -> features (N, dim): the TFLite model, else (float32 only) a
+    tf.function around the Keras model, which a handle builds only then."""
     fast = _tflite_featurizer(backbone, precision=precision)
     if fast is None and precision != "float32":
         raise RuntimeError(f"{precision} inference needs the TFLite fast path "
@@ -130,13 +124,12 @@ def featurize_images(images: np.ndarray, backbone: str = _DEFAULT_BACKBONE,
 
 @dataclass
 class _Chunk:
-    """A chunk of files: its cached ``arrays`` (:data:`_CHUNK_ARRAYS`), or its decoded images."""
+    """A chunk of files: its :data:`_CHUNK_ARRAYS`, ``features`` missing while ``images`` (the
+    decoded readable files) wait for the model; the content ``key``, and the ``index`` to it."""
 
-    arrays: dict[str, np.ndarray] | None = None
+    arrays: dict[str, np.ndarray]
     images: np.ndarray | None = None
-    kept: list[int] = field(default_factory=list)  # positions in the chunk
-    skipped: list[tuple[int, str]] = field(default_factory=list)  # (position, reason)
-    key: str = ""  # the files' content key, and the stat index pointing to it
+    key: str = ""
     index: Path | None = None
 
 
@@ -168,7 +161,7 @@ def _prepare_chunk(entry: Callable[..., Path] | None, paths: Sequence[Path], siz
 
         return _read_entry(entry("features/chunks", content=key, suffix=".npz"), read, "feature")
 
-    indexed = index = None
+    indexed, index = "", None
     if entry is not None:
         stats: list[object] = []
         for p in paths:
@@ -178,33 +171,33 @@ def _prepare_chunk(entry: Callable[..., Path] | None, paths: Sequence[Path], siz
             except OSError:
                 stats.append([str(p), None])
         index = entry("features/index", content=_content_hash(json.dumps(stats)), suffix=".txt")
-        try:
-            indexed = index.read_text().strip() if index.exists() else None
-        except OSError:
-            pass
+        indexed = _read_entry(index, lambda p: p.read_text().strip(), "feature index")
         if indexed and (arrays := cached(indexed)) is not None:
             return _Chunk(arrays)
     contents = [_read_file(p) for p in paths]
-    chunk = _Chunk(index=index)
+    key = ""
     if entry is not None:
-        chunk.key = _content_hash(json.dumps([
+        key = _content_hash(json.dumps([
             hashlib.sha256(c).hexdigest() if isinstance(c, bytes) else f"unreadable:{c}"
             for c in contents]))
         # a damaged entry the index pointed to is reported once, not twice
-        if chunk.key != indexed and (arrays := cached(chunk.key)) is not None:
-            _write_entry(index, chunk.key)
+        if key != indexed and (arrays := cached(key)) is not None:
+            _write_entry(index, key)
             return _Chunk(arrays)
-    images = []
+    images, kept, skipped = [], [], []
     for i, content in enumerate(contents):
         try:
             if isinstance(content, str):
                 raise _ImageLoadError(None, content)
             images.append(load_image(data=content, size=size))
-            chunk.kept.append(i)
+            kept.append(i)
         except _ImageLoadError as exc:
-            chunk.skipped.append((i, exc.reason))
-    chunk.images = np.stack(images) if images else np.empty((0, size, size, 3), np.uint8)
-    return chunk
+            skipped.append((i, exc.reason))
+    arrays = {"kept": np.asarray(kept, dtype=np.int64),
+              "skipped": np.asarray([i for i, _ in skipped], dtype=np.int64),
+              "reasons": np.asarray([r for _, r in skipped], dtype=str)}
+    return _Chunk(arrays, np.stack(images) if images else np.empty((0, size, size, 3), np.uint8),
+                  key, index)
 
 
 def featurize_files(paths: Sequence[str | Path], backbone: str = _DEFAULT_BACKBONE,
@@ -214,12 +207,10 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = _DEFAULT_BACKBO
                     on_chunk: Callable[[int, int], None] | None = None,
                     chunk_files: int = _CHUNK_FILES,
                     weights: str | None = "imagenet") -> FileFeatures:
-    """Deep features of image files, loaded upright in RGB and resized (lesson 9).
+    """Deep features of image files, unreadable ones skipped with the reason (lesson 9).
 
-    Unreadable files are skipped with the reason, never fatal. Cached in chunks of
-    ``chunk_files``: an interrupted run resumes where it stopped; unchanged files (path, size,
-    modification time) are not read again. ``on_chunk(done, total)`` is called after each chunk.
-    Other arguments as in :func:`featurize_images`.
+    Cached in chunks of ``chunk_files``; ``on_chunk(done, total)`` is called after each. Other
+    arguments as in :func:`featurize_images`.
     """
     paths = [Path(p) for p in paths]
     if batch_size < 1 or chunk_files < 1:
@@ -232,40 +223,33 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = _DEFAULT_BACKBO
     entry = functools.partial(_entry_path, model=bb.name, weights_id=bb.weights_id, size=size,
                               precision=precision) if use_cache else None
     out = np.empty((len(paths), dim), dtype=np.float32)  # filled in place, chunk after chunk
-    kept: list[int] = []
-    skipped: list[tuple[int, str]] = []
+    kept, skipped = [], []
     starts = range(0, len(paths), chunk_files)
     pool = ThreadPoolExecutor(1, thread_name_prefix="featurize-decode")
-    decoding = deque(pool.submit(_prepare_chunk, entry, paths[s : s + chunk_files], size, dim)
-                     for s in starts[:_MAX_CHUNKS_AHEAD])
+    decode = lambda s: pool.submit(_prepare_chunk, entry, paths[s : s + chunk_files], size, dim)
+    decoding = deque(map(decode, starts[:_MAX_CHUNKS_AHEAD]))
     resumed = 0
     try:
         with _progress(len(paths), f"{bb.name} {size}px", progress) as bar:
             for n, start in enumerate(starts):
                 chunk = decoding.popleft().result()
                 if n + _MAX_CHUNKS_AHEAD < len(starts):
-                    later = starts[n + _MAX_CHUNKS_AHEAD]
-                    decoding.append(pool.submit(_prepare_chunk, entry,
-                                                paths[later : later + chunk_files], size, dim))
+                    decoding.append(decode(starts[n + _MAX_CHUNKS_AHEAD]))
                 count = min(chunk_files, len(paths) - start)
-                if chunk.arrays is None:
-                    chunk.arrays = {
-                        "features": _in_batches(_inference_step(bb, precision), chunk.images,
-                                                dim, batch_size, bar),
-                        "kept": np.asarray(chunk.kept, dtype=np.int64),
-                        "skipped": np.asarray([i for i, _ in chunk.skipped], dtype=np.int64),
-                        "reasons": np.asarray([r for _, r in chunk.skipped], dtype=str)}
+                arrays = chunk.arrays
+                if chunk.images is not None:
+                    arrays["features"] = _in_batches(_inference_step(bb, precision),
+                                                     chunk.images, dim, batch_size, bar)
                     chunk.images = None  # free the pixels before the next chunk is taken
-                    bar.update(len(chunk.skipped))
+                    bar.update(len(arrays["skipped"]))
                     if entry is not None:
                         _write_entry(entry("features/chunks", content=chunk.key, suffix=".npz"),
-                                     lambda f: np.savez(f, **chunk.arrays))
+                                     lambda f: np.savez(f, **arrays))
                         _write_entry(chunk.index, chunk.key)
                 else:
                     resumed += count
                     bar.set_postfix_str(f"{resumed} from cache", refresh=False)
                     bar.update(count)
-                arrays = chunk.arrays
                 out[len(kept) : len(kept) + len(arrays["kept"])] = arrays["features"]
                 kept += [start + int(i) for i in arrays["kept"]]
                 skipped += [(start + int(i), str(r))

@@ -30,11 +30,9 @@ def show_images(images: Sequence[np.ndarray], titles: Sequence[str] | None = Non
 
 
 def plot_neighbors(query: np.ndarray, neighbors: Sequence[np.ndarray], distances: Sequence[float],
-                   labels: Sequence[str] | None = None,
-                   title: str = "Nearest neighbours") -> plt.Figure:
-    """The query image, then its neighbours captioned with distance (and label) (lessons 4, 9)."""
-    captions = ["query"] + [(f"{labels[i]}\n" if labels is not None else "") + f"d={d:.2f}"
-                            for i, d in enumerate(distances)]
+                   labels: Sequence[str], title: str = "Nearest neighbours") -> plt.Figure:
+    """The query image, then its neighbours captioned with label and distance (lessons 4, 9)."""
+    captions = ["query"] + [f"{label}\nd={d:.2f}" for label, d in zip(labels, distances)]
     return show_images([query, *neighbors], captions, ncols=len(neighbors) + 1, title=title,
                        size=1.6)
 
@@ -48,9 +46,7 @@ def plot_curves(x: Sequence[float], curves: Mapping[str, Sequence[float]], title
     if logx:
         ax.set_xscale("log")
         ax.set_xticks(list(x), [str(v) for v in x])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -58,7 +54,7 @@ def plot_curves(x: Sequence[float], curves: Mapping[str, Sequence[float]], title
 
 
 def plot_embeddings(maps: Mapping[str, np.ndarray], labels: np.ndarray, class_names: Sequence[str],
-                    images: np.ndarray | None = None, thumbnails: int = 12, seed: int = 0,
+                    images: np.ndarray, thumbnails: int = 12, seed: int = 0,
                     title: str | None = None) -> plt.Figure:
     """2-D maps (e.g. t-SNE) side by side, coloured by class, a few images at their points
     (lesson 4)."""
@@ -71,15 +67,11 @@ def plot_embeddings(maps: Mapping[str, np.ndarray], labels: np.ndarray, class_na
         for c, class_name in enumerate(class_names):
             member = np.asarray(labels) == c
             ax.scatter(points[member, 0], points[member, 1], s=6, alpha=0.6, label=class_name)
-        if images is not None:
-            for i in picks:  # the same images on every map, so you can follow them
-                thumb = OffsetImage(images[i], zoom=0.9)
-                ax.add_artist(AnnotationBbox(thumb, points[i], frameon=True, pad=0.1,
-                                             bboxprops={"edgecolor": f"C{int(labels[i])}",
-                                                        "linewidth": 2}))
-        ax.set_title(name)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        for i in picks:  # the same images on every map, so you can follow them
+            ax.add_artist(AnnotationBbox(OffsetImage(images[i], zoom=0.9), points[i], pad=0.1,
+                                         bboxprops={"edgecolor": f"C{int(labels[i])}",
+                                                    "linewidth": 2}))
+        ax.set(title=name, xticks=[], yticks=[])
     axes[0][0].legend(markerscale=3, loc="best", fontsize=8)
     if title:
         fig.suptitle(title)

@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 _CACHE_ENV_VAR = "DEEP_FEATURES_CACHE"
-# where utils.checks records expected answers (set by the course runner)
-_ANSWERS_ENV_VAR = "DEEP_FEATURES_ANSWERS"
-# where utils.checks records each result (set by instructor grade)
-_CHECK_RESULTS_ENV_VAR = "DEEP_FEATURES_CHECK_RESULTS"
+_ANSWERS_ENV_VAR = "DEEP_FEATURES_ANSWERS"  # utils.checks records answers there (course runner)
+_CHECK_RESULTS_ENV_VAR = "DEEP_FEATURES_CHECK_RESULTS"  # and results (instructor grade)
 
 
 def _cache_root() -> Path:
@@ -43,11 +41,8 @@ if _UMASK_AT_IMPORT is None:
 
 def atomic_write(path: str | os.PathLike[str],
                  content: bytes | str | Callable[[BinaryIO], Any]) -> Path:
-    """Write bytes, text, or what ``content(binary_file)`` writes to ``path`` atomically.
-
-    Readers see the old file or the whole new one. The file gets the mode of any new file (0o666
-    less the umask), not mkstemp's 0600, so a cache shared by several users stays readable.
-    """
+    """Write bytes, text, or what ``content(binary_file)`` writes, to ``path`` atomically, with
+    a new file's mode (not mkstemp's 0600: a shared cache stays readable). For cache and tool."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary name ends like the real one (Keras' save_weights checks the suffix)
