@@ -497,3 +497,16 @@ def test_compare_lists_differences_and_keeps_timings_apart(tmp_path: Path, capsy
     assert instructor_main(["compare", str(first), str(second)]) == 1
     out = capsys.readouterr().out
     assert "02_x: raw_pixel_accuracy: missing" in out and "per_class_accuracy.cat: 0.25 -> 0.3" in out
+
+
+def test_compare_ignores_the_random_part_of_temporary_folders_only() -> None:
+    import tempfile
+
+    from instructor import compare
+
+    tmp = tempfile.gettempdir()
+    first, second = f"{tmp}/new-photos-kqnh0qjj/test_cat_2016.png", f"{tmp}/new-photos-r3rtyr0k/test_cat_2016.png"
+    assert compare._same(first, second)
+    assert compare._same(f"5 images in {tmp}/my_images-283u0uz8", f"5 images in {tmp}/my_images-j0nd91sp")
+    assert not compare._same(first, f"{tmp}/new-photos-r3rtyr0k/test_cat_2075.png")
+    assert not compare._same(f"{tmp}/photos-kqnh0qjj/a.png", f"{tmp}/pictures-kqnh0qjj/a.png")
