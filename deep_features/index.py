@@ -537,12 +537,10 @@ def _faiss_to_extend(path: Path, count: int, notes: list[str]):
 
 def _write(output: Path, settings: IndexSettings, kind: str, requested: str, faiss_index,
            features: np.ndarray, entries: list[list], keep: set[str]) -> None:
-    """Write a new generation of the index files, switch ``index.json`` to it, then delete the
-    generations other than it and ``keep`` (the previous one, which a reader may be loading; older
-    ones, and any a killed run left, go)."""
+    """Write a new generation, switch ``index.json`` to it, then delete the generations other than
+    it and ``keep`` (the previous one, which a reader may be loading)."""
     import faiss
 
-    output.mkdir(parents=True, exist_ok=True)
     generation = secrets.token_hex(4)
     files = {"index": f"index-{generation}.faiss", "features": f"features-{generation}.npy",
              "entries": f"files-{generation}.json"}
