@@ -80,15 +80,14 @@ def predict_imagenet(images, backbone: str = DEFAULT_BACKBONE,
             for row in probabilities]
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _predict(args: argparse.Namespace) -> None:
     image = load_image(args.image)  # a mistyped path fails here, before the model loads
     top = predict_imagenet(image, args.backbone, args.top)[0]
     for rank, (index, name, probability) in enumerate(top, 1):
         print(f"{rank}. {index:4d} {name:<30s} {probability:6.1%}")
-    return 0
 
 
-def _similar(args: argparse.Namespace) -> int:
+def _similar(args: argparse.Namespace) -> None:
     from .retrieval import search_folder, search_index
 
     query, folder = _checked_query(args.query), args.folder
@@ -111,10 +110,9 @@ def _similar(args: argparse.Namespace) -> int:
     report_skipped(search.skipped)
     if search.shortfall():
         print(f"note: {search.shortfall()}", file=sys.stderr)
-    return 0
 
 
-def _featurize(args: argparse.Namespace) -> int:
+def _featurize(args: argparse.Namespace) -> None:
     output = _npz_output(args.output)
     files = list_images(args.folder)
     if not files:
@@ -127,10 +125,9 @@ def _featurize(args: argparse.Namespace) -> int:
     np.savez(output, features=result.features, paths=np.asarray([str(p) for p in result.paths]))
     print(f"{len(result.paths)} images -> {result.features.shape} features in {output}; "
           f"{len(result.skipped)} skipped")
-    return 0
 
 
-def _index(args: argparse.Namespace) -> int:
+def _index(args: argparse.Namespace) -> None:
     update = build_index(args.folder, args.output, args.backbone, args.image_size, args.precision,
                          args.kind, workers=args.workers, scheduler=args.scheduler, progress=True,
                          report=True, metric=args.metric)
@@ -141,10 +138,9 @@ def _index(args: argparse.Namespace) -> int:
     print(f"{len(index)} images in {index.folder} ({index.kind}, {how}): {update.added} added, "
           f"{update.removed} removed, {update.kept} unchanged; {len(update.skipped)} skipped; "
           f"{index.settings.describe()}")
-    return 0
 
 
-def _train_recognizer(args: argparse.Namespace) -> int:
+def _train_recognizer(args: argparse.Namespace) -> None:
     from .recognizer import check_output_file, report_lines, train_recognizer
 
     output = check_output_file(args.output)  # before any photo is read
@@ -155,7 +151,6 @@ def _train_recognizer(args: argparse.Namespace) -> int:
         print(line)
     recognizer.save(output)
     print(f"saved to {output} ({recognizer.describe()})")
-    return 0
 
 
 def _recognize(args: argparse.Namespace) -> int:
@@ -192,13 +187,12 @@ def _recognize(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-def _backbones(_: argparse.Namespace) -> int:
+def _backbones(_: argparse.Namespace) -> None:
     here = set(available_backbones())
     for name, spec in REGISTRY.items():
         mark = "ready" if name in here else ("not installed" if spec.offline else "needs download")
         print(f"{name:<20s} {spec.input_size:4d}px {spec.feature_dim:5d}-d  {mark:<15s} "
               f"{spec.description}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

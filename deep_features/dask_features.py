@@ -43,9 +43,11 @@ def featurize(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBONE,
               progress: bool | None = None, report: bool = False) -> FileFeatures:
     """On Dask when ``workers`` or ``scheduler`` is given, else in this process: the same features."""
     if workers or scheduler:
-        return featurize_files_on_dask(paths, backbone, image_size, precision, workers=workers,
-                                       scheduler=scheduler, progress=progress, report=report)
-    result = featurize_files(paths, backbone, image_size, progress=progress, precision=precision)
+        result = featurize_files_on_dask(paths, backbone, image_size, precision, workers=workers,
+                                         scheduler=scheduler, progress=progress)
+    else:
+        result = featurize_files(paths, backbone, image_size, progress=progress,
+                                 precision=precision)
     if report:
         report_skipped(result.skipped)
     return result
@@ -106,26 +108,23 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
                             image_size: int | None = None, precision: str | None = None, *,
                             client=None, workers: int | None = None, scheduler: str | None = None,
                             use_cache: bool = True, progress: bool | None = None,
-                            report: bool = False, chunk_files: int = CHUNK_FILES,
-                            connect_timeout: float = CONNECT_TIMEOUT,
+                            chunk_files: int = CHUNK_FILES,
                             no_workers_timeout: float = NO_WORKERS_TIMEOUT) -> FileFeatures:
     """:func:`~utils.features.featurize_files` with its chunks run as Dask tasks: the same result.
 
     The cluster is ``client``, else as :func:`open_client` opens it (then closed at the end).
-    ``progress`` shows a bar of chunks (default: from 4). The chunks not done are cancelled on
-    :class:`DaskClusterError`.
+    ``progress`` shows a bar of chunks (default: from 4). Skipped files are in ``skipped``; the
+    chunks not done are cancelled on :class:`DaskClusterError`.
     """
     from tqdm import tqdm
 
     paths = [Path(p) for p in paths]
-    if chunk_files < 1:
-        raise ValueError(f"chunk_files must be positive, got {chunk_files}")
     spec = get_spec(backbone)
     size = int(image_size or spec.input_size)
     precision = resolve_precision(precision)
     sent = [str(p.absolute()) for p in paths]  # relative: a worker would resolve it in its folder
     own_client = client is None
-    client = client or open_client(workers, scheduler, timeout=connect_timeout)
+    client = client or open_client(workers, scheduler)
     try:
         starts = list(range(0, len(paths), chunk_files))
         futures = {client.submit(_featurize_chunk, sent[s:s + chunk_files], spec.name, size,
@@ -145,14 +144,9 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
     finally:
         if own_client:
             close_client(client)
-    out = np.empty((sum(len(p.paths) for p in parts), spec.feature_dim), dtype=np.float32)
     caller = dict(zip(sent, paths))  # back to the caller's spelling of each path
-    kept: list[Path] = []
-    skipped: list[tuple[Path, str]] = []
-    for part in parts:
-        out[len(kept):len(kept) + len(part.paths)] = part.features
-        kept += [caller[str(p)] for p in part.paths]
-        skipped += [(caller[str(p)], r) for p, r in part.skipped]
+    kept = [caller[str(p)] for part in parts for p in part.paths]
+    skipped = [(caller[str(p)], r) for part in parts for p, r in part.skipped]
     if paths and not kept and all(r == NO_SUCH_FILE for _, r in skipped):
         here = [p for p in paths[:20] if p.exists()]
         if here:
@@ -160,10 +154,8 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
                 f"the Dask workers found none of the {len(paths)} files, which exist here (e.g. "
                 f"{here[0].absolute()}): every worker needs the image files under the same paths "
                 "as this client (a shared file system)")
-    result = FileFeatures(out, kept, skipped)
-    if report:
-        report_skipped(result.skipped)
-    return result
+    out = [np.empty((0, spec.feature_dim), np.float32), *(part.features for part in parts)]
+    return FileFeatures(np.concatenate(out).astype(np.float32, copy=False), kept, skipped)
 
 
 def _address(client) -> str:

@@ -112,6 +112,14 @@ class IndexSettings:
         return (f"{self.backbone} ({self.weights}) at {self.image_size} px, {self.precision}, "
                 f"{self.metric}")
 
+    def asked(self, where: Path, backbone: str | None = None, image_size: int | None = None,
+              precision: str | None = None, metric: str | None = None) -> "IndexSettings":
+        """The settings given, each by default this index's own: checked against the index's."""
+        asked = IndexSettings.of(backbone or self.backbone, image_size or self.image_size,
+                                 precision or self.precision, metric or self.metric)
+        self.check(asked, where)
+        return asked
+
     def check(self, other: "IndexSettings", where: Path) -> None:
         """:class:`IndexSettingsError`, naming every difference, unless ``other`` is the same."""
         differ = [f"{name} {getattr(other, name)} (index: {getattr(self, name)})"
@@ -139,20 +147,19 @@ def check_metric(metric: str) -> str:
     return metric
 
 
-def normalized(features: np.ndarray) -> np.ndarray:
-    """Each row divided by its L2 norm (a new float32 array)."""
+def prepared(features: np.ndarray, metric: str = METRIC) -> np.ndarray:
+    """The rows a ``metric`` index holds or is queried with (a new float32 array)."""
     import faiss
 
     rows = np.array(features, dtype=np.float32, order="C", copy=True)
-    faiss.normalize_L2(rows)
+    if check_metric(metric) == "cosine":
+        faiss.normalize_L2(rows)
     return rows
 
 
-def prepared(features: np.ndarray, metric: str = METRIC) -> np.ndarray:
-    """The rows a ``metric`` index holds or is queried with (a new float32 array)."""
-    if check_metric(metric) == "cosine":
-        return normalized(features)
-    return np.array(features, dtype=np.float32, order="C", copy=True)
+def normalized(features: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm (a new float32 array)."""
+    return prepared(features, "cosine")
 
 
 def new_faiss_index(kind: str, dim: int, metric: str = METRIC):
@@ -466,9 +473,7 @@ def _update(folder, output: Path, files: Sequence[str | Path] | None, backbone: 
     meta, notes = previous.meta, previous.notes
     if meta is not None:
         built = IndexSettings(**meta["settings"])
-        settings = IndexSettings.of(backbone or built.backbone, image_size or built.image_size,
-                                    precision or built.precision, metric or built.metric)
-        built.check(settings, output)
+        settings = built.asked(output, backbone, image_size, precision, metric)
         requested = kind or _requested_kind(meta)
     else:
         settings = IndexSettings.of(backbone or DEFAULT_BACKBONE, image_size, precision,
