@@ -1,12 +1,8 @@
 """Featurize files on a Dask cluster: one task per chunk of :data:`CHUNK_FILES` files, through
-:func:`utils.features.featurize_files` with the single-process chunk boundaries, so both share the
-chunk cache and give the same features. A worker that dies mid-chunk loses only that chunk (the
-scheduler reruns it). Every worker needs this package, the backbone's weights, a shared feature
-cache (``$DEEP_FEATURES_CACHE``) and the image files under the client's absolute paths.
-
-Faults end in one :class:`DaskClusterError` saying what to check, never a hang: an unreachable
-scheduler, no worker for :data:`NO_WORKERS_TIMEOUT` s, a chunk that killed its workers, a failed
-task, workers that cannot see the files.
+:func:`utils.features.featurize_files` (same chunks, same cache, same features). Every worker needs
+this package, the weights, a shared feature cache (``$DEEP_FEATURES_CACHE``) and the image files
+under the client's paths. Faults end in one :class:`DaskClusterError` saying what to check, never
+a hang.
 """
 
 from __future__ import annotations
@@ -84,8 +80,6 @@ def open_client(workers: int | None = None, scheduler: str | None = None,
             raise DaskClusterError(f"could not reach the Dask scheduler at {scheduler} within "
                                    f"{timeout:g} s: is `dask scheduler` running there?{detail}"
                                    ) from exc
-    if not workers or workers < 1:
-        raise ValueError(f"workers must be a positive number, got {workers}")
     # No dashboard; the scheduler's HTTP endpoints on a free port (8787 may be another cluster's).
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},

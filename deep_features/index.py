@@ -1,22 +1,16 @@
 """A faiss index of a folder's deep features, on disk: build it once, update it, query it in
 milliseconds (``deep-features index`` and ``similar``; lesson 9 builds and queries one).
 
-An index folder holds ``index.json`` (the settings, the kind and the names of the current files),
-the faiss index, the features and the indexed files with their size and modification time. Cosine
-(the default) is the inner product of L2-normalized features (``IndexFlatIP``), euclidean L2 on the
-raw ones (``IndexFlatL2``); above :data:`EXACT_MAX_IMAGES` images the default is an HNSW graph
-(chosen over IVF-PQ by ``benchmarks/index.py``).
-
-An update featurizes only new or changed files, and a kill loses nothing: features are cached chunk
-by chunk, and a new *generation* of files is written before ``index.json`` switches to it
-atomically. One writer at a time holds ``.lock``; readers take no lock (the writer keeps the
-previous generation, and :meth:`SearchIndex.load` rereads ``index.json`` if a file it names is
-gone). Damage makes :meth:`SearchIndex.load` raise :class:`IndexDamagedError` naming the file;
-:func:`build_index` repairs it and says so in :attr:`IndexUpdate.notes`.
+``index.json`` names the current *generation* of files (the faiss index, the features, the files
+with their size and modification time) and the settings. An update featurizes only new or changed
+files (cached chunk by chunk: a kill loses nothing) and writes a new generation before switching
+``index.json`` atomically. One writer at a time holds ``.lock``; readers take no lock and always
+load one whole generation. Damage raises :class:`IndexDamagedError`; :func:`build_index` repairs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import re
@@ -169,13 +163,11 @@ def new_faiss_index(kind: str, dim: int, metric: str = METRIC):
     euclidean = check_metric(metric) == "euclidean"
     if kind == "exact":
         return faiss.IndexFlatL2(dim) if euclidean else faiss.IndexFlatIP(dim)
-    if kind == "hnsw":
-        measure = faiss.METRIC_L2 if euclidean else faiss.METRIC_INNER_PRODUCT
-        index = faiss.IndexHNSWFlat(dim, HNSW_M, measure)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = HNSW_EF_SEARCH
-        return index
-    raise ValueError(f"unknown index kind {kind!r}")
+    measure = faiss.METRIC_L2 if euclidean else faiss.METRIC_INNER_PRODUCT
+    index = faiss.IndexHNSWFlat(dim, HNSW_M, measure)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.hnsw.efSearch = HNSW_EF_SEARCH
+    return index
 
 
 @dataclass
@@ -414,12 +406,10 @@ def _writer_lock(output: Path, timeout: float | None) -> FileLock:
 
 
 def _remove_if_only_lock(output: Path) -> None:
-    try:
-        if [p.name for p in output.iterdir()] == [LOCK_FILE]:
+    with contextlib.suppress(OSError):
+        if being_built(output):
             (output / LOCK_FILE).unlink()
             output.rmdir()
-    except OSError:
-        pass
 
 
 @dataclass
