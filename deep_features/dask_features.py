@@ -37,7 +37,7 @@ def featurize(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBONE,
               image_size: int | None = None, precision: str | None = None, *,
               workers: int | None = None, scheduler: str | None = None,
               progress: bool | None = None, report: bool = False) -> FileFeatures:
-    """On Dask when ``workers`` or ``scheduler`` is given, else in this process: the same features."""
+    """On Dask with ``workers`` or ``scheduler``, else in this process: the same features."""
     if workers or scheduler:
         result = featurize_files_on_dask(paths, backbone, image_size, precision, workers=workers,
                                          scheduler=scheduler, progress=progress)

@@ -51,7 +51,7 @@ class IndexSettingsError(ValueError):
 
 
 class IndexDamagedError(ValueError):
-    """A file of an index folder is missing or unreadable; ``problem``: the damage without advice."""
+    """A file of an index folder is missing or unreadable; ``problem``: the damage alone."""
 
     def __init__(self, message: str, problem: str = "") -> None:
         super().__init__(message)
@@ -157,7 +157,7 @@ def normalized(features: np.ndarray) -> np.ndarray:
 
 
 def new_faiss_index(kind: str, dim: int, metric: str = METRIC):
-    """An empty faiss index of ``kind`` (``exact`` or ``hnsw``) for ``dim``-d :func:`prepared` rows."""
+    """An empty faiss index of ``kind`` (``exact`` or ``hnsw``) of ``dim``-d prepared rows."""
     import faiss
 
     euclidean = check_metric(metric) == "euclidean"
