@@ -1,7 +1,4 @@
-"""The command line: ``deep-features COMMAND ...``, also ``python -m deep_features COMMAND ...``.
-
-(The course runner, its site and notebook hygiene: ``python -m instructor``.)
-"""
+"""The command line: ``deep-features COMMAND ...``, also ``python -m deep_features COMMAND ...``."""
 
 from __future__ import annotations
 
@@ -22,8 +19,6 @@ from .dask_features import DaskClusterError, featurize, report_skipped
 from .index import (EXACT_MAX_IMAGES, INDEX_KINDS, METRIC, METRICS, IndexBusyError, being_built,
                     build_index, looks_like_index)
 
-# The heavier imports (scikit-learn) wait for the commands that need them: retrieval, recognizer.
-
 PROG = "deep-features"
 DEBUG_ENV_VAR = "DEEP_FEATURES_DEBUG"  # set: a command's unexpected error shows its traceback
 # what the featurizer accepts (utils.backbones, utils.fast_inference: tests/test_layout.py checks)
@@ -34,8 +29,7 @@ IMAGENET_CLASSES = 1000
 
 
 def _whole(minimum: int = 1, maximum: int | None = None, unit: str = ""):
-    """An argparse ``type``: a whole number from ``minimum`` (to ``maximum``); anything else exits 2
-    with argparse's one-line usage error, before anything is loaded."""
+    """An argparse ``type``: a whole number from ``minimum`` (to ``maximum``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -50,7 +44,6 @@ def _whole(minimum: int = 1, maximum: int | None = None, unit: str = ""):
 
 
 def _checked_query(query: Path) -> Path:
-    """``query`` if it is a file; else an error before any folder is featurized."""
     if not query.exists():
         raise FileNotFoundError(f"{query}: no such file")
     if not query.is_file():
@@ -59,8 +52,7 @@ def _checked_query(query: Path) -> Path:
 
 
 def _npz_output(output: Path) -> Path:
-    """The file ``featurize --output`` writes (np.savez adds ``.npz`` to a name without it), checked
-    before any image is read: not a folder, and in a folder that exists (a typo creates none)."""
+    """The file ``featurize --output`` writes (np.savez adds ``.npz``): not a folder, in one."""
     written = output if output.name.endswith(".npz") else output.with_name(output.name + ".npz")
     for path in dict.fromkeys((output, written)):
         if path.is_dir():
@@ -75,8 +67,7 @@ def _npz_output(output: Path) -> Path:
 
 def predict_imagenet(images, backbone: str = DEFAULT_BACKBONE,
                      top: int = 5) -> list[list[tuple[int, str, float]]]:
-    """Top-``top`` ImageNet classes ``(index, name, probability)`` for each image (uint8 or float
-    RGB arrays): the backbone's own ImageNet classifier, for ``predict``."""
+    """Top-``top`` ImageNet classes ``(index, name, probability)`` of each image (RGB arrays)."""
     if not 1 <= top <= IMAGENET_CLASSES:
         raise ValueError(f"top must be from 1 to {IMAGENET_CLASSES} (the classes), got {top}")
     bb = load_backbone(backbone)
@@ -89,15 +80,14 @@ def predict_imagenet(images, backbone: str = DEFAULT_BACKBONE,
             for row in probabilities]
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _predict(args: argparse.Namespace) -> None:
     image = load_image(args.image)  # a mistyped path fails here, before the model loads
     top = predict_imagenet(image, args.backbone, args.top)[0]
     for rank, (index, name, probability) in enumerate(top, 1):
         print(f"{rank}. {index:4d} {name:<30s} {probability:6.1%}")
-    return 0
 
 
-def _similar(args: argparse.Namespace) -> int:
+def _similar(args: argparse.Namespace) -> None:
     from .retrieval import search_folder, search_index
 
     query, folder = _checked_query(args.query), args.folder
@@ -120,10 +110,9 @@ def _similar(args: argparse.Namespace) -> int:
     report_skipped(search.skipped)
     if search.shortfall():
         print(f"note: {search.shortfall()}", file=sys.stderr)
-    return 0
 
 
-def _featurize(args: argparse.Namespace) -> int:
+def _featurize(args: argparse.Namespace) -> None:
     output = _npz_output(args.output)
     files = list_images(args.folder)
     if not files:
@@ -136,10 +125,9 @@ def _featurize(args: argparse.Namespace) -> int:
     np.savez(output, features=result.features, paths=np.asarray([str(p) for p in result.paths]))
     print(f"{len(result.paths)} images -> {result.features.shape} features in {output}; "
           f"{len(result.skipped)} skipped")
-    return 0
 
 
-def _index(args: argparse.Namespace) -> int:
+def _index(args: argparse.Namespace) -> None:
     update = build_index(args.folder, args.output, args.backbone, args.image_size, args.precision,
                          args.kind, workers=args.workers, scheduler=args.scheduler, progress=True,
                          report=True, metric=args.metric)
@@ -150,10 +138,9 @@ def _index(args: argparse.Namespace) -> int:
     print(f"{len(index)} images in {index.folder} ({index.kind}, {how}): {update.added} added, "
           f"{update.removed} removed, {update.kept} unchanged; {len(update.skipped)} skipped; "
           f"{index.settings.describe()}")
-    return 0
 
 
-def _train_recognizer(args: argparse.Namespace) -> int:
+def _train_recognizer(args: argparse.Namespace) -> None:
     from .recognizer import check_output_file, report_lines, train_recognizer
 
     output = check_output_file(args.output)  # before any photo is read
@@ -164,7 +151,6 @@ def _train_recognizer(args: argparse.Namespace) -> int:
         print(line)
     recognizer.save(output)
     print(f"saved to {output} ({recognizer.describe()})")
-    return 0
 
 
 def _recognize(args: argparse.Namespace) -> int:
@@ -201,125 +187,107 @@ def _recognize(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-def _backbones(_: argparse.Namespace) -> int:
+def _backbones(_: argparse.Namespace) -> None:
     here = set(available_backbones())
     for name, spec in REGISTRY.items():
         mark = "ready" if name in here else ("not installed" if spec.offline else "needs download")
         print(f"{name:<20s} {spec.input_size:4d}px {spec.feature_dim:5d}-d  {mark:<15s} "
               f"{spec.description}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``deep-features``."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    backbones = ", ".join(REGISTRY)
 
-    def with_backbone(p: argparse.ArgumentParser, backbone: str | None = DEFAULT_BACKBONE,
-                      precision: bool = True) -> argparse.ArgumentParser:
-        default = backbone or f"{DEFAULT_BACKBONE}; an index folder's own"
-        p.add_argument("--backbone", default=backbone,
-                       help=f"one of: {backbones} (default: {default})")
-        p.add_argument("--image-size", type=_whole(MIN_IMAGE_SIZE, unit=" pixels"), default=None,
-                       help="pixels (default: the backbone's own)")
-        if precision:
-            p.add_argument("--precision", choices=PRECISIONS, default=None,
-                           help=f"inference precision (default: ${PRECISION_ENV_VAR} or float32); "
-                                "int8 is 2-3x faster on CPUs with VNNI, falls back to float32 "
-                                "elsewhere")
-        return p
+    def command(name: str, run, help: str, *options: str, backbone: str | None = DEFAULT_BACKBONE):
+        """A subcommand running ``run`` with the shared ``options``: its ``add_argument``."""
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(run=run)
+        add = p.add_argument
+        if "backbone" in options:
+            default = backbone or f"{DEFAULT_BACKBONE}; an index folder's own"
+            add("--backbone", default=backbone,
+                help=f"one of: {', '.join(REGISTRY)} (default: {default})")
+        if "image-size" in options:
+            add("--image-size", type=_whole(MIN_IMAGE_SIZE, unit=" pixels"),
+                help="pixels (default: the backbone's own)")
+        if "precision" in options:
+            add("--precision", choices=PRECISIONS,
+                help=f"inference precision (default: ${PRECISION_ENV_VAR} or float32); int8 is "
+                     "2-3x faster on CPUs with VNNI, falls back to float32 elsewhere")
+        if "dask" in options:
+            add("--workers", type=_whole(1), help="featurize on a Dask LocalCluster of N worker "
+                "processes (default: this process)")
+            add("--scheduler", help="featurize on an existing Dask cluster at this address (e.g. "
+                "tcp://host:8786)")
+        return add
 
-    def with_dask(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--workers", type=_whole(1), default=None,
-                       help="featurize on a Dask LocalCluster of N worker processes (default: this "
-                            "process)")
-        p.add_argument("--scheduler", default=None,
-                       help="featurize on an existing Dask cluster at this address (e.g. "
-                            "tcp://host:8786)")
-        return p
+    features = ("backbone", "image-size", "precision")
+    add = command("predict", _predict, "top-K ImageNet classes of a photo", "backbone")
+    add("image", type=Path)
+    add("--top", type=_whole(1, IMAGENET_CLASSES), default=5,
+        help=f"the number of classes shown, 1 to {IMAGENET_CLASSES} (default: 5)")
 
-    p = sub.add_parser("predict", help="top-K ImageNet classes of a photo")
-    p.add_argument("image", type=Path)
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"one of: {backbones}")
-    p.add_argument("--top", type=_whole(1, IMAGENET_CLASSES), default=5,
-                   help=f"the number of classes shown, 1 to {IMAGENET_CLASSES} (default: 5)")
-    p.set_defaults(run=_predict)
+    add = command("similar", _similar, "the images in a folder, or an index, closest to a query",
+                  *features, backbone=None)
+    add("query", type=Path)
+    add("folder", type=Path, help=f"a folder of images, or an index folder ({PROG} index)")
+    add("--top", type=_whole(1), default=5, help="the number of results (default: 5)")
+    add("--metric", choices=METRICS,
+        help=f"the distance ranked by (default: {METRIC} on a folder, an index's own)")
+    add("--json", action="store_true",
+        help="print one JSON object (metric, backbone, image_size, query, results)")
 
-    p = with_backbone(sub.add_parser(
-        "similar", help="the images in a folder, or an index, closest to a query"), backbone=None)
-    p.add_argument("query", type=Path)
-    p.add_argument("folder", type=Path,
-                   help=f"a folder of images, or an index folder ({PROG} index)")
-    p.add_argument("--top", type=_whole(1), default=5, help="the number of results (default: 5)")
-    p.add_argument("--metric", choices=METRICS, default=None,
-                   help=f"the distance ranked by (default: {METRIC} on a folder, an index's own)")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (metric, backbone, image_size, query, results)")
-    p.set_defaults(run=_similar)
+    add = command("featurize", _featurize, "deep features of every image in a folder, to a .npz",
+                  *features, "dask")
+    add("folder", type=Path)
+    add("--output", type=Path, default=Path("features.npz"),
+        help="the .npz file (.npz is added to a name without it; its folder must exist)")
 
-    p = with_dask(with_backbone(sub.add_parser(
-        "featurize", help="deep features of every image in a folder, to a .npz")))
-    p.add_argument("folder", type=Path)
-    p.add_argument("--output", type=Path, default=Path("features.npz"),
-                   help="the .npz file (.npz is added to a name without it; its folder must exist)")
-    p.set_defaults(run=_featurize)
+    add = command("index", _index, "build or update a faiss index of a folder's images, for "
+                  "`similar QUERY INDEX_DIR`", *features, "dask", backbone=None)
+    add("folder", type=Path)
+    add("--output", type=Path, required=True, help="the index folder (updated if it exists)")
+    add("--kind", choices=INDEX_KINDS,
+        help=f"exact (IndexFlatIP, IndexFlatL2 for euclidean), hnsw (IndexHNSWFlat) or auto: exact "
+             f"up to {EXACT_MAX_IMAGES} images, hnsw above (default: the index's own, else auto)")
+    add("--metric", choices=METRICS, help=f"the distance the index ranks by, and `similar` on it "
+        f"(default: an existing index's own, else {METRIC})")
 
-    p = with_dask(with_backbone(sub.add_parser(
-        "index", help="build or update a faiss index of a folder's images, for `similar QUERY "
-                      "INDEX_DIR`"),
-        backbone=None))  # an update keeps the index's settings unless told otherwise
-    p.add_argument("folder", type=Path)
-    p.add_argument("--output", type=Path, required=True,
-                   help="the index folder (updated if it exists)")
-    p.add_argument("--kind", choices=INDEX_KINDS, default=None,
-                   help=f"exact (IndexFlatIP, IndexFlatL2 for euclidean), hnsw (IndexHNSWFlat) or "
-                        f"auto: exact up to {EXACT_MAX_IMAGES} images, hnsw above (default: the "
-                        "index's own, else auto)")
-    p.add_argument("--metric", choices=METRICS, default=None,
-                   help=f"the distance the index ranks by, and `similar` on it (default: "
-                        f"an existing index's own, else {METRIC})")
-    p.set_defaults(run=_index)
+    add = command("train-recognizer", _train_recognizer,
+                  "a recognizer from FOLDER/<class>/<photos>, saved to a file",
+                  "backbone", "image-size")
+    add("folder", type=Path,
+        help="one sub-folder per class with its photos (one photo per class works)")
+    add("--output", type=Path, required=True,
+        help="the recognizer file to write, e.g. my.recognizer")
 
-    p = with_backbone(sub.add_parser(
-        "train-recognizer", help="a recognizer from FOLDER/<class>/<photos>, saved to a file"),
-        precision=False)
-    p.add_argument("folder", type=Path,
-                   help="one sub-folder per class with its photos (one photo per class works)")
-    p.add_argument("--output", type=Path, required=True,
-                   help="the recognizer file to write, e.g. my.recognizer")
-    p.set_defaults(run=_train_recognizer)
+    add = command("recognize", _recognize, "classify photos with a recognizer file")
+    add("recognizer", type=Path, help="a file written by train-recognizer")
+    add("photos", type=Path, nargs="+", help="photo files (JPEG, PNG, HEIC, ...)")
+    add("--json", action="store_true", help="machine-readable results on stdout")
 
-    p = sub.add_parser("recognize", help="classify photos with a recognizer file")
-    p.add_argument("recognizer", type=Path, help="a file written by train-recognizer")
-    p.add_argument("photos", type=Path, nargs="+", help="photo files (JPEG, PNG, HEIC, ...)")
-    p.add_argument("--json", action="store_true", help="machine-readable results on stdout")
-    p.set_defaults(run=_recognize)
-
-    sub.add_parser("backbones", help="list the backbones and whether they are ready here"
-                   ).set_defaults(run=_backbones)
+    command("backbones", _backbones, "list the backbones and whether they are ready here")
     return parser
 
 
+RESUMABLE = {"featurize", "similar", "index", "train-recognizer"}  # features cached chunk by chunk
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command (``argv``: its arguments, default ``sys.argv[1:]``): the exit code, 0 when
-    it worked, 2 for a one-line error, 3 for a bug, 130 when interrupted."""
+    """Run one command: 0 when it worked, 2 for a one-line error, 3 for a bug, 130 when
+    interrupted."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
-        if args.command in {"featurize", "similar", "index", "train-recognizer"}:
-            print("\ninterrupted: the finished chunks are cached, rerun the same command to resume",
-                  file=sys.stderr)
-        else:
-            print("\ninterrupted", file=sys.stderr)
+        resume = ": the finished chunks are cached, rerun the same command to resume"
+        print(f"\ninterrupted{resume if args.command in RESUMABLE else ''}", file=sys.stderr)
         return 130
-    # unreadable images and missing course data are ValueError and FileNotFoundError
-    except (UnknownBackboneError, BackboneUnavailableError, FileNotFoundError, ValueError,
-            IndexBusyError, DaskClusterError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a full disk, no permission, ...: the system's own words and the file
+    # unreadable images, missing files, a full disk: ValueError and OSError, in their own words
+    except (UnknownBackboneError, BackboneUnavailableError, IndexBusyError, DaskClusterError,
+            OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback on request

@@ -1,21 +1,8 @@
-"""Featurize files on a Dask cluster: one task per chunk, through the same cached function as one
-process.
-
-Each task runs :func:`utils.features.featurize_files` on one chunk of
-:data:`CHUNK_FILES` files, with the chunk boundaries of the single-process path, so
-both fill and read the same chunk cache and give the same features. A worker that dies mid-chunk
-loses only that chunk: the scheduler reruns it on another worker (up to
-``distributed.scheduler.allowed-failures`` times, 3 by default). Results are put back in file order.
-
-A real cluster needs, on every worker: this package and its dependencies installed (same versions
-as the client), the backbone's weights, a feature cache folder every worker can read and write
-(``$DEEP_FEATURES_CACHE`` on a shared file system), and the image files under the same (absolute)
-paths as on the client.
-
-Faults end in one :class:`DaskClusterError` saying what to check, never a hang: a scheduler that
-does not answer within :data:`CONNECT_TIMEOUT` seconds; a cluster with no worker (none at the start,
-or all lost) for :data:`NO_WORKERS_TIMEOUT` seconds; a chunk whose task killed every worker that ran
-it (``KilledWorker``); a task failing on a worker; workers that cannot see the files.
+"""Featurize files on a Dask cluster: one task per chunk of :data:`CHUNK_FILES` files, through
+:func:`utils.features.featurize_files` (same chunks, same cache, same features). Every worker needs
+this package, the weights, a shared feature cache (``$DEEP_FEATURES_CACHE``) and the image files
+under the client's paths. Faults end in one :class:`DaskClusterError` saying what to check, never
+a hang.
 """
 
 from __future__ import annotations
@@ -43,28 +30,27 @@ NO_SUCH_FILE = "no such file"  # utils.data's reason for a missing file (tests/t
 
 
 class DaskClusterError(RuntimeError):
-    """The Dask cluster cannot do the work: unreachable, without workers, or with workers that fail
-    or cannot see the files."""
+    """The Dask cluster cannot do the work; the message says what to check."""
 
 
 def featurize(paths: Sequence[str | Path], backbone: str = DEFAULT_BACKBONE,
               image_size: int | None = None, precision: str | None = None, *,
               workers: int | None = None, scheduler: str | None = None,
               progress: bool | None = None, report: bool = False) -> FileFeatures:
-    """:func:`featurize_files_on_dask` when ``workers`` or ``scheduler`` is given, else
-    :func:`~utils.features.featurize_files` in this process: the same features either way."""
+    """On Dask with ``workers`` or ``scheduler``, else in this process: the same features."""
     if workers or scheduler:
-        return featurize_files_on_dask(paths, backbone, image_size, precision, workers=workers,
-                                       scheduler=scheduler, progress=progress, report=report)
-    result = featurize_files(paths, backbone, image_size, progress=progress, precision=precision)
+        result = featurize_files_on_dask(paths, backbone, image_size, precision, workers=workers,
+                                         scheduler=scheduler, progress=progress)
+    else:
+        result = featurize_files(paths, backbone, image_size, progress=progress,
+                                 precision=precision)
     if report:
         report_skipped(result.skipped)
     return result
 
 
 def report_skipped(skipped: Sequence[tuple[Path, str]], file: TextIO | None = None) -> None:
-    """Print every skipped file with its reason, one per line, then the count (nothing when none was
-    skipped): what the commands show on stderr."""
+    """Print every skipped file with its reason, then the count (on stderr by default)."""
     if not skipped:
         return
     out = file or sys.stderr
@@ -75,16 +61,14 @@ def report_skipped(skipped: Sequence[tuple[Path, str]], file: TextIO | None = No
 
 def _featurize_chunk(paths: list[str], backbone: str, image_size: int, precision: str,
                      use_cache: bool, chunk_files: int) -> FileFeatures:
-    """One Dask task: one chunk through the single-process featurizer and its cache."""
     return featurize_files(paths, backbone, image_size, use_cache=use_cache, progress=False,
                            precision=precision, chunk_files=chunk_files)
 
 
 def open_client(workers: int | None = None, scheduler: str | None = None,
                 timeout: float = CONNECT_TIMEOUT):
-    """A ``dask.distributed.Client``: on an existing cluster (``scheduler`` address, reached within
-    ``timeout`` seconds, else :class:`DaskClusterError`), else on a new ``LocalCluster`` of
-    ``workers`` processes with one thread each (the model uses the cores itself)."""
+    """A ``Client`` of the cluster at ``scheduler``, else of a new ``LocalCluster`` of ``workers``
+    one-thread processes (the model uses the cores itself)."""
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
@@ -96,8 +80,6 @@ def open_client(workers: int | None = None, scheduler: str | None = None,
             raise DaskClusterError(f"could not reach the Dask scheduler at {scheduler} within "
                                    f"{timeout:g} s: is `dask scheduler` running there?{detail}"
                                    ) from exc
-    if not workers or workers < 1:
-        raise ValueError(f"workers must be a positive number, got {workers}")
     # No dashboard; the scheduler's HTTP endpoints on a free port (8787 may be another cluster's).
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},
@@ -106,8 +88,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None,
 
 
 def close_client(client) -> None:
-    """Close ``client`` and its ``LocalCluster`` if it has one, without the cluster's shutdown log
-    lines (lesson 9 closes its cluster with it)."""
+    """Close ``client`` and its ``LocalCluster``, if any, without their shutdown log lines."""
     from distributed.utils import silence_logging_cmgr
 
     cluster = client.cluster
@@ -121,32 +102,23 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
                             image_size: int | None = None, precision: str | None = None, *,
                             client=None, workers: int | None = None, scheduler: str | None = None,
                             use_cache: bool = True, progress: bool | None = None,
-                            report: bool = False, chunk_files: int = CHUNK_FILES,
-                            connect_timeout: float = CONNECT_TIMEOUT,
+                            chunk_files: int = CHUNK_FILES,
                             no_workers_timeout: float = NO_WORKERS_TIMEOUT) -> FileFeatures:
-    """:func:`~utils.features.featurize_files` with its chunks run as Dask tasks; the same result,
-    in file order.
+    """:func:`~utils.features.featurize_files` with its chunks run as Dask tasks: the same result.
 
-    The cluster is ``client`` (a ``dask.distributed.Client``), else one at ``scheduler`` (reached
-    within ``connect_timeout`` seconds), else a new ``LocalCluster`` of ``workers`` processes,
-    closed at the end. ``progress`` shows a bar of chunks done (default: from 4 chunks). Skipped
-    files are in the result's ``skipped`` list, in file order (``report=True`` prints them too). The
-    workers get absolute paths; the result names the files as ``paths`` does.
-    :class:`DaskClusterError` when the cluster has no worker for ``no_workers_timeout`` seconds, a
-    task fails, or the workers see none of the files (which exist here); the chunks not done are
-    then cancelled.
+    The cluster is ``client``, else as :func:`open_client` opens it (then closed at the end).
+    ``progress`` shows a bar of chunks (default: from 4). Skipped files are in ``skipped``; the
+    chunks not done are cancelled on :class:`DaskClusterError`.
     """
     from tqdm import tqdm
 
     paths = [Path(p) for p in paths]
-    if chunk_files < 1:
-        raise ValueError(f"chunk_files must be positive, got {chunk_files}")
     spec = get_spec(backbone)
     size = int(image_size or spec.input_size)
     precision = resolve_precision(precision)
     sent = [str(p.absolute()) for p in paths]  # relative: a worker would resolve it in its folder
     own_client = client is None
-    client = client or open_client(workers, scheduler, timeout=connect_timeout)
+    client = client or open_client(workers, scheduler)
     try:
         starts = list(range(0, len(paths), chunk_files))
         futures = {client.submit(_featurize_chunk, sent[s:s + chunk_files], spec.name, size,
@@ -166,14 +138,9 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
     finally:
         if own_client:
             close_client(client)
-    out = np.empty((sum(len(p.paths) for p in parts), spec.feature_dim), dtype=np.float32)
     caller = dict(zip(sent, paths))  # back to the caller's spelling of each path
-    kept: list[Path] = []
-    skipped: list[tuple[Path, str]] = []
-    for part in parts:
-        out[len(kept):len(kept) + len(part.paths)] = part.features
-        kept += [caller[str(p)] for p in part.paths]
-        skipped += [(caller[str(p)], r) for p, r in part.skipped]
+    kept = [caller[str(p)] for part in parts for p in part.paths]
+    skipped = [(caller[str(p)], r) for part in parts for p, r in part.skipped]
     if paths and not kept and all(r == NO_SUCH_FILE for _, r in skipped):
         here = [p for p in paths[:20] if p.exists()]
         if here:
@@ -181,10 +148,8 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
                 f"the Dask workers found none of the {len(paths)} files, which exist here (e.g. "
                 f"{here[0].absolute()}): every worker needs the image files under the same paths "
                 "as this client (a shared file system)")
-    result = FileFeatures(out, kept, skipped)
-    if report:
-        report_skipped(result.skipped)
-    return result
+    out = [np.empty((0, spec.feature_dim), np.float32), *(part.features for part in parts)]
+    return FileFeatures(np.concatenate(out).astype(np.float32, copy=False), kept, skipped)
 
 
 def _address(client) -> str:
@@ -200,9 +165,8 @@ def _worker_count(client) -> int:
 
 
 def _gather(client, futures: dict, bar, no_workers_timeout: float) -> list[FileFeatures]:
-    """The futures' results, by their number in ``futures``, as they complete.
-    :class:`DaskClusterError` on a failed task, or when the cluster has had no worker for
-    ``no_workers_timeout`` seconds."""
+    """The futures' results, in their order in ``futures``; :class:`DaskClusterError` on a failed
+    task, or no worker for ``no_workers_timeout`` seconds."""
     from dask.distributed import as_completed
 
     parts: list[FileFeatures] = [None] * len(futures)  # type: ignore[list-item]
@@ -244,7 +208,6 @@ def _gather(client, futures: dict, bar, no_workers_timeout: float) -> list[FileF
 
 
 def _result(future) -> FileFeatures:
-    """A finished future's result; a failed or cancelled task as :class:`DaskClusterError`."""
     if future.status == "error":
         exc = future.exception()
         reason = (str(exc).splitlines() or [""])[0]

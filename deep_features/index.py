@@ -1,21 +1,11 @@
 """A faiss index of a folder's deep features, on disk: build it once, update it, query it in
 milliseconds (``deep-features index`` and ``similar``; lesson 9 builds and queries one).
 
-An index folder holds ``index.json`` (the settings it was built with and the names of the current
-files), the faiss index, the features and the indexed files with their size and modification time.
-Cosine similarity (the default metric) is the inner product of L2-normalized features
-(``faiss.IndexFlatIP``); a Euclidean index holds the raw features (``faiss.IndexFlatL2``). Above
-:data:`EXACT_MAX_IMAGES` images the default is an HNSW graph (``faiss.IndexHNSWFlat``; chosen over
-IVF-PQ by ``benchmarks/index.py``).
-
-An update featurizes only new or changed files; a kill loses nothing: features are cached chunk by
-chunk, and the index's files are written under new names (a new *generation*) before
-``index.json`` switches to them atomically. One writer at a time holds the lock file ``.lock``
-(see :func:`build_index`); readers take no lock: the writer keeps the previous generation, and
-:meth:`SearchIndex.load` rereads ``index.json`` if a file it names is gone, so a reader always
-loads one whole generation. A file that cannot be read makes :meth:`SearchIndex.load` raise
-:class:`IndexDamagedError` naming it; :func:`build_index` repairs the damage (from the stored
-features, or the files through the feature cache) and says so in :attr:`IndexUpdate.notes`.
+``index.json`` names the current *generation* of files (the faiss index, the features, the files
+with their size and modification time) and the settings. An update featurizes only new or changed
+files (cached chunk by chunk: a kill loses nothing) and writes a new generation before switching
+``index.json`` atomically. One writer at a time holds ``.lock``; readers take no lock and always
+load one whole generation. Damage raises :class:`IndexDamagedError`; :func:`build_index` repairs it.
 """
 
 from __future__ import annotations
@@ -23,16 +13,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import re
 import secrets
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from utils.backbones import get_spec
 from utils.data import list_images
@@ -58,16 +47,11 @@ GENERATION_FILE = re.compile(
 
 
 class IndexSettingsError(ValueError):
-    """A query or an update asked an index for other settings (backbone, weights, size, precision,
-    metric) than its own."""
+    """A query or an update asked an index for other settings than its own."""
 
 
 class IndexDamagedError(ValueError):
-    """A file of an index folder is missing or cannot be read: :func:`build_index` rebuilds it.
-
-    ``problem`` is the damage alone (``DIR/index-....faiss is not a readable faiss index (...)``),
-    without the advice the message adds.
-    """
+    """A file of an index folder is missing or unreadable; ``problem``: the damage alone."""
 
     def __init__(self, message: str, problem: str = "") -> None:
         super().__init__(message)
@@ -79,13 +63,11 @@ class IndexBusyError(RuntimeError):
 
 
 def rebuild_advice(folder: Path) -> str:
-    """What to do about a damaged index folder."""
     return f"run `deep-features index FOLDER --output {folder}` to rebuild it"
 
 
 def looks_like_index(folder: str | Path) -> bool:
-    """Whether ``folder`` is an index folder, or the remains of one: ``index.json`` or a
-    generation's file (the lock file alone is not: see :func:`being_built`)."""
+    """Whether ``folder`` holds ``index.json`` or a generation's file (an index or its remains)."""
     folder = Path(folder)
     if (folder / "index.json").is_file():
         return True
@@ -96,8 +78,7 @@ def looks_like_index(folder: str | Path) -> bool:
 
 
 def being_built(folder: str | Path) -> bool:
-    """Whether ``folder`` holds only the writers' lock file: its first ``index`` run is under way
-    (or was killed before writing anything)."""
+    """Whether ``folder`` holds only the lock file: its first ``index`` run is under way."""
     try:
         return [p.name for p in Path(folder).iterdir()] == [LOCK_FILE]
     except OSError:
@@ -106,7 +87,7 @@ def being_built(folder: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """What an index's features are: they must match a query's for the search to mean anything."""
+    """What an index's features are: a query's must match them."""
 
     backbone: str
     weights: str
@@ -125,6 +106,14 @@ class IndexSettings:
         return (f"{self.backbone} ({self.weights}) at {self.image_size} px, {self.precision}, "
                 f"{self.metric}")
 
+    def asked(self, where: Path, backbone: str | None = None, image_size: int | None = None,
+              precision: str | None = None, metric: str | None = None) -> "IndexSettings":
+        """The settings given, each by default this index's own: checked against the index's."""
+        asked = IndexSettings.of(backbone or self.backbone, image_size or self.image_size,
+                                 precision or self.precision, metric or self.metric)
+        self.check(asked, where)
+        return asked
+
     def check(self, other: "IndexSettings", where: Path) -> None:
         """:class:`IndexSettingsError`, naming every difference, unless ``other`` is the same."""
         differ = [f"{name} {getattr(other, name)} (index: {getattr(self, name)})"
@@ -138,8 +127,7 @@ class IndexSettings:
 
 
 def choose_kind(kind: str, count: int) -> str:
-    """The index kind to build for ``count`` images: ``kind``, or for ``"auto"`` exact up to
-    :data:`EXACT_MAX_IMAGES`, HNSW above."""
+    """``kind``, or for ``"auto"``: exact up to :data:`EXACT_MAX_IMAGES` images, HNSW above."""
     if kind not in INDEX_KINDS:
         raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
     if kind != "auto":
@@ -148,51 +136,43 @@ def choose_kind(kind: str, count: int) -> str:
 
 
 def check_metric(metric: str) -> str:
-    """``metric`` if it is one of :data:`METRICS`, else a ValueError."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     return metric
 
 
-def normalized(features: np.ndarray) -> np.ndarray:
-    """Each row divided by its L2 norm (a new float32 array): inner products are then cosine
-    similarities."""
+def prepared(features: np.ndarray, metric: str = METRIC) -> np.ndarray:
+    """The rows a ``metric`` index holds or is queried with (a new float32 array)."""
     import faiss
 
     rows = np.array(features, dtype=np.float32, order="C", copy=True)
-    faiss.normalize_L2(rows)
+    if check_metric(metric) == "cosine":
+        faiss.normalize_L2(rows)
     return rows
 
 
-def prepared(features: np.ndarray, metric: str = METRIC) -> np.ndarray:
-    """The rows a ``metric`` index holds or is queried with (a new float32 array): L2-normalized for
-    cosine, as they are for euclidean."""
-    if check_metric(metric) == "cosine":
-        return normalized(features)
-    return np.array(features, dtype=np.float32, order="C", copy=True)
+def normalized(features: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm (a new float32 array)."""
+    return prepared(features, "cosine")
 
 
 def new_faiss_index(kind: str, dim: int, metric: str = METRIC):
-    """An empty faiss index of ``kind`` (``exact`` or ``hnsw``) of ``dim``-d vectors: for inner
-    products (cosine, on :func:`prepared` rows) or squared L2 distances (euclidean)."""
+    """An empty faiss index of ``kind`` (``exact`` or ``hnsw``) of ``dim``-d prepared rows."""
     import faiss
 
     euclidean = check_metric(metric) == "euclidean"
     if kind == "exact":
         return faiss.IndexFlatL2(dim) if euclidean else faiss.IndexFlatIP(dim)
-    if kind == "hnsw":
-        measure = faiss.METRIC_L2 if euclidean else faiss.METRIC_INNER_PRODUCT
-        index = faiss.IndexHNSWFlat(dim, HNSW_M, measure)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = HNSW_EF_SEARCH
-        return index
-    raise ValueError(f"unknown index kind {kind!r}")
+    measure = faiss.METRIC_L2 if euclidean else faiss.METRIC_INNER_PRODUCT
+    index = faiss.IndexHNSWFlat(dim, HNSW_M, measure)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.hnsw.efSearch = HNSW_EF_SEARCH
+    return index
 
 
 @dataclass
 class SearchIndex:
-    """An index folder loaded: its settings, the faiss index and the indexed files, in the index's
-    row order."""
+    """An index folder loaded: its settings, the faiss index and the indexed files (row order)."""
 
     folder: Path
     settings: IndexSettings
@@ -202,12 +182,8 @@ class SearchIndex:
 
     @classmethod
     def load(cls, folder: str | Path) -> "SearchIndex":
-        """The index in ``folder``: one whole generation, even while :func:`build_index` updates it.
-
-        Raises :class:`FileNotFoundError` when ``folder`` is not an index folder,
-        :class:`IndexDamagedError` (naming the file) when a file of the index is missing or
-        unreadable.
-        """
+        """The index in ``folder``: one whole generation, even while :func:`build_index` updates it;
+        :class:`FileNotFoundError` if there is none, :class:`IndexDamagedError` if damaged."""
         folder = Path(folder)
         tried = None
         for _ in range(3):  # a file index.json names is gone: an update switched meanwhile, reread
@@ -232,7 +208,6 @@ class SearchIndex:
 
     @classmethod
     def _load(cls, folder: Path, meta: dict) -> "SearchIndex":
-        """One generation: :class:`FileNotFoundError` if one of its files is missing."""
         index = _read_faiss(folder / meta["files"]["index"])
         if meta["kind"] == "hnsw":
             index.hnsw.efSearch = int(meta.get("ef_search", HNSW_EF_SEARCH))
@@ -248,14 +223,8 @@ class SearchIndex:
 
     def search(self, query_features: np.ndarray, k: int,
                settings: IndexSettings) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest indexed images to each query row: (scores, rows), both (Q, k),
-        nearest first. The scores are faiss's: cosine similarities for a cosine index, squared L2
-        distances for a euclidean one.
-
-        ``settings`` are the query features' own (their metric included); other settings than the
-        index's raise :class:`IndexSettingsError`. An HNSW search keeps at least ``k`` candidates; a
-        row of -1 is a neighbour the graph did not find.
-        """
+        """The ``k`` nearest rows to each query (features made with ``settings``): faiss's (scores,
+        rows), (Q, k) each; a row of -1 is a neighbour an HNSW graph did not find."""
         self.settings.check(settings, self.folder)
         queries = prepared(np.atleast_2d(query_features), self.settings.metric)
         k = min(int(k), len(self))
@@ -271,8 +240,7 @@ class SearchIndex:
 
 @dataclass
 class IndexUpdate:
-    """What :func:`build_index` did: the loaded index, the files added, removed, kept and skipped,
-    and the damage it repaired (``notes``, one line each)."""
+    """What :func:`build_index` did, and the damage it repaired (``notes``, one line each)."""
 
     index: SearchIndex
     added: int
@@ -280,7 +248,7 @@ class IndexUpdate:
     kept: int
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     rebuilt: bool = True
-    notes: list[str] = field(default_factory=list)  # damage found and repaired
+    notes: list[str] = field(default_factory=list)
 
 
 def _damaged(path: Path, what: str) -> IndexDamagedError:
@@ -290,8 +258,7 @@ def _damaged(path: Path, what: str) -> IndexDamagedError:
 
 
 def _read_meta(folder: Path) -> dict | None:
-    """``index.json``, checked: ``None`` if there is none, :class:`IndexDamagedError` if
-    unusable."""
+    """``index.json``, checked: ``None`` if there is none."""
     path = folder / "index.json"
     try:
         text = path.read_text("utf-8")
@@ -327,9 +294,7 @@ def _missing(path: Path) -> FileNotFoundError:
 
 
 def _read_faiss(path: Path):
-    """The faiss index in ``path``: :class:`FileNotFoundError` if missing,
-    :class:`IndexDamagedError` if not readable (faiss says only ``RuntimeError``, with a C++
-    location)."""
+    """:class:`FileNotFoundError` if missing, :class:`IndexDamagedError` if unreadable."""
     import faiss
 
     if not path.is_file():
@@ -346,8 +311,6 @@ def _read_faiss(path: Path):
 
 
 def _read(path: Path, read):
-    """``read(path)``: :class:`FileNotFoundError` if missing, :class:`IndexDamagedError` if not
-    readable."""
     try:
         return read(path)
     except FileNotFoundError:
@@ -357,7 +320,7 @@ def _read(path: Path, read):
 
 
 def _read_entries(path: Path) -> list[list]:
-    """The indexed files: ``[path, size, mtime_ns]`` rows."""
+    """``[path, size, mtime_ns]`` rows."""
     entries = _read(path, lambda p: json.loads(p.read_text("utf-8")))
     if not isinstance(entries, list) or not all(
             isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) for e in entries):
@@ -387,24 +350,15 @@ def build_index(folder: str | Path, output: str | Path, backbone: str | None = N
                 scheduler: str | None = None, progress: bool | None = None, report: bool = False,
                 files: Sequence[str | Path] | None = None,
                 lock_timeout: float | None = LOCK_TIMEOUT) -> IndexUpdate:
-    """Index the images under ``folder`` into the folder ``output``, or update the index there.
+    """Index the images under ``folder`` (or ``files``) into the folder ``output``, or update it.
 
-    Only files new or changed (size or modification time) since the last run are featurized; files
-    gone from the folder leave the index. ``backbone``, ``image_size``, ``precision``, ``metric``
-    (``"cosine"`` or ``"euclidean"``) and ``kind`` (``"exact"``, ``"hnsw"`` or ``"auto"``:
-    :func:`choose_kind`) default (``None``) to the existing index's own, else to the backbone's,
-    cosine and ``"auto"``. Settings other than the index's raise :class:`IndexSettingsError` (the
-    features could not be compared), but another ``kind`` rebuilds the index as that kind from the
-    stored features, and later updates keep it. ``workers`` / ``scheduler`` featurize on Dask
-    (:mod:`~deep_features.dask_features`). ``files`` replaces the folder listing. Unreadable files
-    are skipped, named in the result (``report=True`` prints them) and tried again next time.
-
-    One writer at a time: the update holds ``output/.lock`` from reading ``index.json`` to switching
-    it. A second writer *waits* (saying so on stderr), then reads the index the first one wrote and
-    featurizes only what is still new: both runs succeed, nothing is done twice (a scheduled update
-    overlapping a manual one). The wait is bounded by ``lock_timeout`` seconds (``None``: no
-    limit), then :class:`IndexBusyError`: a script should hear of a run holding the lock for hours
-    rather than hang. The lock is the operating system's, released when its holder dies.
+    Only new or changed files (size, modification time) are featurized, on Dask with ``workers`` or
+    ``scheduler``; gone ones leave the index; unreadable ones are skipped (``report=True`` prints
+    them) and tried again next time. The settings default to the index's own, else the backbone's,
+    cosine and ``"auto"``; other settings raise :class:`IndexSettingsError`, another ``kind``
+    rebuilds the index from the stored features. A second writer waits (saying so on stderr) for
+    the first to release ``output/.lock``, then updates from what it wrote; after ``lock_timeout``
+    seconds (``None``: no limit): :class:`IndexBusyError`.
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -417,35 +371,45 @@ def build_index(folder: str | Path, output: str | Path, backbone: str | None = N
     if files is None and not Path(folder).is_dir():
         list_images(folder)  # its error: no such folder
     created = not output.exists()
+    lock = _writer_lock(output, lock_timeout)
+    try:
+        return _update(folder, output, files, backbone, image_size, precision, kind, metric,
+                       workers=workers, scheduler=scheduler, progress=progress, report=report)
+    except BaseException:
+        if created:  # no empty folder left behind
+            _remove_if_only_lock(output)
+        raise
+    finally:
+        lock.release()
 
-    def waiting() -> None:
-        limit = f"; giving up after {lock_timeout:g} s" if lock_timeout is not None else ""
+
+def _writer_lock(output: Path, timeout: float | None) -> FileLock:
+    """``output/.lock``, held (the operating system's lock: released when its holder dies); waits
+    for another writer, saying so, for at most ``timeout`` seconds (``None``: no limit)."""
+    lock, waited = FileLock(output / LOCK_FILE), False
+    while True:
+        output.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=(-1 if timeout is None else timeout) if waited else 0)
+            return lock
+        except FileNotFoundError:  # a failed first run removed the folder it made: make it again
+            continue
+        except Timeout:
+            if waited:
+                raise IndexBusyError(f"another `index` run has been updating {output} for more "
+                                     f"than {timeout:g} s (it holds {output / LOCK_FILE}); try "
+                                     "again when it is done") from None
+        limit = f"; giving up after {timeout:g} s" if timeout is not None else ""
         print(f"waiting for another `index` run on {output} to finish (it holds "
               f"{output / LOCK_FILE}{limit}) ...", file=sys.stderr, flush=True)
-
-    try:
-        with exclusive_lock(output / LOCK_FILE, lock_timeout, on_wait=waiting):
-            try:
-                return _update(folder, output, files, backbone, image_size, precision, kind,
-                               metric, workers=workers, scheduler=scheduler, progress=progress,
-                               report=report)
-            except BaseException:
-                if created:  # no empty folder left (a waiter sees the lock file go: exclusive_lock)
-                    _remove_if_only_lock(output)
-                raise
-    except LockTimeoutError:
-        raise IndexBusyError(f"another `index` run has been updating {output} for more than "
-                             f"{lock_timeout:g} s (it holds {output / LOCK_FILE}); try again when "
-                             "it is done") from None
+        waited = True
 
 
 def _remove_if_only_lock(output: Path) -> None:
-    try:
-        if [p.name for p in output.iterdir()] == [LOCK_FILE]:
+    with contextlib.suppress(OSError):
+        if being_built(output):
             (output / LOCK_FILE).unlink()
             output.rmdir()
-    except OSError:
-        pass
 
 
 @dataclass
@@ -499,9 +463,7 @@ def _update(folder, output: Path, files: Sequence[str | Path] | None, backbone: 
     meta, notes = previous.meta, previous.notes
     if meta is not None:
         built = IndexSettings(**meta["settings"])
-        settings = IndexSettings.of(backbone or built.backbone, image_size or built.image_size,
-                                    precision or built.precision, metric or built.metric)
-        built.check(settings, output)
+        settings = built.asked(output, backbone, image_size, precision, metric)
         requested = kind or _requested_kind(meta)
     else:
         settings = IndexSettings.of(backbone or DEFAULT_BACKBONE, image_size, precision,
@@ -570,12 +532,10 @@ def _faiss_to_extend(path: Path, count: int, notes: list[str]):
 
 def _write(output: Path, settings: IndexSettings, kind: str, requested: str, faiss_index,
            features: np.ndarray, entries: list[list], keep: set[str]) -> None:
-    """Write a new generation of the index files, switch ``index.json`` to it, then delete the
-    generations other than it and ``keep`` (the previous one, which a reader may be loading; older
-    ones, and any a killed run left, go)."""
+    """Write a new generation, switch ``index.json`` to it, then delete the generations other than
+    it and ``keep`` (the previous one, which a reader may be loading)."""
     import faiss
 
-    output.mkdir(parents=True, exist_ok=True)
     generation = secrets.token_hex(4)
     files = {"index": f"index-{generation}.faiss", "features": f"features-{generation}.npy",
              "entries": f"files-{generation}.json"}
@@ -592,111 +552,3 @@ def _write(output: Path, settings: IndexSettings, kind: str, requested: str, fai
     for stale in output.iterdir():
         if GENERATION_FILE.fullmatch(stale.name) and stale.name not in {*files.values(), *keep}:
             stale.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# The writer's lock (build_index): one `index` run at a time per index folder
-# --------------------------------------------------------------------------------------------------
-
-class LockTimeoutError(TimeoutError):
-    """:func:`exclusive_lock` waited ``timeout`` seconds for another process to release the lock."""
-
-
-def _lock_functions() -> tuple[Callable[[int], bool], Callable[[int], None]] | None:
-    """``(try_lock(fd) -> bool, unlock(fd))`` for this platform: ``fcntl.flock`` on POSIX,
-    ``msvcrt.locking`` on Windows; ``None`` where neither exists."""
-    try:
-        import fcntl
-    except ImportError:
-        pass
-    else:
-        def try_flock(fd: int) -> bool:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                return False
-
-        return try_flock, lambda fd: fcntl.flock(fd, fcntl.LOCK_UN)
-    try:
-        import msvcrt
-    except ImportError:
-        return None
-
-    # one byte at offset 0 (past the end of an empty file: allowed)
-    def try_locking(fd: int) -> bool:
-        os.lseek(fd, 0, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            return False
-
-    def unlock_locking(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-
-    return try_locking, unlock_locking
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether ``path`` still names the file open as ``fd`` (a holder may have removed it
-    meanwhile)."""
-    try:
-        here, there = os.fstat(fd), os.stat(path)
-    except OSError:
-        return False
-    if not here.st_ino or not there.st_ino:  # no inode numbers here: cannot tell, assume it is
-        return True
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike[str], timeout: float | None = None,
-                   on_wait: Callable[[], None] | None = None, poll: float = 0.2) -> Iterator[bool]:
-    """Hold an exclusive lock on the file ``path`` (created if needed) while the ``with`` block
-    runs.
-
-    The lock is the operating system's (``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows): it
-    is released when the process ends however it ends, so a killed holder leaves no stale lock. When
-    another process holds it, ``on_wait()`` is called once and the lock is tried again every
-    ``poll`` seconds, for at most ``timeout`` seconds (``None``: no limit), then
-    :class:`LockTimeoutError`. Yields ``True``, or ``False`` without locking on a platform with
-    neither call. Locks on network file systems are only as good as the server's (NFSv4: yes). The
-    lock file is left in place. A holder may still remove it before it lets go (to tidy up): a
-    waiter that then gets the lock of the removed file notices and locks the file now at ``path``
-    instead.
-    """
-    path = Path(path)
-    functions = _lock_functions()
-    if functions is None:
-        yield False
-        return
-    try_lock, unlock = functions
-    deadline = None if timeout is None else time.monotonic() + timeout
-    waited = False
-    while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            if try_lock(fd):
-                if _same_file(fd, path):
-                    break
-                unlock(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-        if not waited and on_wait is not None:
-            on_wait()
-        waited = True
-        if deadline is not None and time.monotonic() >= deadline:
-            raise LockTimeoutError(f"{path} is still locked by another process after {timeout:g} s")
-        time.sleep(poll)
-    try:
-        yield True
-    finally:
-        try:
-            unlock(fd)
-        finally:
-            os.close(fd)

@@ -1,23 +1,12 @@
 """Your own recognizer from a folder of a few photos per class, as a file: ``deep-features
 train-recognizer`` and ``recognize`` (lesson 6 ends with the same two calls in Python).
 
-For people sorting their own photos. The model is lesson 6's scikit-learn ``Pipeline``:
-``DeepFeatures`` -> ``Normalizer`` (L2) -> the classifier lesson 6 chooses on validation
-(:func:`default_classifier`), with what a person needs around it:
-
-* **How good is it?** The leave-one-out accuracy on the training photos (each classified by the
-  pipeline fitted on all the *other* photos), the honest estimate from a handful of photos, and the
-  photos it gets wrong. A photo alone in its class cannot be right when left out: it counts wrong.
-* **"unknown"**: a photo whose cosine similarity to the nearest class centroid (the normalized mean
-  of the class's L2-normalized features) is below :attr:`Recognizer.threshold`: the lowest
-  leave-one-out similarity of a training photo to its nearest centroid (computed without it), so
-  every training photo, held out, would still be recognized. On the course classes
-  (``benchmarks/recognizer.py``), scikit-image's unrelated photos are all below it.
-* **A readable score**: that cosine similarity to the centroid of the class given (1: the direction
-  of the class's average photo), not the logistic regression's probability (about 0.3 for right
-  answers among 4 classes at C=1 on unit vectors).
-
-A recognizer file is a ``joblib`` pickle (numbers and parameters, no network): load only your own.
+The model is lesson 6's ``Pipeline`` (``DeepFeatures`` -> L2 ``Normalizer`` -> logistic
+regression), with what a person needs around it: its leave-one-out accuracy on the training photos
+and the photos it gets wrong; ``unknown`` for a photo whose cosine similarity to the nearest class
+centroid is below :attr:`Recognizer.threshold` (the lowest leave-one-out similarity of a training
+photo: on the course classes, ``benchmarks/recognizer.py``, unrelated photos fall below it); and
+that similarity as a readable score. A recognizer file is a ``joblib`` pickle: load only your own.
 """
 
 from __future__ import annotations
@@ -48,19 +37,13 @@ FEW_SHOT_C = 1.0  # lesson 6's `few_shot_C`: logistic regression on L2-normalize
 
 
 class RecognizerError(ValueError):
-    """A training folder, a recognizer file or a photo list the recognizer cannot use; the message
-    says why."""
+    """A training folder, a recognizer file or photos the recognizer cannot use."""
 
 
 def default_classifier() -> Pipeline:
-    """The classifier half of the recognizer: L2-normalization + logistic regression (C=1), lesson
-    6's choice on validation, with ``class_weight="balanced"``.
-
-    Balanced class weights change nothing when every class has as many photos (lesson 6's draws),
-    but leave-one-out needs them: leaving a photo out makes its class the smallest, and the strongly
-    regularized fit then leans on the class sizes. On course photos (``benchmarks/recognizer.py``, 5
-    per class, 10 draws): leave-one-out accuracy 0.265 without, 0.605 with (0.641 on held-out ones).
-    """
+    """L2-normalization + logistic regression (C=1, lesson 6's choice), with balanced class weights:
+    leaving a photo out makes its class the smallest, and without them the leave-one-out accuracy
+    on course photos (``benchmarks/recognizer.py``) falls from 0.605 to 0.265."""
     logistic = LogisticRegression(C=FEW_SHOT_C, class_weight="balanced", max_iter=1000)
     return Pipeline([("l2", Normalizer()), ("classify", logistic)])
 
@@ -72,16 +55,14 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def centroids(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """One unit vector per class: the normalized mean of the class's L2-normalized features,
-    (n_classes, d)."""
+    """One unit vector per class: the normalized mean of its L2-normalized features."""
     unit = _unit(features)
     return _unit(np.stack([unit[labels == c].mean(axis=0) for c in range(n_classes)]))
 
 
 def leave_one_out_similarities(features: np.ndarray, labels: np.ndarray,
                                n_classes: int) -> np.ndarray:
-    """For each training photo, its cosine similarity to the nearest class centroid computed without
-    it (a class whose only photo it is has no centroid then)."""
+    """Each training photo's cosine similarity to the nearest class centroid computed without it."""
     unit = _unit(features)
     sums = np.stack([unit[labels == c].sum(axis=0) for c in range(n_classes)])
     counts = np.bincount(labels, minlength=n_classes)
@@ -96,9 +77,8 @@ def leave_one_out_similarities(features: np.ndarray, labels: np.ndarray,
 
 def leave_one_out_predictions(classifier: Pipeline, features: np.ndarray,
                               labels: np.ndarray) -> np.ndarray:
-    """Each photo's class predicted by ``classifier`` fitted on all the other photos
-    (``LeaveOneOut``). A fold left with one class predicts that class (logistic regression cannot be
-    fitted on one class)."""
+    """Each photo's class predicted by ``classifier`` fitted on all the other photos (a fold left
+    with one class predicts it)."""
     predicted = np.empty(len(labels), dtype=labels.dtype)
     for rest, (i,) in LeaveOneOut().split(features):
         if len(np.unique(labels[rest])) < 2:
@@ -111,8 +91,7 @@ def leave_one_out_predictions(classifier: Pipeline, features: np.ndarray,
 
 @dataclass
 class Recognition:
-    """What the recognizer says of one photo: its class (or ``unknown``), the cosine similarity to
-    that class's centroid (for ``unknown``: to the nearest one, ``nearest``), and the path."""
+    """One photo's class (or ``unknown``), its cosine similarity to that (or the nearest) class."""
 
     path: Path
     label: str
@@ -122,8 +101,8 @@ class Recognition:
 
 @dataclass
 class Recognizer:
-    """A fitted recognizer: the pipeline (image files -> class index), the class names, their
-    centroids, the ``unknown`` threshold and the leave-one-out figures of its training photos."""
+    """A fitted recognizer: the pipeline, the classes, their centroids, the ``unknown`` threshold
+    and the leave-one-out figures of its training photos."""
 
     pipeline: Pipeline
     class_names: list[str]
@@ -146,8 +125,7 @@ class Recognizer:
 
     def recognize(self, photos: Sequence[str | Path]
                   ) -> tuple[list[Recognition], list[tuple[Path, str]]]:
-        """Classify photo files; unreadable ones are returned apart, with their reasons (the rest
-        still run)."""
+        """Classify photo files; unreadable ones are returned apart, with their reasons."""
         found = featurize_files([Path(p) for p in photos], self.backbone, self.image_size,
                                 progress=None)
         answers = self.answer(found.features) if len(found.paths) else []
@@ -155,8 +133,7 @@ class Recognizer:
         return results, [(Path(p), r) for p, r in found.skipped]
 
     def answer(self, features: np.ndarray) -> list[tuple[str, float, str]]:
-        """For deep features (N, d) of photos: (class or ``unknown``, cosine similarity, nearest
-        class) each."""
+        """(class or ``unknown``, cosine similarity, nearest class) for each row of features."""
         labels = self.pipeline[1:].predict(features)  # the steps after DeepFeatures
         sims = _unit(features) @ self.centroids.T
         out = []
@@ -173,8 +150,7 @@ class Recognizer:
                       names: Sequence[str], backbone: str = DEFAULT_BACKBONE,
                       image_size: int | None = None,
                       classifier: Pipeline | None = None) -> "Recognizer":
-        """Fit on the deep features of the training photos (``names``: how mistakes are reported):
-        the leave-one-out figures, the ``unknown`` threshold, then the classifier on every photo."""
+        """Fit on the training photos' features (``names``: how mistakes are reported)."""
         features, labels = np.asarray(features), np.asarray(labels)
         n_classes = len(class_names)
         tail = clone(classifier if classifier is not None else default_classifier())
@@ -228,8 +204,7 @@ class Recognizer:
 
 
 def check_training_folder(folder: str | Path) -> None:
-    """Refuse, naming the problem, a folder that cannot train a recognizer: missing, no class
-    folders, one class, an empty class folder, or photos lying in the top folder."""
+    """Refuse, naming the problem, a folder that cannot train a recognizer."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RecognizerError(f"{folder}: no such folder. Make one sub-folder per class with its "
@@ -256,13 +231,9 @@ def check_training_folder(folder: str | Path) -> None:
 def train_recognizer(folder: str | Path, backbone: str = DEFAULT_BACKBONE,
                      image_size: int | None = None, classifier: Pipeline | None = None,
                      progress: bool | None = None) -> Recognizer:
-    """Fit a recognizer on ``folder/<class>/<photos>`` (a readable photo in each of 2+ classes; what
-    lesson 6 calls and ``train-recognizer`` runs).
-
-    ``classifier`` (default :func:`default_classifier`) works on the deep features; the pipeline is
-    ``DeepFeatures`` followed by its steps. Unreadable files are skipped and listed in ``skipped``;
-    a class left with no readable photo is an error.
-    """
+    """Fit a recognizer on ``folder/<class>/<photos>`` (2+ classes); ``classifier`` (default
+    :func:`default_classifier`) follows ``DeepFeatures``. Unreadable files are listed in
+    ``skipped``."""
     check_training_folder(folder)
     spec = get_spec(backbone)
     size = spec.input_size if image_size is None else int(image_size)
@@ -287,8 +258,7 @@ def train_recognizer(folder: str | Path, backbone: str = DEFAULT_BACKBONE,
 
 
 def check_output_file(output: str | Path) -> Path:
-    """The recognizer file to write: refused before any work when it is a folder or its folder is
-    missing."""
+    """The recognizer file to write, refused before any work if it cannot be written."""
     output = Path(output)
     if output.is_dir():
         raise RecognizerError(f"{output}: is a folder; give a file name, e.g. "
@@ -302,8 +272,7 @@ def check_output_file(output: str | Path) -> Path:
 
 
 def report_lines(recognizer: Recognizer) -> list[str]:
-    """What ``train-recognizer`` prints (and lesson 6 shows): the photos per class, the
-    leave-one-out accuracy and its mistakes, and the ``unknown`` rule."""
+    """What ``train-recognizer`` prints (and lesson 6 shows)."""
     n = sum(recognizer.counts.values())
     lines = ["photos per class: " + ", ".join(f"{c} {k}" for c, k in recognizer.counts.items())]
     right = round(recognizer.loo_accuracy * n)

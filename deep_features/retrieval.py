@@ -1,11 +1,7 @@
 """Search a folder of image files, or an index of one, for the images nearest to a query image
-(``deep-features similar``).
-
-The lessons write the nearest-neighbour search in their cells (scikit-learn's ``NearestNeighbors``;
-lesson 9 faiss); this is the same search for the command line, with the folder's features cached. A
-folder and an index of it give the same answers: both rank by cosine distance (1 - cosine
-similarity, the better of the two on deep features in lesson 4) by default, or by Euclidean
-distance with ``metric="euclidean"`` (an index by the metric it was built with).
+(``deep-features similar``): the lessons' nearest-neighbour search with the folder's features
+cached. A folder and an index of it give the same answers: by cosine distance (1 - cosine
+similarity, lesson 4's better metric) by default, or Euclidean distance (an index: its own metric).
 """
 
 from __future__ import annotations
@@ -23,21 +19,19 @@ from utils.fast_inference import resolve_precision
 from utils.features import featurize_files
 
 from . import DEFAULT_BACKBONE
-from .index import METRIC, IndexSettings, SearchIndex, check_metric
+from .index import METRIC, SearchIndex, check_metric
 
 
 def _nearest(query: np.ndarray, collection: np.ndarray, k: int,
              metric: str = METRIC) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest collection rows to each query row by ``metric`` (cosine or euclidean
-    distance): (distances, indices), both (Q, k)."""
+    """The ``k`` nearest collection rows to each query row: (distances, indices), both (Q, k)."""
     k = min(k, len(collection))
     index = NearestNeighbors(n_neighbors=k, algorithm="brute", metric=check_metric(metric))
     return index.fit(collection).kneighbors(np.atleast_2d(query))
 
 
 def _distance(score: float, metric: str) -> float:
-    """A faiss score as a distance: 1 - similarity (cosine), the root of a squared L2 distance
-    (euclidean); never below 0, so never printed as -0.000."""
+    """A faiss score as a distance, never below 0 (never printed as -0.000)."""
     distance = 1.0 - float(score) if metric == "cosine" else math.sqrt(max(0.0, float(score)))
     return max(0.0, distance)
 
@@ -52,8 +46,7 @@ class SimilarImage:
 
 @dataclass
 class Search:
-    """A search of a folder or of an index: the results and what was searched, for ``similar``'s
-    header, its ``--json`` and its note when there are fewer results than asked."""
+    """A search of a folder or of an index: the results and what was searched."""
 
     query: Path
     results: list[SimilarImage]
@@ -88,7 +81,6 @@ class Search:
         return f"only {others} {noun} in the {self.source}{besides}, not the {self.top} asked"
 
     def as_json(self) -> dict:
-        """The search as a JSON object: its settings, the query and the ranked results."""
         return {"metric": self.metric, "backbone": self.backbone, "image_size": self.image_size,
                 "precision": self.precision, "source": self.source, "searched": self.searched,
                 "query": str(self.query),
@@ -96,9 +88,7 @@ class Search:
                             for rank, r in enumerate(self.results, 1)]}
 
 
-def _unreadable(path: Path, reason: str) -> ValueError:
-    """The error for a query image the featurizer skipped: ``"<path>: <reason>"``, as
-    :func:`~utils.data.load_image` words it."""
+def _unreadable(path: Path, reason: str) -> ValueError:  # as utils.data.load_image words it
     return ValueError(f"{path}: {reason}")
 
 
@@ -111,13 +101,8 @@ def _checked_top(top: int) -> int:
 def search_folder(query: str | Path, folder: str | Path, top: int = 5, backbone: str | None = None,
                   image_size: int | None = None, progress: bool | None = None,
                   precision: str | None = None, metric: str = METRIC) -> Search:
-    """The ``top`` images in ``folder`` (searched recursively) closest to the ``query`` image file
-    by ``metric`` (``"cosine"`` or ``"euclidean"`` distance), and what was searched.
-
-    The folder's features are cached, so a second query against the same folder is instant. The
-    query file itself is not an answer. The folder's skipped (unreadable) files are in the result,
-    with their reasons. ``precision`` is as in :func:`~utils.features.featurize_files`.
-    """
+    """The ``top`` images in ``folder`` (recursively, the query file left out) closest to the
+    ``query`` image file, with the folder's unreadable files; the folder's features are cached."""
     top, metric = _checked_top(top), check_metric(metric)
     spec = get_spec(backbone or DEFAULT_BACKBONE)
     all_files = list_images(folder)
@@ -145,20 +130,12 @@ def search_folder(query: str | Path, folder: str | Path, top: int = 5, backbone:
 def search_index(query: str | Path, index: str | Path | SearchIndex, top: int = 5,
                  backbone: str | None = None, image_size: int | None = None,
                  precision: str | None = None, metric: str | None = None) -> Search:
-    """The ``top`` indexed images closest to the ``query`` image file, from an index folder
-    (``deep-features index``), and what was searched. Distances are in the index's metric.
-
-    The query is featurized with the index's settings; a ``backbone``, ``image_size``,
-    ``precision`` or ``metric`` given and different from the index's raises
-    :class:`~deep_features.index.IndexSettingsError`, as do weights changed since the index was
-    built. The query file itself is not an answer.
-    """
+    """The ``top`` indexed images (the query file left out) closest to the ``query`` image file,
+    featurized with the index's settings: others given raise
+    :class:`~deep_features.index.IndexSettingsError`."""
     top = _checked_top(top)
     index = index if isinstance(index, SearchIndex) else SearchIndex.load(index)
-    built = index.settings
-    settings = IndexSettings.of(backbone or built.backbone, image_size or built.image_size,
-                                precision or built.precision, metric or built.metric)
-    built.check(settings, index.folder)
+    settings = index.settings.asked(index.folder, backbone, image_size, precision, metric)
     found = featurize_files([query], settings.backbone, settings.image_size, use_cache=False,
                             progress=False, precision=settings.precision)
     if found.skipped:

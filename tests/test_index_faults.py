@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import WorkerPlugin
+from filelock import FileLock
 from PIL import Image
 
 from deep_features import dask_features
 from deep_features import index as index_module
 import deep_features.__main__ as cli_module
 from deep_features.__main__ import main
-from deep_features.index import (IndexBusyError, IndexDamagedError, SearchIndex, build_index, exclusive_lock,
-                                 looks_like_index)
+from deep_features.index import IndexBusyError, IndexDamagedError, SearchIndex, build_index, looks_like_index
 from utils import runtime
 from utils.data import _NO_SUCH_FILE, list_images
 from utils.features import FileFeatures, featurize_files
@@ -111,7 +111,7 @@ def test_a_second_writer_waits_for_the_first_then_updates(photos: Path, tmp_path
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "ix"
     build_index(photos, out, image_size=SIZE, progress=False)
-    with exclusive_lock(out / index_module.LOCK_FILE):  # another writer holds the folder
+    with FileLock(out / index_module.LOCK_FILE):  # another writer holds the folder
         started = time.monotonic()
         with pytest.raises(IndexBusyError, match=r"another `index` run has been updating .* try again"):
             build_index(photos, out, lock_timeout=0.5, progress=False)
@@ -124,22 +124,31 @@ def test_a_second_writer_waits_for_the_first_then_updates(photos: Path, tmp_path
         assert "another `index` run" in _one_error_line(capsys.readouterr().err.split("...")[-1])
         monkeypatch.undo()
     shutil.copy2(FIXTURE / "train" / "bird" / "0000.jpg", photos / "cat" / "new.jpg")
-    lock = exclusive_lock(out / index_module.LOCK_FILE)
-    lock.__enter__()
-    threading.Timer(1.0, lock.__exit__, (None, None, None)).start()  # the first writer finishes in 1 s
+    lock = FileLock(out / index_module.LOCK_FILE, thread_local=False)  # released by another thread
+    lock.acquire()
+    threading.Timer(1.0, lock.release).start()  # the first writer finishes in 1 s
     assert main(["index", str(photos), "--output", str(out)]) == 0
     captured = capsys.readouterr()
     assert "waiting for another `index` run on" in captured.err and "1 added" in captured.out
     _assert_searchable(out, 21)
 
 
-def test_without_file_locks_an_update_still_works(photos: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(index_module, "_lock_functions", lambda: None)  # neither fcntl nor msvcrt
-    with exclusive_lock(tmp_path / "x.lock") as locked:
-        assert locked is False
-    build_index(photos, tmp_path / "ix", image_size=SIZE, progress=False)
-    _assert_searchable(tmp_path / "ix", 20)
+def test_a_waiting_writer_survives_the_first_one_removing_the_folder_it_made(photos: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    out = tmp_path / "ix"
+    out.mkdir()
+    lock = FileLock(out / index_module.LOCK_FILE, thread_local=False)
+    lock.acquire()
+
+    def fail_and_tidy_up() -> None:  # a first run that failed: it removes the folder it created
+        (out / index_module.LOCK_FILE).unlink()
+        out.rmdir()
+        lock.release()
+
+    threading.Timer(1.0, fail_and_tidy_up).start()
+    build_index(photos, out, image_size=SIZE, progress=False, lock_timeout=30)
+    assert "waiting for another `index` run on" in capsys.readouterr().err
+    _assert_searchable(out, 20)
 
 
 _WRITER = """
