@@ -1,15 +1,9 @@
-"""The course's disk cache, for the featurizer, the backbones and fine-tuning: one key scheme, one
-format version, atomic writes, damaged entries recomputed.
-
-Entries live under ``_cache_root()/<kind>/`` (kinds: ``features``, ``features/chunks``,
-``features/index``, ``images``, ``weights``, ``tflite``, ``activations``), named
-``<model>[-<size>px][-<precision>][-<label>]-<key><suffix>``. The key, made by :func:`_cache_key`
-alone, hashes everything the entry depends on: the content (pixels or file bytes), model, weights
-id, size, precision, ``detail`` and :data:`_CACHE_FORMAT`.
-
-Not ``joblib.Memory``: these entries depend on what is not an argument (a checkpoint's hash, the
-TensorFlow version), must ignore what is (batch size), and include files read by path.
-"""
+"""The course's disk cache (featurizer, backbones, fine-tuning): one key scheme, atomic writes,
+damaged entries recomputed. Entries are ``_cache_root()/<kind>/<model>[-<size>px][-<precision>]
+[-<label>]-<key><suffix>`` (kinds: features, features/chunks, features/index, images, weights,
+tflite, activations), the key a hash of all they depend on (:func:`_cache_key`). Not
+``joblib.Memory``: entries depend on what is not an argument (a checkpoint's hash, the TensorFlow
+version), must ignore what is (batch size), and include files read by path."""
 
 from __future__ import annotations
 
@@ -41,7 +35,6 @@ def _cache_key(kind: str, model: str, weights_id: str, size: int | None = None,
 def _entry_path(kind: str, model: str, weights_id: str, size: int | None = None,
                 precision: str = "float32", content: str = "", detail: Sequence[Any] = (),
                 label: str = "", suffix: str = "") -> Path:
-    """Where an entry lives (see the module docstring)."""
     key = _cache_key(kind, model, weights_id, size, precision, content, detail)
     tags = [f"{size}px" if size else "", "" if precision == "float32" else precision, label]
     name = "-".join([model, *filter(None, tags)])

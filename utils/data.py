@@ -1,10 +1,5 @@
-"""Datasets and image loading for the lessons: the CIFAR-10 course split, image folders, robust
-single images.
-
-The course data come from ``data_dir``, else ``$DEEP_FEATURES_DATA``, else ``data/cifar10/``
-(``train/<class>/*.jpg`` and ``test/<class>/*.jpg``, or the CIFAR-10 Python batches), else a
-download by ``keras.datasets.cifar10``.
-"""
+"""Datasets and image loading for the lessons: the CIFAR-10 course split (:func:`load_course_data`
+says from where), image folders, robust single images."""
 
 from __future__ import annotations
 
@@ -23,12 +18,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .cache import _content_hash, _entry_path, _read_entry, _write_entry
 
-try:  # iPhone photos (HEIC/HEIF): pillow-heif adds the format to Pillow's Image.open
-    from pillow_heif import register_heif_opener
+with contextlib.suppress(ImportError):  # without pillow-heif a .heic file is "not an image"
+    from pillow_heif import register_heif_opener  # iPhone photos (HEIC/HEIF) for Image.open
 
     register_heif_opener()
-except ImportError:  # pragma: no cover - then a .heic file is "not an image"
-    pass
 
 _COURSE_CLASSES: tuple[str, ...] = ("automobile", "bird", "cat", "dog")
 # The classic course split: these training images, and all 1000 CIFAR-10 test images per class.
@@ -194,10 +187,8 @@ def load_image_folder(root: str | Path, min_classes: int = 1,
     ``check_images``) in ``skipped``, empty classes left out with a warning."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"{root}: no such folder. Make one sub-folder per class with its images inside, e.g. "
-            f"{root}/cat/1.jpg, {root}/dog/1.jpg"
-        )
+        raise FileNotFoundError(f"{root}: no such folder. Make one sub-folder per class with its "
+                                f"images inside, e.g. {root}/cat/1.jpg, {root}/dog/1.jpg")
     paths, labels, class_names, skipped, empty = [], [], [], [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         good = []
@@ -225,10 +216,9 @@ def load_image_folder(root: str | Path, min_classes: int = 1,
                       stacklevel=2)
     if len(class_names) < min_classes:
         found = f"found {len(class_names)} ({', '.join(class_names) or 'none'})"
-        raise ValueError(
-            f"{root}: need at least {min_classes} class folders with images, {found}. "
-            f"Put each class's images in its own sub-folder, e.g. {root}/cat/, {root}/dog/"
-        )
+        raise ValueError(f"{root}: need at least {min_classes} class folders with images, "
+                         f"{found}. Put each class's images in its own sub-folder, e.g. "
+                         f"{root}/cat/, {root}/dog/")
     return _ImageSet(np.asarray(labels, dtype=np.int64), class_names, paths=paths,
                      source=f"image folder {root}", skipped=skipped)
 
@@ -246,10 +236,8 @@ def _find_data_dir(data_dir: str | Path | None = None) -> Path | None:
 
 
 def _python_batches_dir(path: Path) -> Path | None:
-    for candidate in (path, path / "cifar-10-batches-py"):
-        if (candidate / "data_batch_1").is_file() and (candidate / "test_batch").is_file():
-            return candidate
-    return None
+    return next((f for f in (path, path / "cifar-10-batches-py")
+                 if (f / "data_batch_1").is_file() and (f / "test_batch").is_file()), None)
 
 
 def _read_python_batches(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -288,13 +276,11 @@ def _sample_indices(labels: np.ndarray, classes: Sequence[str], counts: Sequence
     chosen = []
     for class_id, count in enumerate(counts):
         pool = np.flatnonzero(labels == class_id)
-        if count is None or count == len(pool):
-            chosen.append(pool)
-            continue
-        if count > len(pool):
+        if count is not None and count > len(pool):
             raise ValueError(f"{split}: asked for {count} images of class {classes[class_id]!r}, "
                              f"only {len(pool)} exist")
-        chosen.append(np.sort(rng.choice(pool, size=count, replace=False)))
+        every = count is None or count == len(pool)
+        chosen.append(pool if every else np.sort(rng.choice(pool, size=count, replace=False)))
     return np.concatenate(chosen)
 
 
@@ -326,7 +312,9 @@ def load_course_data(data_dir: str | Path | None = None,
                      classes: Sequence[str] = _COURSE_CLASSES) -> tuple[_ImageSet, _ImageSet]:
     """The CIFAR-10 course data as (train, test) ``_ImageSet`` s of 32x32 uint8 images (every
     lesson): by default 2005 training and 4000 test images; ``n_*_per_class`` (an int, or a dict
-    by class) samples other sizes with ``seed``. Labels index ``classes``."""
+    by class) samples other sizes with ``seed``. Labels index ``classes``. Read from ``data_dir``,
+    else ``$DEEP_FEATURES_DATA``, else ``data/cifar10/`` (``train/<class>/*.jpg`` and
+    ``test/<class>/*.jpg``, or the Python batches), else downloaded by ``keras.datasets``."""
     classes = list(classes)
     unknown = [c for c in classes if c not in _CIFAR10_CLASSES]
     if unknown:
@@ -338,10 +326,9 @@ def load_course_data(data_dir: str | Path | None = None,
     batches = _python_batches_dir(source) if source is not None else None
     folders = source is not None and batches is None
     if folders and not ((source / "train").is_dir() and (source / "test").is_dir()):
-        raise _DataNotFoundError(
-            f"{source} holds neither train/<class>/ and test/<class>/ image folders "
-            "nor the CIFAR-10 Python batches (data_batch_1 ... test_batch)"
-        )
+        raise _DataNotFoundError(f"{source} holds neither train/<class>/ and test/<class>/ image "
+                                 "folders nor the CIFAR-10 Python batches (data_batch_1 ... "
+                                 "test_batch)")
     if not folders:
         arrays = _read_python_batches(batches) if batches else _download_cifar10()
         origin = f"CIFAR-10 Python batches in {source}" if batches else "keras.datasets.cifar10"

@@ -31,8 +31,7 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
 
     def __init__(self, backbone: str = _DEFAULT_BACKBONE, image_size: int | None = None,
                  batch_size: int = _DEFAULT_BATCH_SIZE, use_cache: bool = True,
-                 progress: bool | None = None,
-                 weights: str | None = "imagenet"):
+                 progress: bool | None = None, weights: str | None = "imagenet"):
         self.backbone = backbone
         self.image_size = image_size
         self.batch_size = batch_size
@@ -96,8 +95,8 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
             # all new (the usual first call): the whole array, which the disk cache can serve
             subset = images if len(missing) == len(images) else images[missing]
             computed = featurize_images(subset, name, size, batch_size=self.batch_size,
-                                        use_cache=self.use_cache,
-                                        progress=self.progress, weights=self.weights)
+                                        use_cache=self.use_cache, progress=self.progress,
+                                        weights=self.weights)
             _MEMO.update(zip([keys[i] for i in missing], computed))
         out = np.asarray([_MEMO[k] for k in keys], np.float32).reshape(-1, self.n_features_out_)
         while len(_MEMO) > _MEMO_MAX_ROWS:
@@ -106,9 +105,8 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
 
     def _file_features(self, paths: Sequence[Path]) -> np.ndarray:
         found = featurize_files(paths, get_spec(self.backbone).name, self._size,
-                                batch_size=self.batch_size,
-                                use_cache=self.use_cache, progress=self.progress,
-                                weights=self.weights)
+                                batch_size=self.batch_size, use_cache=self.use_cache,
+                                progress=self.progress, weights=self.weights)
         # a row per input is the transformer contract: name every bad file instead
         if found.skipped:
             names = "; ".join(f"{path}: {reason}" for path, reason in found.skipped[:5])

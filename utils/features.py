@@ -1,9 +1,7 @@
 """Batched featurization for the lessons and the tool: images or image files -> float32 deep
-features, cached on disk (:mod:`utils.cache`) so a re-run or another notebook pays nothing.
-
-Files go in chunks, each cached when done (a killed run resumes at the first missing one; a stat
-index lets a rerun skip reading unchanged files), decoded by one thread a few chunks ahead.
-"""
+features, cached on disk (:mod:`utils.cache`). Files go in chunks, each cached when done (a killed
+run resumes at the first missing one; a stat index lets a rerun skip reading unchanged files),
+decoded by one thread a few chunks ahead."""
 
 from __future__ import annotations
 
@@ -84,15 +82,11 @@ def _array_cache_path(images_hash: str, backbone: _BackboneHandle,
 
 
 def featurize_images(images: np.ndarray, backbone: str = _DEFAULT_BACKBONE,
-                     image_size: int | None = None,
-                     batch_size: int = _DEFAULT_BATCH_SIZE, use_cache: bool = True,
-                     progress: bool | None = None, precision: str | None = None,
-                     weights: str | None = "imagenet") -> np.ndarray:
-    """uint8 RGB images (N, H, W, 3) -> (N, feature_dim) float32 features, cached (lessons 3-9).
-
-    ``image_size`` defaults to the backbone's; ``precision``: ``"float32"`` or ``"int8"`` (see
-    ``resolve_precision``); ``weights``: ``"imagenet"`` or None (random).
-    """
+                     image_size: int | None = None, batch_size: int = _DEFAULT_BATCH_SIZE,
+                     use_cache: bool = True, progress: bool | None = None,
+                     precision: str | None = None, weights: str | None = "imagenet") -> np.ndarray:
+    """uint8 RGB images (N, H, W, 3) -> (N, feature_dim) float32 features, cached (lessons 3-9);
+    ``precision``: see ``resolve_precision``; ``weights``: ``"imagenet"`` or None (random)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected images of shape (N, H, W, 3), got {images.shape}")
@@ -100,7 +94,6 @@ def featurize_images(images: np.ndarray, backbone: str = _DEFAULT_BACKBONE,
         raise ValueError(f"expected uint8 images (0-255), got {images.dtype}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    # resolved once, passed down; builds no Keras model
     bb = _backbone_handle(backbone, image_size, weights)
     precision = resolve_precision(precision)
     path = _array_cache_path(_array_hash(images), bb, precision) if use_cache else None
@@ -201,22 +194,18 @@ def _prepare_chunk(entry: Callable[..., Path] | None, paths: Sequence[Path], siz
 
 
 def featurize_files(paths: Sequence[str | Path], backbone: str = _DEFAULT_BACKBONE,
-                    image_size: int | None = None,
-                    batch_size: int = _DEFAULT_BATCH_SIZE, use_cache: bool = True,
-                    progress: bool | None = None, precision: str | None = None,
+                    image_size: int | None = None, batch_size: int = _DEFAULT_BATCH_SIZE,
+                    use_cache: bool = True, progress: bool | None = None,
+                    precision: str | None = None,
                     on_chunk: Callable[[int, int], None] | None = None,
                     chunk_files: int = _CHUNK_FILES,
                     weights: str | None = "imagenet") -> FileFeatures:
-    """Deep features of image files, unreadable ones skipped with the reason (lesson 9).
-
-    Cached in chunks of ``chunk_files``; ``on_chunk(done, total)`` is called after each. Other
-    arguments as in :func:`featurize_images`.
-    """
+    """Deep features of image files, unreadable ones skipped with the reason (lesson 9); cached in
+    chunks of ``chunk_files``, ``on_chunk(done, total)`` called after each."""
     paths = [Path(p) for p in paths]
     if batch_size < 1 or chunk_files < 1:
         raise ValueError(f"batch_size and chunk_files must be positive, "
                          f"got {batch_size} and {chunk_files}")
-    # resolved once, passed down; builds no Keras model
     bb = _backbone_handle(backbone, image_size, weights)
     size, dim = bb.input_size, bb.feature_dim
     precision = resolve_precision(precision)

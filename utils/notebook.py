@@ -15,22 +15,19 @@ class _LessonRun:
     started: float = field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
-        """Seconds since :func:`setup` (the lesson summary's "ran in ... s")."""
+        """Seconds since :func:`setup`."""
         return time.perf_counter() - self.started
 
 
 def setup(name: str, seed: int = 0, *, blas_threads: int | None = None) -> _LessonRun:
-    """Seed numpy, set figure defaults, print the versions used (every lesson).
-
-    ``blas_threads`` limits the BLAS/OpenMP threads for the session (lesson 6: many small fits).
-    scikit-learn's ``NearestCentroid`` warnings about the spread of one or two images per class are
-    silenced: it uses that spread only with ``shrink_threshold``.
-    """
+    """Seed numpy, set figure defaults, print the versions used (every lesson); ``blas_threads``
+    limits the BLAS/OpenMP threads for the session (lesson 6: many small fits)."""
     import warnings
 
     import matplotlib
     import matplotlib.pyplot as plt
 
+    # one or two images per class: NearestCentroid warns of a spread it uses only to shrink
     warnings.filterwarnings("ignore", module="sklearn.neighbors._nearest_centroid")
     if blas_threads is not None:
         from threadpoolctl import threadpool_limits

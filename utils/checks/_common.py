@@ -13,16 +13,14 @@ def _accuracy(model: Any, X: Any, y: np.ndarray) -> float:
 
 
 def _right_only_by(predicted: Any, other: Any, labels: Any) -> int:
-    """How many images ``predicted`` gets right and ``other`` gets wrong (exercises 3.2, 8.1,
-    8.2)."""
+    """How many images ``predicted`` gets right and ``other`` gets wrong."""
     labels = np.asarray(labels)
     return int(((np.asarray(predicted) == labels) & (np.asarray(other) != labels)).sum())
 
 
 def _nearest(queries: np.ndarray, collection: np.ndarray, k: int,
              metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
-    """(distances, indices) of the ``k`` nearest collection rows, nearest first (an independent
-    brute force)."""
+    """(distances, indices) of the ``k`` nearest collection rows, nearest first (brute force)."""
     d = pairwise_distances(np.atleast_2d(queries), collection, metric=metric)
     idx = np.argsort(d, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(d, idx, axis=1), idx
