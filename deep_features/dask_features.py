@@ -7,6 +7,7 @@ a hang.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -67,8 +68,7 @@ def _featurize_chunk(paths: list[str], backbone: str, image_size: int, precision
 
 def open_client(workers: int | None = None, scheduler: str | None = None,
                 timeout: float = CONNECT_TIMEOUT):
-    """A ``Client`` of the cluster at ``scheduler``, else of a new ``LocalCluster`` of ``workers``
-    one-thread processes (the model uses the cores itself)."""
+    """A ``Client`` of ``scheduler``'s cluster, else of a ``LocalCluster`` of one-thread workers."""
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
@@ -104,12 +104,8 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
                             use_cache: bool = True, progress: bool | None = None,
                             chunk_files: int = CHUNK_FILES,
                             no_workers_timeout: float = NO_WORKERS_TIMEOUT) -> FileFeatures:
-    """:func:`~utils.features.featurize_files` with its chunks run as Dask tasks: the same result.
-
-    The cluster is ``client``, else as :func:`open_client` opens it (then closed at the end).
-    ``progress`` shows a bar of chunks (default: from 4). Skipped files are in ``skipped``; the
-    chunks not done are cancelled on :class:`DaskClusterError`.
-    """
+    """:func:`~utils.features.featurize_files` with its chunks run as Dask tasks on ``client``
+    (else one :func:`open_client` opens and closes): the same result."""
     from tqdm import tqdm
 
     paths = [Path(p) for p in paths]
@@ -130,10 +126,8 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
             try:
                 parts = _gather(client, futures, bar, no_workers_timeout)
             except BaseException:
-                try:
+                with contextlib.suppress(Exception):  # the scheduler may be gone: nothing to cancel
                     client.cancel(list(futures))
-                except Exception:  # the scheduler may be gone: nothing to cancel there
-                    pass
                 raise
     finally:
         if own_client:
@@ -165,8 +159,7 @@ def _worker_count(client) -> int:
 
 
 def _gather(client, futures: dict, bar, no_workers_timeout: float) -> list[FileFeatures]:
-    """The futures' results, in their order in ``futures``; :class:`DaskClusterError` on a failed
-    task, or no worker for ``no_workers_timeout`` seconds."""
+    """The futures' results in order; :class:`DaskClusterError` on a failure or no workers."""
     from dask.distributed import as_completed
 
     parts: list[FileFeatures] = [None] * len(futures)  # type: ignore[list-item]

@@ -182,8 +182,7 @@ class SearchIndex:
 
     @classmethod
     def load(cls, folder: str | Path) -> "SearchIndex":
-        """The index in ``folder``: one whole generation, even while :func:`build_index` updates it;
-        :class:`FileNotFoundError` if there is none, :class:`IndexDamagedError` if damaged."""
+        """The index in ``folder``: one whole generation, even while :func:`build_index` runs."""
         folder = Path(folder)
         tried = None
         for _ in range(3):  # a file index.json names is gone: an update switched meanwhile, reread
@@ -223,8 +222,7 @@ class SearchIndex:
 
     def search(self, query_features: np.ndarray, k: int,
                settings: IndexSettings) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest rows to each query (features made with ``settings``): faiss's (scores,
-        rows), (Q, k) each; a row of -1 is a neighbour an HNSW graph did not find."""
+        """faiss's (scores, rows) of the ``k`` nearest rows to each query (-1: not found)."""
         self.settings.check(settings, self.folder)
         queries = prepared(np.atleast_2d(query_features), self.settings.metric)
         k = min(int(k), len(self))
@@ -350,16 +348,10 @@ def build_index(folder: str | Path, output: str | Path, backbone: str | None = N
                 scheduler: str | None = None, progress: bool | None = None, report: bool = False,
                 files: Sequence[str | Path] | None = None,
                 lock_timeout: float | None = LOCK_TIMEOUT) -> IndexUpdate:
-    """Index the images under ``folder`` (or ``files``) into the folder ``output``, or update it.
-
-    Only new or changed files (size, modification time) are featurized, on Dask with ``workers`` or
-    ``scheduler``; gone ones leave the index; unreadable ones are skipped (``report=True`` prints
-    them) and tried again next time. The settings default to the index's own, else the backbone's,
-    cosine and ``"auto"``; other settings raise :class:`IndexSettingsError`, another ``kind``
-    rebuilds the index from the stored features. A second writer waits (saying so on stderr) for
-    the first to release ``output/.lock``, then updates from what it wrote; after ``lock_timeout``
-    seconds (``None``: no limit): :class:`IndexBusyError`.
-    """
+    """Index the images under ``folder`` (or ``files``) into the folder ``output``, or update it:
+    only new or changed files are featurized (on Dask with ``workers`` or ``scheduler``), unreadable
+    ones are skipped and tried again next time; settings default to the index's own; a second
+    writer waits for the first, for at most ``lock_timeout`` s (``None``: no limit)."""
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output} is a file, not a folder: give the index folder (a new "
@@ -384,8 +376,7 @@ def build_index(folder: str | Path, output: str | Path, backbone: str | None = N
 
 
 def _writer_lock(output: Path, timeout: float | None) -> FileLock:
-    """``output/.lock``, held (the operating system's lock: released when its holder dies); waits
-    for another writer, saying so, for at most ``timeout`` seconds (``None``: no limit)."""
+    """``output/.lock``, held; waits for another writer, saying so, for at most ``timeout`` s."""
     lock, waited = FileLock(output / LOCK_FILE), False
     while True:
         output.mkdir(parents=True, exist_ok=True)
@@ -449,9 +440,8 @@ def _previous(output: Path) -> _Previous:
 
 def _requested_kind(meta: dict) -> str:
     """The kind an index was asked for (``auto`` included); guessed when index.json does not say."""
-    if meta.get("requested_kind") in INDEX_KINDS:
-        return meta["requested_kind"]
-    return "auto" if meta["kind"] == choose_kind("auto", int(meta["count"])) else meta["kind"]
+    guess = "auto" if meta["kind"] == choose_kind("auto", int(meta["count"])) else meta["kind"]
+    return meta["requested_kind"] if meta.get("requested_kind") in INDEX_KINDS else guess
 
 
 def _update(folder, output: Path, files: Sequence[str | Path] | None, backbone: str | None,
@@ -532,8 +522,7 @@ def _faiss_to_extend(path: Path, count: int, notes: list[str]):
 
 def _write(output: Path, settings: IndexSettings, kind: str, requested: str, faiss_index,
            features: np.ndarray, entries: list[list], keep: set[str]) -> None:
-    """Write a new generation, switch ``index.json`` to it, then delete the generations other than
-    it and ``keep`` (the previous one, which a reader may be loading)."""
+    """Write a new generation, switch ``index.json`` to it, delete the others but ``keep``."""
     import faiss
 
     generation = secrets.token_hex(4)

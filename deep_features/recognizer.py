@@ -77,8 +77,7 @@ def leave_one_out_similarities(features: np.ndarray, labels: np.ndarray,
 
 def leave_one_out_predictions(classifier: Pipeline, features: np.ndarray,
                               labels: np.ndarray) -> np.ndarray:
-    """Each photo's class predicted by ``classifier`` fitted on all the other photos (a fold left
-    with one class predicts it)."""
+    """Each photo's class by ``classifier`` fitted on all the others (one class left: that one)."""
     predicted = np.empty(len(labels), dtype=labels.dtype)
     for rest, (i,) in LeaveOneOut().split(features):
         if len(np.unique(labels[rest])) < 2:
@@ -101,8 +100,7 @@ class Recognition:
 
 @dataclass
 class Recognizer:
-    """A fitted recognizer: the pipeline, the classes, their centroids, the ``unknown`` threshold
-    and the leave-one-out figures of its training photos."""
+    """A fitted recognizer: pipeline, classes, centroids, ``unknown`` threshold, leave-one-out."""
 
     pipeline: Pipeline
     class_names: list[str]
@@ -231,9 +229,7 @@ def check_training_folder(folder: str | Path) -> None:
 def train_recognizer(folder: str | Path, backbone: str = DEFAULT_BACKBONE,
                      image_size: int | None = None, classifier: Pipeline | None = None,
                      progress: bool | None = None) -> Recognizer:
-    """Fit a recognizer on ``folder/<class>/<photos>`` (2+ classes); ``classifier`` (default
-    :func:`default_classifier`) follows ``DeepFeatures``. Unreadable files are listed in
-    ``skipped``."""
+    """Fit a recognizer on ``folder/<class>/<photos>`` (2+ classes); unreadable: ``skipped``."""
     check_training_folder(folder)
     spec = get_spec(backbone)
     size = spec.input_size if image_size is None else int(image_size)

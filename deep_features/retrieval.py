@@ -88,10 +88,6 @@ class Search:
                             for rank, r in enumerate(self.results, 1)]}
 
 
-def _unreadable(path: Path, reason: str) -> ValueError:  # as utils.data.load_image words it
-    return ValueError(f"{path}: {reason}")
-
-
 def _checked_top(top: int) -> int:
     if int(top) < 1:
         raise ValueError(f"the number of results must be at least 1, got {top}")
@@ -101,8 +97,7 @@ def _checked_top(top: int) -> int:
 def search_folder(query: str | Path, folder: str | Path, top: int = 5, backbone: str | None = None,
                   image_size: int | None = None, progress: bool | None = None,
                   precision: str | None = None, metric: str = METRIC) -> Search:
-    """The ``top`` images in ``folder`` (recursively, the query file left out) closest to the
-    ``query`` image file, with the folder's unreadable files; the folder's features are cached."""
+    """The ``top`` images under ``folder`` (not the query file) closest to the ``query`` file."""
     top, metric = _checked_top(top), check_metric(metric)
     spec = get_spec(backbone or DEFAULT_BACKBONE)
     all_files = list_images(folder)
@@ -117,7 +112,7 @@ def search_folder(query: str | Path, folder: str | Path, top: int = 5, backbone:
     found = featurize_files([query], spec.name, image_size, use_cache=False, progress=False,
                             precision=precision)
     if found.skipped:
-        raise _unreadable(*found.skipped[0])
+        raise ValueError("{}: {}".format(*found.skipped[0]))  # as load_image says
     distances, indices = _nearest(found.features, collection.features, top, metric)
     results = [SimilarImage(collection.paths[i], max(0.0, float(d)))
                for d, i in zip(distances[0], indices[0])]
@@ -130,16 +125,15 @@ def search_folder(query: str | Path, folder: str | Path, top: int = 5, backbone:
 def search_index(query: str | Path, index: str | Path | SearchIndex, top: int = 5,
                  backbone: str | None = None, image_size: int | None = None,
                  precision: str | None = None, metric: str | None = None) -> Search:
-    """The ``top`` indexed images (the query file left out) closest to the ``query`` image file,
-    featurized with the index's settings: others given raise
-    :class:`~deep_features.index.IndexSettingsError`."""
+    """The ``top`` indexed images (not the query file) closest to the ``query`` file, featurized
+    with the index's settings (others: :class:`~deep_features.index.IndexSettingsError`)."""
     top = _checked_top(top)
     index = index if isinstance(index, SearchIndex) else SearchIndex.load(index)
     settings = index.settings.asked(index.folder, backbone, image_size, precision, metric)
     found = featurize_files([query], settings.backbone, settings.image_size, use_cache=False,
                             progress=False, precision=settings.precision)
     if found.skipped:
-        raise _unreadable(*found.skipped[0])
+        raise ValueError("{}: {}".format(*found.skipped[0]))  # as load_image says
     scores, rows = index.search(found.features, top + 1, settings)
     query = Path(query).resolve()
     hits = [(index.paths[r], score) for score, r in zip(scores[0], rows[0]) if r >= 0]
