@@ -200,7 +200,7 @@ def _build_efficientnet_lite(blocks: Sequence[_LiteBlock], input_size: int, name
 
 
 def _torch_key(layer_name: str) -> str:
-    """Keras layer name -> checkpoint prefix: ``blocks_3_expand_conv`` -> ``_blocks.3._expand_conv``."""
+    """Keras layer name -> checkpoint prefix: blocks_3_expand_conv -> _blocks.3._expand_conv."""
     if layer_name.startswith("blocks_"):
         _, index, rest = layer_name.split("_", 2)
         return f"_blocks.{index}._{rest}"

@@ -232,7 +232,8 @@ def _load_or_convert(backbone: "_Backbone", input_hw: tuple[int, int],
         calibration = _calibration_images(input_hw)
         flatbuffer = _convert_to_tflite(model, size, input_hw, "int8", calibration)
         x = calibration[:8]
-        got, want = _TFLiteRunner(flatbuffer)(x), np.asarray(model(_resized(x, size), training=False))
+        want = np.asarray(model(_resized(x, size), training=False))
+        got = _TFLiteRunner(flatbuffer)(x)
         rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
         if not rel <= _INT8_MAX_REL_DIFF:
             raise ValueError(f"int8 TFLite features differ from the Keras model's by {rel:.3f} "
