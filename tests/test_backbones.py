@@ -266,5 +266,3 @@ def test_every_backbone_has_a_constructor_and_its_preprocess_input() -> None:
             assert constructor is getattr(keras.applications, spec.constructor)
             assert preprocess_input is getattr(keras.applications, spec.module).preprocess_input
             assert scaling == f"keras.applications.{spec.module}.preprocess_input"
-    with pytest.raises(ValueError, match="keras.applications.MobileNetV2"):
-        backbones._lite_application("mobilenet_v2")

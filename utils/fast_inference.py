@@ -1,12 +1,7 @@
-"""Fast CPU inference for the featurizer: the Keras feature model converted to a float32 TFLite
-model (uint8 images in: cast and bilinear resize inside) run by XNNPACK, about twice as fast with
-the same features to ~1e-5 (``benchmarks/README.md``).
-
-Each conversion (per weights, model size, input size, precision) is checked against Keras, then
-cached by :mod:`utils.cache`; a cached model runs without TensorFlow or Keras imported. Where TFLite
-is missing or a conversion fails the Keras path is used, with a warning; ``DEEP_FEATURES_FAST=0``
-asks for it. ``"int8"`` (:func:`resolve_precision`) is post-training quantization calibrated on
-scikit-image's sample photos, faster only on CPUs with int8 dot products (VNNI).
+"""Fast CPU inference: a Keras model converted to TFLite (uint8 images in, cast and resize inside),
+run by XNNPACK, about twice as fast (``benchmarks/README.md``). Each conversion is checked against
+Keras and cached; a cached one runs without TensorFlow imported. Without TFLite, or where a
+conversion fails, the Keras path, with a warning (``DEEP_FEATURES_FAST=0`` asks for it).
 """
 
 from __future__ import annotations
@@ -148,16 +143,12 @@ def _convert_to_tflite(model: "keras.Model", size: int, input_hw: tuple[int, int
     import tensorflow as tf
 
     inputs = keras.Input((*input_hw, 3), dtype="uint8", name="rgb_uint8")
-    x = keras.layers.Lambda(lambda t: tf.cast(t, tf.float32), name="to_float")(inputs)
-    if tuple(input_hw) != (size, size):
-        x = keras.layers.Lambda(lambda t: tf.image.resize(t, (size, size), method="bilinear"),
-                                name="resize")(x)
+    same = tuple(input_hw) == (size, size)
+    x = keras.layers.Lambda(lambda t: tf.cast(t, tf.float32) if same else _resized(t, size))(inputs)
     converter = tf.lite.TFLiteConverter.from_keras_model(
         keras.Model(inputs, model(x, training=False)))
     converter.optimizations = []  # float32: features must stay the same
     if quantization == "int8":
-        if calibration is None or len(calibration) == 0:
-            raise ValueError("int8 quantization needs calibration images")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([calibration[i : i + 1]]
                                                      for i in range(len(calibration)))
@@ -207,40 +198,38 @@ class _TFLiteRunner:
         return np.concatenate(parts) if parts else np.empty((0, *self._shape), np.float32)
 
 
-def _checked_conversion(model: "keras.Model", size: int, input_hw: tuple[int, int]) -> bytes:
-    """The float32 flatbuffer, if it gives ``model``'s outputs to 1e-3 * max(1, |output|) on two
-    random images; else a ValueError."""
-    flatbuffer = _convert_to_tflite(model, size, input_hw)
-    x = np.random.default_rng(0).integers(0, 256, (2, *input_hw, 3), dtype=np.uint8)
+def _checked_conversion(model: "keras.Model", size: int, input_hw: tuple[int, int],
+                        precision: str = "float32") -> bytes:
+    """The flatbuffer, if it gives ``model``'s outputs: float32 to 1e-3 * max(1, |output|) on two
+    random images, int8 to :data:`_INT8_MAX_REL_DIFF` (relative L2) on natural ones."""
+    if precision == "int8":
+        calibration = _calibration_images(input_hw)
+        flatbuffer = _convert_to_tflite(model, size, input_hw, "int8", calibration)
+        x = calibration[:8]
+    else:
+        flatbuffer = _convert_to_tflite(model, size, input_hw)
+        x = np.random.default_rng(0).integers(0, 256, (2, *input_hw, 3), dtype=np.uint8)
     want = np.asarray(model(_resized(x, size), training=False))
-    diff = float(np.abs(_TFLiteRunner(flatbuffer)(x) - want).max())
-    if not diff <= 1e-3 * max(1.0, float(np.abs(want).max())):
-        raise ValueError(f"TFLite outputs differ from the Keras model's by {diff:g}")
+    got = _TFLiteRunner(flatbuffer)(x)
+    if precision == "int8":
+        diff, limit = float(np.linalg.norm(got - want) / np.linalg.norm(want)), _INT8_MAX_REL_DIFF
+    else:
+        diff, limit = float(np.abs(got - want).max()), 1e-3 * max(1.0, float(np.abs(want).max()))
+    if not diff <= limit:
+        raise ValueError(f"{precision} TFLite outputs differ from the Keras model's by {diff:g} "
+                         f"(> {limit:g})")
     return flatbuffer
 
 
 def _load_or_convert(backbone: "_Backbone", input_hw: tuple[int, int],
                     precision: str = "float32") -> bytes:
-    """The cached flatbuffer for uint8 inputs of ``input_hw``, converted and checked on first use
-    (int8: to :data:`_INT8_MAX_REL_DIFF`, relative L2 on natural images)."""
+    """The cached flatbuffer for uint8 images of ``input_hw``, converted and checked first."""
     path = _tflite_path(backbone, input_hw, precision)
     flatbuffer = _read_entry(path, _read_flatbuffer, "TFLite model")
-    if flatbuffer is not None:
-        return flatbuffer
-    model, size = backbone.feature_model, backbone.input_size
-    if precision == "int8":
-        calibration = _calibration_images(input_hw)
-        flatbuffer = _convert_to_tflite(model, size, input_hw, "int8", calibration)
-        x = calibration[:8]
-        want = np.asarray(model(_resized(x, size), training=False))
-        got = _TFLiteRunner(flatbuffer)(x)
-        rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
-        if not rel <= _INT8_MAX_REL_DIFF:
-            raise ValueError(f"int8 TFLite features differ from the Keras model's by {rel:.3f} "
-                             f"relative (> {_INT8_MAX_REL_DIFF})")
-    else:
-        flatbuffer = _checked_conversion(model, size, input_hw)
-    _write_entry(path, flatbuffer)
+    if flatbuffer is None:
+        flatbuffer = _checked_conversion(backbone.feature_model, backbone.input_size, input_hw,
+                                         precision)
+        _write_entry(path, flatbuffer)
     return flatbuffer
 
 
@@ -269,10 +258,7 @@ class _TFLiteFeaturizer:
                     self._runners[input_hw] = _keras_step(bb.feature_model, bb.input_size)
             return self._runners[input_hw]
 
-    def __call__(self, images) -> np.ndarray:
-        images = np.asarray(images)
-        if images.dtype != np.uint8:
-            raise TypeError(f"expected uint8 images, got {images.dtype}")
+    def __call__(self, images: np.ndarray) -> np.ndarray:
         return self._runner((int(images.shape[1]), int(images.shape[2])))(images)
 
 

@@ -1,6 +1,4 @@
-"""Fine-tuning on a CPU (lesson 8): the frozen bottom of a network computed once, by TFLite
-(:mod:`utils.fast_inference`), and cached on disk; the top trained on those activations.
-"""
+"""Fine-tuning on a CPU (lesson 8): the frozen bottom's outputs computed once (TFLite), cached."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Read PyTorch checkpoints in the *legacy* (pre-1.6, non-zip) pickle format, without torch.
-
-A legacy file holds five pickles and raw data: a magic number, a protocol version, system info, the
-object (here a state dict, whose tensors name their storages by a persistent id ``("storage",
-type, key, location, numel, view)``), and the list of storage keys, each storage's bytes after it
-(an int64 element count, then the data). Unpickling allows only the classes a state dict needs, so
-a checkpoint cannot run code.
+"""Read PyTorch state dicts in the *legacy* (pre-1.6, non-zip) format, without torch: pickles of a
+magic number, a protocol version, system info, the state dict (its tensors name their storages by
+persistent ids) and the storage keys, then each storage's bytes. Unpickling allows only the classes
+a state dict needs, so a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -21,17 +18,9 @@ import numpy as np
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL_VERSION = 1001
 
-_STORAGE_DTYPES: dict[str, np.dtype] = {
-    "FloatStorage": np.dtype("<f4"),
-    "DoubleStorage": np.dtype("<f8"),
-    "HalfStorage": np.dtype("<f2"),
-    "LongStorage": np.dtype("<i8"),
-    "IntStorage": np.dtype("<i4"),
-    "ShortStorage": np.dtype("<i2"),
-    "CharStorage": np.dtype("i1"),
-    "ByteStorage": np.dtype("u1"),
-    "BoolStorage": np.dtype("?"),
-}
+_STORAGE_DTYPES: dict[str, np.dtype] = {f"{kind}Storage": np.dtype(code) for kind, code in [
+    ("Float", "<f4"), ("Double", "<f8"), ("Half", "<f2"), ("Long", "<i8"), ("Int", "<i4"),
+    ("Short", "<i2"), ("Char", "i1"), ("Byte", "u1"), ("Bool", "?")]}
 
 
 class _CheckpointFormatError(ValueError):
@@ -111,16 +100,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-def _as_numpy_tree(obj: Any) -> Any:
-    if isinstance(obj, _TensorRef):
-        return obj.to_numpy()
-    if isinstance(obj, dict):
-        return collections.OrderedDict((k, _as_numpy_tree(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_as_numpy_tree(v) for v in obj)
-    return obj
-
-
 def _load_legacy_checkpoint(path: str | Path) -> "collections.OrderedDict[str, np.ndarray]":
     """A legacy PyTorch state dict as ``{name: numpy array}`` (PyTorch's shapes); anything else
     (truncated, corrupt, zip format, foreign pickle) raises :class:`_CheckpointFormatError`."""
@@ -172,4 +151,7 @@ def _read_legacy(f: BinaryIO, path: Path) -> "collections.OrderedDict[str, np.nd
     missing = [k for k, s in storages.items() if s.data is None]
     if missing:
         raise _CheckpointFormatError(f"{path}: storages {missing[:5]} have no data")
-    return _as_numpy_tree(obj)
+    if not isinstance(obj, dict):
+        raise _CheckpointFormatError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return collections.OrderedDict((k, v.to_numpy() if isinstance(v, _TensorRef) else v)
+                                   for k, v in obj.items())
