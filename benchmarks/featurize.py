@@ -103,10 +103,10 @@ def ours_step(backbone) -> tuple[Callable, float, str]:
     from utils import fast_inference
 
     start = time.perf_counter()
-    step = fast_inference._tflite_featurizer(backbone) or fast_inference._keras_step(backbone.feature_model,
-                                                                                   backbone.input_size)
+    fast = fast_inference._tflite_featurizer(backbone)
+    step = fast or fast_inference._keras_step(backbone.feature_model, backbone.input_size)
     setup = time.perf_counter() - start
-    kind = "tflite-xnnpack" if isinstance(step, fast_inference._TFLiteFeaturizer) else "keras-tf.function"
+    kind = "tflite-xnnpack" if fast else "keras-tf.function"
     return (lambda batch: np.asarray(step(batch))), setup, kind
 
 

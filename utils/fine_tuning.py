@@ -22,8 +22,7 @@ _BLOCK = re.compile(r"^blocks_(\d+)_")
 
 
 def block_count(model: "keras.Model") -> int:
-    """Number of blocks (``blocks_<i>_...`` layers) of an EfficientNet-Lite model. Used by lesson
-    8."""
+    """Number of blocks (``blocks_<i>_`` layers) of an EfficientNet-Lite model. Used by lesson 8."""
     indices = {int(m.group(1)) for layer in model.layers if (m := _BLOCK.match(layer.name))}
     return max(indices) + 1 if indices else 0
 
@@ -41,8 +40,8 @@ def pointwise_as_dense(model: "keras.Model") -> "keras.Model":
     def copy_layer(layer):
         if is_pointwise(layer):
             return keras.layers.Dense(layer.filters, activation=layer.activation,
-                                      use_bias=layer.use_bias,
-                                      name=layer.name, dtype=layer.dtype_policy)
+                                      use_bias=layer.use_bias, name=layer.name,
+                                      dtype=layer.dtype_policy)
         return layer.__class__.from_config(layer.get_config())
 
     clone = keras.models.clone_model(model, clone_function=copy_layer)
@@ -112,9 +111,8 @@ def _in_batches(step: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
 
 
 def predict_images(model: "keras.Model", images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """``model.predict(images)`` for uint8 images, computed by the model converted to TFLite
-    (several times faster on a CPU; Keras without TFLite, or for non-square images fed to a model
-    of any input size). Used by lesson 8."""
+    """``model.predict(images)`` for uint8 images, by TFLite where it can (several times faster on
+    a CPU). Used by lesson 8."""
     images = _check_images(images)
     hw = (int(images.shape[1]), int(images.shape[2]))
     if model.input.shape[1] is None and hw[0] != hw[1]:

@@ -63,14 +63,8 @@ class _TensorRef:
         return np.array(view, order="C", copy=True)
 
 
-def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple,
-                    *_: Any) -> _TensorRef:
-    return _TensorRef(storage, int(offset), tuple(size), tuple(stride))
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles plain data only, or (with ``storages``) a state dict: its tensors, the storages
-    they name."""
+    """Plain data only, or (with ``storages``) a state dict and the storages its tensors name."""
 
     def __init__(self, file: BinaryIO, storages: dict[str, _Storage] | None = None) -> None:
         super().__init__(file)
@@ -81,7 +75,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             if (module, name) == ("collections", "OrderedDict"):
                 return collections.OrderedDict
             if module == "torch._utils" and name in {"_rebuild_tensor_v2", "_rebuild_tensor"}:
-                return _rebuild_tensor
+                return lambda storage, offset, size, stride, *_: _TensorRef(
+                    storage, int(offset), tuple(size), tuple(stride))
             if module == "torch" and name in _STORAGE_DTYPES:
                 return name
         raise _CheckpointFormatError(f"checkpoint refers to {module}.{name}, "
@@ -101,8 +96,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _load_legacy_checkpoint(path: str | Path) -> "collections.OrderedDict[str, np.ndarray]":
-    """A legacy PyTorch state dict as ``{name: numpy array}`` (PyTorch's shapes); anything else
-    (truncated, corrupt, zip format, foreign pickle) raises :class:`_CheckpointFormatError`."""
+    """A legacy state dict as ``{name: numpy array}``; anything else: _CheckpointFormatError."""
     path = Path(path)
     with path.open("rb") as f:
         if f.read(2)[:1] == b"PK":
