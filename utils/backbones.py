@@ -65,7 +65,7 @@ class _BackboneSpec:
 
     @property
     def application_names(self) -> tuple[str, str]:
-        """How code writes :meth:`application`'s two functions (lesson 3 prints them)."""
+        """How code writes :func:`application`'s two functions (lesson 3 prints them)."""
         if self.kind == _LITE:
             return f"backbones.{self.lite_constructor}", "backbones.lite_preprocess_input"
         return (f"keras.applications.{self.constructor}",
