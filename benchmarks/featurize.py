@@ -103,9 +103,10 @@ def ours_step(backbone) -> tuple[Callable, float, str]:
     from utils import fast_inference
 
     start = time.perf_counter()
-    step = fast_inference._tflite_featurizer(backbone) or fast_inference._keras_step(backbone)
+    fast = fast_inference._tflite_featurizer(backbone)
+    step = fast or fast_inference._keras_step(backbone.feature_model, backbone.input_size)
     setup = time.perf_counter() - start
-    kind = "tflite-xnnpack" if isinstance(step, fast_inference._TFLiteFeaturizer) else "keras-tf.function"
+    kind = "tflite-xnnpack" if fast else "keras-tf.function"
     return (lambda batch: np.asarray(step(batch))), setup, kind
 
 
@@ -114,7 +115,7 @@ def ours_step(backbone) -> tuple[Callable, float, str]:
 # ---------------------------------------------------------------------------------------------------------------
 
 def section_throughput(images: np.ndarray, quick: bool, tiny: bool = False) -> list[dict]:
-    from utils.backbones import REGISTRY, BackboneUnavailableError, get_spec, load_backbone
+    from utils.backbones import REGISTRY, BackboneUnavailableError, load_backbone
 
     offline = [name for name, spec in REGISTRY.items() if spec.offline]
     backbones = offline[:1] if quick or tiny else offline
@@ -122,7 +123,7 @@ def section_throughput(images: np.ndarray, quick: bool, tiny: bool = False) -> l
     repeats = 1 if tiny else 2 if quick else 3
     results, rows = [], []
     for name in backbones:
-        native = get_spec(name).input_size
+        native = REGISTRY[name].input_size
         sizes = (TINY_SIZE,) if tiny else (native, 96) if quick else (native, 160, 96)
         for size in sizes:
             try:
@@ -416,7 +417,7 @@ def section_variants(images: np.ndarray, args: argparse.Namespace) -> dict:
     result["tflite_max_diff"] = float(np.abs(tfl(sample[:32]) - ref).max())
     if not args.tiny:  # a conversion is most of a tiny run's time
         start = time.perf_counter()
-        _convert_to_tflite(bb, images.shape[1:3])
+        _convert_to_tflite(bb.feature_model, bb.input_size, images.shape[1:3])
         result["tflite_conversion_s"] = time.perf_counter() - start
         rows.append(["tflite: one-off conversion seconds (then cached on disk)", result["tflite_conversion_s"],
                      f"max diff {result['tflite_max_diff']:.2g}"])

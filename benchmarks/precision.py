@@ -134,7 +134,8 @@ def main() -> None:
     for q in sorted(wanted):
         t = time.perf_counter()
         paths[q] = work / f"lite0-{q}.tflite"
-        paths[q].write_bytes(_convert_to_tflite(backbone, input_hw, q, calibration=calib))
+        paths[q].write_bytes(_convert_to_tflite(backbone.feature_model, backbone.input_size, input_hw, q,
+                                                calibration=calib))
         print(f"converted {q} in {time.perf_counter() - t:.1f} s ({paths[q].stat().st_size / 1e6:.1f} MB)",
               file=sys.stderr, flush=True)
     thr = args.threads

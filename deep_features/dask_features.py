@@ -16,7 +16,7 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
-from utils.backbones import get_spec
+from utils.backbones import load_backbone
 from utils.fast_inference import resolve_precision
 from utils.features import FileFeatures, featurize_files
 
@@ -109,7 +109,7 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
     from tqdm import tqdm
 
     paths = [Path(p) for p in paths]
-    spec = get_spec(backbone)
+    spec = load_backbone(backbone).spec
     size = int(image_size or spec.input_size)
     precision = resolve_precision(precision)
     sent = [str(p.absolute()) for p in paths]  # relative: a worker would resolve it in its folder

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from filelock import FileLock, Timeout
 
-from utils.backbones import get_spec
+from utils.backbones import load_backbone
 from utils.data import list_images
 from utils.fast_inference import resolve_precision
 from utils.runtime import atomic_write
@@ -98,8 +98,8 @@ class IndexSettings:
     @classmethod
     def of(cls, backbone: str = DEFAULT_BACKBONE, image_size: int | None = None,
            precision: str | None = None, metric: str = METRIC) -> "IndexSettings":
-        spec = get_spec(backbone)
-        return cls(spec.name, spec.weights_id(), int(image_size or spec.input_size),
+        bb = load_backbone(backbone, image_size)
+        return cls(bb.name, bb.weights_id, bb.input_size,
                    resolve_precision(precision), check_metric(metric))
 
     def describe(self) -> str:
@@ -359,7 +359,7 @@ def build_index(folder: str | Path, output: str | Path, backbone: str | None = N
     if kind is not None:
         choose_kind(kind, 0)  # an unknown kind fails before any work
     if backbone is not None:
-        get_spec(backbone)  # an unknown or unavailable backbone fails before any work
+        load_backbone(backbone)  # an unknown or unavailable backbone fails before any work
     if files is None and not Path(folder).is_dir():
         list_images(folder)  # its error: no such folder
     created = not output.exists()
@@ -428,7 +428,7 @@ def _previous(output: Path) -> _Previous:
     files = previous.meta["files"]
     try:
         previous.entries = _read_entries(output / files["entries"])
-        dim = get_spec(previous.meta["settings"]["backbone"]).feature_dim
+        dim = load_backbone(previous.meta["settings"]["backbone"]).feature_dim
         previous.features = _read_features(output / files["features"], len(previous.entries), dim)
     except (FileNotFoundError, IndexDamagedError) as exc:
         what = exc.problem if isinstance(exc, IndexDamagedError) else f"{exc.filename} is missing"
@@ -462,7 +462,7 @@ def _update(folder, output: Path, files: Sequence[str | Path] | None, backbone: 
     if notes and meta is None:
         notes[-1] += f" with {settings.describe()}"
     old_entries = previous.entries
-    dim = get_spec(settings.backbone).feature_dim
+    dim = load_backbone(settings.backbone).feature_dim
     old_features = previous.features
     if old_features is None:
         old_features = np.empty((0, dim), np.float32)

@@ -23,7 +23,7 @@ from sklearn.model_selection import LeaveOneOut
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer
 
-from utils.backbones import get_spec
+from utils.backbones import load_backbone
 from utils.data import list_images, load_image_folder
 from utils.deep_features import DeepFeatures
 from utils.features import featurize_files
@@ -119,7 +119,7 @@ class Recognizer:
     @property
     def image_size(self) -> int:
         step = self.pipeline.named_steps["features"]
-        return int(step.image_size or get_spec(step.backbone).input_size)
+        return load_backbone(step.backbone, step.image_size).input_size
 
     def recognize(self, photos: Sequence[str | Path]
                   ) -> tuple[list[Recognition], list[tuple[Path, str]]]:
@@ -156,7 +156,7 @@ class Recognizer:
         wrong = [(name, class_names[t], class_names[q])
                  for name, t, q in zip(names, labels, predicted) if t != q]
         threshold = float(leave_one_out_similarities(features, labels, n_classes).min())
-        spec = get_spec(backbone)
+        spec = load_backbone(backbone).spec
         size = int(image_size or spec.input_size)
         step = DeepFeatures(backbone=spec.name, image_size=size).fit(None)
         pipeline = Pipeline([("features", step), *tail.steps])
@@ -231,7 +231,7 @@ def train_recognizer(folder: str | Path, backbone: str = DEFAULT_BACKBONE,
                      progress: bool | None = None) -> Recognizer:
     """Fit a recognizer on ``folder/<class>/<photos>`` (2+ classes); unreadable: ``skipped``."""
     check_training_folder(folder)
-    spec = get_spec(backbone)
+    spec = load_backbone(backbone).spec
     size = spec.input_size if image_size is None else int(image_size)
     if size < 1:
         raise RecognizerError(f"image size must be a positive number of pixels, got {size}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from utils.backbones import get_spec
+from utils.backbones import load_backbone
 from utils.data import list_images
 from utils.fast_inference import resolve_precision
 from utils.features import featurize_files
@@ -99,7 +99,7 @@ def search_folder(query: str | Path, folder: str | Path, top: int = 5, backbone:
                   precision: str | None = None, metric: str = METRIC) -> Search:
     """The ``top`` images under ``folder`` (not the query file) closest to the ``query`` file."""
     top, metric = _checked_top(top), check_metric(metric)
-    spec = get_spec(backbone or DEFAULT_BACKBONE)
+    spec = load_backbone(backbone or DEFAULT_BACKBONE).spec
     all_files = list_images(folder)
     query = Path(query).resolve()
     files = [f for f in all_files if f.resolve() != query]  # the query itself is not an answer

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import utils.backbones as backbones
-from utils.backbones import (REGISTRY, BackboneUnavailableError, UnknownBackboneError, _build_keras_application,
-                             get_spec, imagenet_class_names, _lite_blocks_from_state_dict, load_backbone)
+from utils.backbones import (REGISTRY, BackboneUnavailableError, UnknownBackboneError, _spec, imagenet_class_names,
+                             _lite_blocks_from_state_dict, load_backbone)
 from _numerics import assert_close
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def fresh_backbones():
     """Clear the per-process model cache before and after (the disk cache of converted weights stays)."""
-    load_backbone.cache_clear()
+    backbones._backbone.cache_clear()
     yield
-    load_backbone.cache_clear()
+    backbones._backbone.cache_clear()
 
 
 def test_architecture_read_off_the_real_checkpoint() -> None:
@@ -77,7 +77,7 @@ def test_converted_weights_are_cached(fresh_backbones, feature_cache: Path, monk
         raise AssertionError("the checkpoint was read again instead of the cached Keras weights")
 
     monkeypatch.setattr(utils.torch_checkpoint, "_load_legacy_checkpoint", must_not_read)
-    load_backbone.cache_clear()
+    backbones._backbone.cache_clear()
     again = load_backbone("efficientnet_lite0", 64)
     assert_close(np.asarray(again.feature_model(x)), first)
     assert again.feature_dim == 1280 and again.weights_id.startswith("efficientnet_lite0-")
@@ -88,7 +88,7 @@ def test_unknown_backbone_lists_the_valid_names() -> None:
         load_backbone("resnet9000")
     message = str(info.value)
     assert "resnet9000" in message and all(name in message for name in REGISTRY)
-    assert get_spec(" EfficientNet-Lite0 ").name == "efficientnet_lite0"  # forgiving spelling
+    assert _spec(" EfficientNet-Lite0 ").name == "efficientnet_lite0"  # forgiving spelling
 
 
 def test_online_backbone_offline_names_the_offline_choices(fresh_backbones, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,21 +100,21 @@ def test_online_backbone_offline_names_the_offline_choices(fresh_backbones, monk
 
     monkeypatch.setattr(file_utils, "get_file", no_network)
     with pytest.raises(BackboneUnavailableError) as info:
-        load_backbone("mobilenet_v2", 96)
+        load_backbone("mobilenet_v2", 96).feature_model  # built on first use: the download fails
     message = str(info.value)
     assert "mobilenet_v2" in message and "internet" in message
     assert all(name in message for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"))
 
 
 def test_online_code_path_builds_untrained_models() -> None:
-    mobilenet = _build_keras_application("mobilenet_v2", 96, weights=None)
+    mobilenet = load_backbone("mobilenet_v2", 96, weights=None)
     assert mobilenet.feature_dim == 1280  # random weights: the whole network at any size, cut at "predictions"
     assert mobilenet.classifier is not None and mobilenet.classifier.output_shape == (None, 1000)
     out = np.asarray(mobilenet.feature_model(np.zeros((2, 96, 96, 3), "float32")))
     assert out.shape == (2, 1280)
 
 
-def test_fully_connected_feature_layer_wiring(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fully_connected_feature_layer_wiring(fresh_backbones, monkeypatch: pytest.MonkeyPatch) -> None:
     """vgg16's features are its ``fc2`` layer (4096-d). The real VGG16 (138M parameters) takes many seconds just
     to initialize, so a small stand-in with the same layer names goes through the same code path."""
     import keras
@@ -127,12 +127,12 @@ def test_fully_connected_feature_layer_wiring(monkeypatch: pytest.MonkeyPatch) -
         return keras.Model(inputs, keras.layers.Dense(1000, activation="softmax", name="predictions")(x))
 
     monkeypatch.setattr(keras.applications.vgg16, "VGG16", tiny_vgg16)
-    vgg = _build_keras_application("vgg16", 224, weights=None)
+    vgg = load_backbone("vgg16", 224, weights=None)
     assert vgg.feature_dim == 4096 and vgg.feature_model.output_shape == (None, 4096)
     assert vgg.classifier is not None and vgg.classifier.output_shape == (None, 1000)
     assert np.asarray(vgg.feature_model(np.zeros((1, 224, 224, 3), "float32"))).shape == (1, 4096)
     with pytest.raises(ValueError, match="224"):
-        _build_keras_application("vgg16", 128, weights=None)
+        load_backbone("vgg16", 128, weights=None)  # refused before anything is built
 
 
 def test_missing_lite_package_gives_a_pip_hint(fresh_backbones, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,19 +174,19 @@ def test_a_backbone_added_to_the_table_is_seen_everywhere(fresh_backbones, tmp_p
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "tiny_net_weights.h5").write_bytes(b"")  # what a download would leave
     assert "tiny_net" in backbones.available_backbones() and "tiny_net" not in backbones.available_backbones(True)
-    assert get_spec("Tiny-Net") is fake
+    assert _spec("Tiny-Net") is fake
     with pytest.raises(UnknownBackboneError, match="tiny_net"):
-        get_spec("tiny_nett")
+        _spec("tiny_nett")
 
     built = load_backbone("tiny_net", None, None)  # the table's size; random weights: no download
     assert built.input_size == 64 and built.feature_model.output_shape == (None, 1280)
-    assert built.weights_id == backbones._weights_fingerprint("tiny_net", None)
+    assert built.weights_id.startswith("tiny_net-keras") and built.weights_id.endswith("-random0")
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     got = featurize_images(images, "tiny_net", weights=None, use_cache=False)
     import keras
 
     resized = keras.layers.Resizing(64, 64)(images.astype("float32"))  # as the featurizer resizes
-    want = np.asarray(backbones._backbone_handle("tiny_net", 64, None).feature_model(resized))
+    want = np.asarray(built.feature_model(resized))
     assert got.shape == (3, 1280)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert DeepFeatures("tiny_net", weights=None).fit(images).n_features_out_ == 1280
@@ -194,13 +194,13 @@ def test_a_backbone_added_to_the_table_is_seen_everywhere(fresh_backbones, tmp_p
 
 def test_random_weights_are_the_same_in_every_build_and_only_for_keras_applications(fresh_backbones) -> None:
     first = np.asarray(load_backbone("mobilenet_v2", 64, None).feature_model.get_layer("Conv1").get_weights()[0])
-    load_backbone.cache_clear()
+    backbones._backbone.cache_clear()
     again = np.asarray(load_backbone("mobilenet_v2", 64, None).feature_model.get_layer("Conv1").get_weights()[0])
     np.testing.assert_array_equal(first, again)
     with pytest.raises(ValueError, match="ImageNet weights only"):
         load_backbone("efficientnet_lite0", 64, None)
     with pytest.raises(ValueError, match="weights must be"):
-        backbones._weights_fingerprint("mobilenet_v2", "random")
+        load_backbone("mobilenet_v2", 64, "random")
 
 
 def test_lite_constructors_read_like_keras_applications_and_give_the_featurizers_features() -> None:
@@ -212,7 +212,7 @@ def test_lite_constructors_read_like_keras_applications_and_give_the_featurizers
     size = 64
     Network, preprocess_input = backbones.application("efficientnet_lite0")
     assert Network is backbones.EfficientNetLite0 and preprocess_input is backbones.lite_preprocess_input
-    assert get_spec("efficientnet_lite0").application_names == ("backbones.EfficientNetLite0",
+    assert _spec("efficientnet_lite0").application_names == ("backbones.EfficientNetLite0",
                                                                 "backbones.lite_preprocess_input")
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     resized = keras.ops.convert_to_numpy(keras.layers.Resizing(size, size)(images.astype("float32")))
@@ -266,5 +266,3 @@ def test_every_backbone_has_a_constructor_and_its_preprocess_input() -> None:
             assert constructor is getattr(keras.applications, spec.constructor)
             assert preprocess_input is getattr(keras.applications, spec.module).preprocess_input
             assert scaling == f"keras.applications.{spec.module}.preprocess_input"
-    with pytest.raises(ValueError, match="keras.applications.MobileNetV2"):
-        backbones._lite_application("mobilenet_v2")

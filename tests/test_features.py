@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -96,8 +95,8 @@ def test_cache_hit_is_identical_and_does_not_rebuild(crops: np.ndarray, feature_
     def no_model(*_args, **_kwargs):
         raise AssertionError("the backbone was loaded although the features are cached")
 
-    monkeypatch.setattr(backbones._BackboneHandle, "load", no_model)  # the handle itself builds nothing
-    monkeypatch.setattr(backbones, "load_backbone", no_model)
+    backbones._backbone.cache_clear()  # a new backbone, not built yet
+    monkeypatch.setattr(backbones, "_build_lite", no_model)
     again = featurize_images(images.copy(), image_size=SIZE)  # same content, another array
     np.testing.assert_array_equal(again, first)
     assert _feature_files(feature_cache) - before == new
@@ -111,7 +110,7 @@ def test_changed_pixels_size_or_backbone_use_another_cache_file(crops: np.ndarra
     b = featurize_images(images, image_size=SIZE)
     assert len(_feature_files(feature_cache) - before) == 2
     assert not np.array_equal(a, b)
-    handle = backbones._backbone_handle
+    handle = backbones.load_backbone
     paths = {_array_cache_path("h", handle("efficientnet_lite0", SIZE)), _array_cache_path("h", handle("efficientnet_lite0", 96)),
              _array_cache_path("h", handle("efficientnet_lite1", SIZE)), _array_cache_path("h2", handle("efficientnet_lite0", SIZE))}
     assert len(paths) == 4
@@ -264,7 +263,7 @@ def test_int8_has_its_own_cache_key_and_falls_back_without_vnni(photo_files: lis
     assert fast.resolve_precision() == "float32"  # the environment variable, warned once only
     with pytest.raises(ValueError, match="precision must be one of"):
         fast.resolve_precision("bf17")
-    lite0 = backbones._backbone_handle("efficientnet_lite0", SIZE)
+    lite0 = backbones.load_backbone("efficientnet_lite0", SIZE)
     assert _array_cache_path("h", lite0, "int8") != _array_cache_path("h", lite0)
 
 
@@ -279,10 +278,10 @@ def test_int8_features_are_close_to_float32(photo_files: list[Path]) -> None:
 
 @pytest.fixture()
 def fresh_handles():
-    """Per-process backbone handles (and the inference steps they hold) cleared before and after."""
-    backbones._backbone_handle.cache_clear()
+    """Per-process backbones (and the inference steps they hold) cleared before and after."""
+    backbones._backbone.cache_clear()
     yield
-    backbones._backbone_handle.cache_clear()
+    backbones._backbone.cache_clear()
 
 
 def _no_keras(*_args, **_kwargs):
@@ -295,12 +294,10 @@ def test_cached_tflite_model_featurizes_without_building_keras(photo_files: list
         pytest.skip("DEEP_FEATURES_FAST is off: the Keras path is asked for")
     first = featurize_files(photo_files[:3], image_size=SIZE, use_cache=False)  # converts, unless cached
     arrays = featurize_images(crops[:2], image_size=SIZE, use_cache=False)
-    handle = backbones._backbone_handle("efficientnet_lite0", SIZE)
+    handle = backbones.load_backbone("efficientnet_lite0", SIZE)
     assert fast_inference._tflite_path(handle, (SIZE, SIZE)).exists()
-    backbones._backbone_handle.cache_clear()  # a new handle: nothing built or stepped in this process
-    monkeypatch.setattr(backbones, "load_backbone", _no_keras)
-    monkeypatch.setitem(backbones.REGISTRY, "efficientnet_lite0",
-                        dataclasses.replace(backbones.REGISTRY["efficientnet_lite0"], build=_no_keras))
+    backbones._backbone.cache_clear()  # a new backbone: nothing built or stepped in this process
+    monkeypatch.setattr(backbones, "_build_lite", _no_keras)
     again = featurize_files(photo_files[:3], image_size=SIZE, use_cache=False)
     np.testing.assert_array_equal(again.features, first.features)
     np.testing.assert_array_equal(featurize_images(crops[:2], image_size=SIZE, use_cache=False), arrays)
@@ -309,11 +306,11 @@ def test_cached_tflite_model_featurizes_without_building_keras(photo_files: list
 def test_keras_is_built_when_a_conversion_is_needed_or_the_fast_path_is_off(photo_files: list[Path], tmp_path: Path,
                                                                             fresh_handles,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backbones, "load_backbone", _no_keras)
+    monkeypatch.setattr(backbones, "_build_lite", _no_keras)
     monkeypatch.setenv("DEEP_FEATURES_FAST", "0")
     with pytest.raises(AssertionError, match="Keras model was built"):
         featurize_files(photo_files[:1], image_size=SIZE, use_cache=False)
-    backbones._backbone_handle.cache_clear()
+    backbones._backbone.cache_clear()
     monkeypatch.setenv("DEEP_FEATURES_FAST", "1")
     monkeypatch.setenv("DEEP_FEATURES_CACHE", str(tmp_path / "empty-cache"))  # no converted model to find
     with warnings.catch_warnings():
@@ -323,18 +320,16 @@ def test_keras_is_built_when_a_conversion_is_needed_or_the_fast_path_is_off(phot
 
 
 def test_tflite_cache_name_needs_no_model_and_changes_with_weights_size_and_precision(fresh_handles) -> None:
-    handle = backbones._backbone_handle("efficientnet_lite0", SIZE)
-    built = backbones.load_backbone("efficientnet_lite0", SIZE)
+    handle = backbones.load_backbone("efficientnet_lite0", SIZE)
     path = fast_inference._tflite_path(handle, (SIZE, SIZE))
-    assert handle.weights_id == built.weights_id and path == fast_inference._tflite_path(built, (SIZE, SIZE))
-    assert handle.feature_dim == built.feature_dim and handle.load() is built
+    assert "_models" not in vars(handle)  # named without building the model
     import tensorflow as tf
 
     assert f"-tf{tf.__version__}-" in path.name  # the converter version, read without importing TensorFlow
-    other_weights = backbones._BackboneHandle("efficientnet_lite0", SIZE)
+    other_weights = backbones._Backbone(backbones.REGISTRY["efficientnet_lite0"], SIZE, "imagenet")
     other_weights.weights_id = "efficientnet_lite0-0123456789abcdef"  # what another checkpoint file would give
     names = {path, fast_inference._tflite_path(handle, (32, 32)), fast_inference._tflite_path(handle, (SIZE, SIZE), "int8"),
-             fast_inference._tflite_path(backbones._backbone_handle("efficientnet_lite0", 96), (SIZE, SIZE)),
+             fast_inference._tflite_path(backbones.load_backbone("efficientnet_lite0", 96), (SIZE, SIZE)),
              fast_inference._tflite_path(other_weights, (SIZE, SIZE))}
     assert len(names) == 5
 
@@ -360,9 +355,9 @@ def test_without_ai_edge_litert_the_cached_model_runs_in_tensorflows_interpreter
     if not fast_inference._fast_path_enabled():
         pytest.skip("DEEP_FEATURES_FAST is off: the Keras path is asked for")
     want = featurize_files(photo_files[:2], image_size=SIZE, use_cache=False).features
-    backbones._backbone_handle.cache_clear()
+    backbones._backbone.cache_clear()
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails: tf.lite.Interpreter
-    monkeypatch.setattr(backbones, "load_backbone", _no_keras)
+    monkeypatch.setattr(backbones, "_build_lite", _no_keras)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
         got = featurize_files(photo_files[:2], image_size=SIZE, use_cache=False).features

@@ -87,7 +87,7 @@ def test_the_console_script_is_the_tools_main() -> None:
 #: short: a name only ``utils`` uses is private (``_name``); one only the tool uses moves to the tool.
 KEPT_PUBLIC = {
     "backbones.REGISTRY": "the one table of backbones; the tool's `backbones` command lists it",
-    "backbones.UnknownBackboneError": "raised by get_spec (lessons); the tool's one-line error",
+    "backbones.UnknownBackboneError": "raised by load_backbone (lessons); the tool's one-line error",
     "backbones.BackboneUnavailableError": "raised by load_backbone (lessons); the tool catches it",
     "runtime.atomic_write": "the one crash-safe write: the lessons' cache, the tool, instructor",
     "fast_inference.resolve_precision": "the featurizer's precision; the tool records the same",

@@ -46,7 +46,7 @@ def _lesson3_cut(name: str, weights: str | None, images: np.ndarray) -> np.ndarr
     """The lesson's load and cut, written again: the constructor on 0-255 pixels, cut at the output layer's input."""
     import keras
 
-    spec = backbones.get_spec(name)
+    spec = backbones.load_backbone(name, SIZE, weights).spec
     network_class, preprocess_input = backbones.application(name)
     keras.utils.set_random_seed(backbones.RANDOM_WEIGHTS_SEED)  # weights=None: the featurizer's draw
     pixels = keras.Input((SIZE, SIZE, 3))
@@ -68,7 +68,7 @@ def test_lesson3_runs_the_constructor_it_teaches(tmp_path, small_data_dir, name,
     results = run.run_course(tmp_path / "build", parameters,
                              notebooks=[NOTEBOOK_DIR / "03_deep_features_classifier.ipynb"], log=lambda _: None)
     m = results["metrics"]["03_deep_features_classifier"]
-    spec = backbones.get_spec(name)
+    spec = backbones.load_backbone(name, SIZE, weights).spec
     assert m["head"] == spec.head and m["feature_dim"] == 1280 and m["constructor"] == call.split("(")[0]
     assert m["keras_vs_featurizer_relative_diff"] < 1e-4  # the lesson's cut against the featurizer, in the run
     assert sorted(m["featurize_seconds"]) == ["64", str(SIZE)] and min(m["featurize_seconds"].values()) > 0
@@ -88,7 +88,8 @@ def test_lesson3_runs_the_constructor_it_teaches(tmp_path, small_data_dir, name,
     f_test = features.featurize_images(test.images, name, SIZE, weights=weights)
     probe = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(C=0.01, max_iter=1000))])
     assert m["deep_feature_accuracy"] == pytest.approx(probe.fit(f_train, train.labels).score(f_test, test.labels))
-    assert backbones._weights_fingerprint("mobilenet_v2", None) != backbones._weights_fingerprint("mobilenet_v2")
+    random_id = backbones.load_backbone("mobilenet_v2", SIZE, None).weights_id
+    assert random_id != backbones.load_backbone("mobilenet_v2").weights_id
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from .backbones import _DEFAULT_BACKBONE, _checked_weights, get_spec
+from .backbones import _DEFAULT_BACKBONE, _spec, load_backbone
 from .data import _ImageLoadError
 from .features import _DEFAULT_BATCH_SIZE, featurize_files, featurize_images
 
@@ -40,9 +40,8 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
         self.weights = weights
 
     def fit(self, X: Any, y: Any = None) -> "DeepFeatures":
-        spec = get_spec(self.backbone)  # an unknown name fails here, before any image is read
-        _checked_weights(spec, self.weights)
-        self.n_features_out_ = int(spec.feature_dim)
+        # an unknown name or bad weights fail here, before any image is read
+        self.n_features_out_ = load_backbone(self.backbone, weights=self.weights).feature_dim
         return self
 
     def transform(self, X: Any) -> np.ndarray:
@@ -67,7 +66,7 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """``<backbone>_0`` ... ``<backbone>_<n-1>``."""
         check_is_fitted(self, "n_features_out_")
-        return np.asarray([f"{get_spec(self.backbone).name}_{i}"
+        return np.asarray([f"{_spec(self.backbone).name}_{i}"
                            for i in range(self.n_features_out_)], dtype=object)
 
     def __sklearn_tags__(self):
@@ -79,14 +78,14 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
 
     @property
     def _size(self) -> int:
-        return int(self.image_size or get_spec(self.backbone).input_size)
+        return int(self.image_size or _spec(self.backbone).input_size)
 
     def _array_features(self, images: np.ndarray) -> np.ndarray:
         if images.dtype != np.uint8:
             if images.min(initial=0) < 0 or images.max(initial=0) > 255:
                 raise ValueError("images must hold 0-255 pixel values (uint8)")
             images = images.astype(np.uint8)
-        name, size = get_spec(self.backbone).name, self._size
+        name, size = _spec(self.backbone).name, self._size
         flat = np.ascontiguousarray(images).reshape(len(images), -1)
         keys = [(name, size, self.weights, images.shape[1:],
                  hashlib.blake2b(row.data, digest_size=16).digest()) for row in flat]
@@ -104,7 +103,7 @@ class DeepFeatures(TransformerMixin, BaseEstimator):
         return out
 
     def _file_features(self, paths: Sequence[Path]) -> np.ndarray:
-        found = featurize_files(paths, get_spec(self.backbone).name, self._size,
+        found = featurize_files(paths, _spec(self.backbone).name, self._size,
                                 batch_size=self.batch_size, use_cache=self.use_cache,
                                 progress=self.progress, weights=self.weights)
         # a row per input is the transformer contract: name every bad file instead

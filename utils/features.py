@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backbones import _DEFAULT_BACKBONE, _Backbone, _BackboneHandle, _backbone_handle
+from .backbones import _DEFAULT_BACKBONE, _Backbone, load_backbone
 from .cache import _content_hash, _entry_path, _read_entry, _write_entry
 from .data import _NO_SUCH_FILE, _ImageLoadError, load_image
 from .fast_inference import _keras_step, resolve_precision, _tflite_featurizer
@@ -38,16 +38,16 @@ class FileFeatures:
 
 
 @functools.lru_cache(maxsize=8)
-def _inference_step(backbone: _Backbone | _BackboneHandle,
+def _inference_step(backbone: _Backbone,
                     precision: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
     """uint8 images (N, h, w, 3) -> features (N, dim): the TFLite model, else (float32 only) a
-    tf.function around the Keras model, which a handle builds only then."""
+    tf.function around the Keras model, built only then."""
     fast = _tflite_featurizer(backbone, precision=precision)
     if fast is None and precision != "float32":
         raise RuntimeError(f"{precision} inference needs the TFLite fast path "
                            "(DEEP_FEATURES_FAST is off or TFLite is unavailable): "
                            "use precision='float32'")
-    return fast or _keras_step(backbone)
+    return fast or _keras_step(backbone.feature_model, backbone.input_size)
 
 
 def _progress(total: int, description: str, enabled: bool | None):
@@ -75,7 +75,7 @@ def _array_hash(images: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _array_cache_path(images_hash: str, backbone: _BackboneHandle,
+def _array_cache_path(images_hash: str, backbone: _Backbone,
                       precision: str = "float32") -> Path:
     return _entry_path("features", backbone.name, backbone.weights_id, backbone.input_size,
                        precision, content=images_hash, label="array", suffix=".npz")
@@ -94,7 +94,7 @@ def featurize_images(images: np.ndarray, backbone: str = _DEFAULT_BACKBONE,
         raise ValueError(f"expected uint8 images (0-255), got {images.dtype}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    bb = _backbone_handle(backbone, image_size, weights)
+    bb = load_backbone(backbone, image_size, weights)
     precision = resolve_precision(precision)
     path = _array_cache_path(_array_hash(images), bb, precision) if use_cache else None
     if path is not None:
@@ -206,7 +206,7 @@ def featurize_files(paths: Sequence[str | Path], backbone: str = _DEFAULT_BACKBO
     if batch_size < 1 or chunk_files < 1:
         raise ValueError(f"batch_size and chunk_files must be positive, "
                          f"got {batch_size} and {chunk_files}")
-    bb = _backbone_handle(backbone, image_size, weights)
+    bb = load_backbone(backbone, image_size, weights)
     size, dim = bb.input_size, bb.feature_dim
     precision = resolve_precision(precision)
     entry = functools.partial(_entry_path, model=bb.name, weights_id=bb.weights_id, size=size,

@@ -1,16 +1,7 @@
-"""Read PyTorch checkpoints saved in the *legacy* (pre-1.6, non-zip) pickle format -- without torch.
-
-The legacy format is five things in one file:
-
-1. a pickled magic number, 2. a pickled protocol version, 3. pickled system info,
-4. the pickled object itself (here a state dict), whose tensors refer to storages by a persistent id
-   ``("storage", StorageType, key, location, numel, view_metadata)`` and are rebuilt by
-   ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``,
-5. a pickled list of storage keys, followed by each storage's raw bytes: an int64 element count,
-   then the data.
-
-Only the classes a state dict needs are allowed during unpickling, so a checkpoint cannot run
-arbitrary code.
+"""Read PyTorch state dicts in the *legacy* (pre-1.6, non-zip) format, without torch: pickles of a
+magic number, a protocol version, system info, the state dict (its tensors name their storages by
+persistent ids) and the storage keys, then each storage's bytes. Unpickling allows only the classes
+a state dict needs, so a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -27,17 +18,9 @@ import numpy as np
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL_VERSION = 1001
 
-_STORAGE_DTYPES: dict[str, np.dtype] = {
-    "FloatStorage": np.dtype("<f4"),
-    "DoubleStorage": np.dtype("<f8"),
-    "HalfStorage": np.dtype("<f2"),
-    "LongStorage": np.dtype("<i8"),
-    "IntStorage": np.dtype("<i4"),
-    "ShortStorage": np.dtype("<i2"),
-    "CharStorage": np.dtype("i1"),
-    "ByteStorage": np.dtype("u1"),
-    "BoolStorage": np.dtype("?"),
-}
+_STORAGE_DTYPES: dict[str, np.dtype] = {f"{kind}Storage": np.dtype(code) for kind, code in [
+    ("Float", "<f4"), ("Double", "<f8"), ("Half", "<f2"), ("Long", "<i8"), ("Int", "<i4"),
+    ("Short", "<i2"), ("Char", "i1"), ("Byte", "u1"), ("Bool", "?")]}
 
 
 class _CheckpointFormatError(ValueError):
@@ -59,55 +42,48 @@ class _TensorRef:
     stride: tuple[int, ...]
 
     def to_numpy(self) -> np.ndarray:
-        assert self.storage.data is not None
-        numel = len(self.storage.data)
+        data = self.storage.data
         if (any(s < 0 for s in self.size) or any(s < 0 for s in self.stride)
                 or len(self.stride) != len(self.size)):
             raise _CheckpointFormatError(f"invalid tensor size {self.size} / stride {self.stride}")
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
         # as_strided must not read past the storage
-        if 0 not in self.size and not 0 <= self.offset <= last < numel:
+        if 0 not in self.size and not 0 <= self.offset <= last < len(data):
             raise _CheckpointFormatError(
                 f"tensor of size {self.size}, stride {self.stride}, offset {self.offset} "
-                f"does not fit its storage of {numel} elements"
+                f"does not fit its storage of {len(data)} elements"
             )
         if not self.size:  # a 0-d tensor
-            return self.storage.data[self.offset].copy()
-        itemsize = self.storage.dtype.itemsize
+            return data[self.offset].copy()
         view = np.lib.stride_tricks.as_strided(
-            self.storage.data[self.offset :] if 0 not in self.size else self.storage.data[:0],
-            shape=self.size,
-            strides=tuple(s * itemsize for s in self.stride),
-        )
-        # Checkpoints converted from TensorFlow keep TF's memory layout (non-contiguous strides).
-        # Always copy: a contiguous view would be a read-only window into the file's buffer, shared
-        # with other tensors.
+            data[self.offset :] if 0 not in self.size else data[:0], shape=self.size,
+            strides=tuple(s * data.itemsize for s in self.stride))
+        # a copy, C-ordered (checkpoints converted from TF keep TF's strides): not a window into
+        # the file's buffer shared with other tensors
         return np.array(view, order="C", copy=True)
 
 
-def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple,
-                    *_: Any) -> _TensorRef:
-    return _TensorRef(storage, int(offset), tuple(size), tuple(stride))
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: BinaryIO) -> None:
+    """Plain data only, or (with ``storages``) a state dict and the storages its tensors name."""
+
+    def __init__(self, file: BinaryIO, storages: dict[str, _Storage] | None = None) -> None:
         super().__init__(file)
-        self.storages: dict[str, _Storage] = {}
+        self.storages = storages
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict
-        if (module, name) in {("torch._utils", "_rebuild_tensor_v2"),
-                              ("torch._utils", "_rebuild_tensor")}:
-            return _rebuild_tensor
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return name
+        if self.storages is not None:
+            if (module, name) == ("collections", "OrderedDict"):
+                return collections.OrderedDict
+            if module == "torch._utils" and name in {"_rebuild_tensor_v2", "_rebuild_tensor"}:
+                return lambda storage, offset, size, stride, *_: _TensorRef(
+                    storage, int(offset), tuple(size), tuple(stride))
+            if module == "torch" and name in _STORAGE_DTYPES:
+                return name
         raise _CheckpointFormatError(f"checkpoint refers to {module}.{name}, "
                                     "which this reader does not allow")
 
     def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+        if self.storages is None or not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
             raise _CheckpointFormatError(f"unexpected persistent id {pid!r}")
         _, storage_type, key, _location, numel, view_metadata = pid
         if view_metadata is not None:
@@ -119,35 +95,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-def _as_numpy_tree(obj: Any) -> Any:
-    if isinstance(obj, _TensorRef):
-        return obj.to_numpy()
-    if isinstance(obj, dict):
-        return collections.OrderedDict((k, _as_numpy_tree(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_as_numpy_tree(v) for v in obj)
-    return obj
-
-
-class _HeaderUnpickler(pickle.Unpickler):
-    """The magic number, protocol, sys info and storage keys are plain data: no globals at all."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise _CheckpointFormatError(f"checkpoint refers to {module}.{name}, "
-                                    "which this reader does not allow")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise _CheckpointFormatError(f"unexpected persistent id {pid!r}")
-
-
 def _load_legacy_checkpoint(path: str | Path) -> "collections.OrderedDict[str, np.ndarray]":
-    """Load a legacy-format PyTorch state dict as ``{name: numpy array}`` (arrays in PyTorch's
-    shapes).
-
-    Anything that is not a well-formed legacy checkpoint (truncated, corrupt, zip format, foreign
-    pickle) raises :class:`_CheckpointFormatError`; no pickle in the file can import or call
-    arbitrary code.
-    """
+    """A legacy state dict as ``{name: numpy array}``; anything else: _CheckpointFormatError."""
     path = Path(path)
     with path.open("rb") as f:
         if f.read(2)[:1] == b"PK":
@@ -158,8 +107,7 @@ def _load_legacy_checkpoint(path: str | Path) -> "collections.OrderedDict[str, n
             return _read_legacy(f, path)
         except _CheckpointFormatError:
             raise
-        except Exception as exc:  # noqa: BLE001
-            # any unpickling/struct failure means "not a (whole) checkpoint"
+        except Exception as exc:  # noqa: BLE001 - any unpickling/struct failure: not a checkpoint
             raise _CheckpointFormatError(
                 f"{path} is not a readable legacy PyTorch checkpoint "
                 f"(corrupt or truncated: {type(exc).__name__}: {exc})"
@@ -167,29 +115,22 @@ def _load_legacy_checkpoint(path: str | Path) -> "collections.OrderedDict[str, n
 
 
 def _read_legacy(f: BinaryIO, path: Path) -> "collections.OrderedDict[str, np.ndarray]":
-    try:
-        magic = _HeaderUnpickler(f).load()
-    except _CheckpointFormatError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise _CheckpointFormatError(f"{path} is not a PyTorch checkpoint: {exc}") from exc
-    if magic != _LEGACY_MAGIC_NUMBER:
+    if _RestrictedUnpickler(f).load() != _LEGACY_MAGIC_NUMBER:
         raise _CheckpointFormatError(f"{path} has no legacy PyTorch magic number")
-    protocol = _HeaderUnpickler(f).load()
+    protocol = _RestrictedUnpickler(f).load()
     if protocol != _LEGACY_PROTOCOL_VERSION:
         raise _CheckpointFormatError(f"{path}: unsupported protocol version {protocol}")
-    sys_info = _HeaderUnpickler(f).load()
+    sys_info = _RestrictedUnpickler(f).load()
     if not isinstance(sys_info, dict):
         raise _CheckpointFormatError(f"{path}: malformed system info {sys_info!r}")
     if not sys_info.get("little_endian", True):
         raise _CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
-    unpickler = _RestrictedUnpickler(f)
-    obj = unpickler.load()
-    storage_keys = _HeaderUnpickler(f).load()
-    for key in storage_keys:
-        if key not in unpickler.storages:
+    storages: dict[str, _Storage] = {}
+    obj = _RestrictedUnpickler(f, storages).load()
+    for key in _RestrictedUnpickler(f).load():
+        if key not in storages:
             raise _CheckpointFormatError(f"{path}: storage {key!r} is not used by any tensor")
-        storage = unpickler.storages[key]
+        storage = storages[key]
         count = f.read(8)
         if len(count) != 8:
             raise _CheckpointFormatError(f"{path} is truncated (storage {key})")
@@ -197,12 +138,14 @@ def _read_legacy(f: BinaryIO, path: Path) -> "collections.OrderedDict[str, np.nd
         if numel != storage.numel:
             raise _CheckpointFormatError(f"{path}: storage {key} has {numel} elements, "
                                         f"expected {storage.numel}")
-        nbytes = numel * storage.dtype.itemsize
-        raw = f.read(nbytes)
-        if len(raw) != nbytes:
+        raw = f.read(numel * storage.dtype.itemsize)
+        if len(raw) != numel * storage.dtype.itemsize:
             raise _CheckpointFormatError(f"{path} is truncated (storage {key})")
         storage.data = np.frombuffer(raw, dtype=storage.dtype)
-    missing = [k for k, s in unpickler.storages.items() if s.data is None]
+    missing = [k for k, s in storages.items() if s.data is None]
     if missing:
         raise _CheckpointFormatError(f"{path}: storages {missing[:5]} have no data")
-    return _as_numpy_tree(obj)
+    if not isinstance(obj, dict):
+        raise _CheckpointFormatError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return collections.OrderedDict((k, v.to_numpy() if isinstance(v, _TensorRef) else v)
+                                   for k, v in obj.items())
