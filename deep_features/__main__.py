@@ -1,7 +1,5 @@
 """The command line: ``deep-features COMMAND ...``, also ``python -m deep_features COMMAND ...``."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import os
@@ -89,7 +87,6 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _similar(args: argparse.Namespace) -> None:
     from .retrieval import search_folder, search_index
-
     query, folder = _checked_query(args.query), args.folder
     if not folder.exists():
         raise FileNotFoundError(f"{folder}: no such folder")
@@ -142,7 +139,6 @@ def _index(args: argparse.Namespace) -> None:
 
 def _train_recognizer(args: argparse.Namespace) -> None:
     from .recognizer import check_output_file, report_lines, train_recognizer
-
     output = check_output_file(args.output)  # before any photo is read
     recognizer = train_recognizer(args.folder, args.backbone, args.image_size, progress=None)
     for path, reason in recognizer.skipped:
@@ -155,7 +151,6 @@ def _train_recognizer(args: argparse.Namespace) -> None:
 
 def _recognize(args: argparse.Namespace) -> int:
     from .recognizer import Recognizer, RecognizerError
-
     recognizer = Recognizer.load(args.recognizer)
     missing = [p for p in args.photos if not p.is_file()]
     if missing and len(missing) == len(args.photos):

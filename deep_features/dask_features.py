@@ -5,8 +5,6 @@ under the client's paths. Faults end in one :class:`DaskClusterError` saying wha
 a hang.
 """
 
-from __future__ import annotations
-
 import contextlib
 import logging
 import sys
@@ -70,7 +68,6 @@ def open_client(workers: int | None = None, scheduler: str | None = None,
                 timeout: float = CONNECT_TIMEOUT):
     """A ``Client`` of ``scheduler``'s cluster, else of a ``LocalCluster`` of one-thread workers."""
     from dask.distributed import Client, LocalCluster
-
     if scheduler:
         try:
             return Client(scheduler, timeout=timeout)
@@ -90,7 +87,6 @@ def open_client(workers: int | None = None, scheduler: str | None = None,
 def close_client(client) -> None:
     """Close ``client`` and its ``LocalCluster``, if any, without their shutdown log lines."""
     from distributed.utils import silence_logging_cmgr
-
     cluster = client.cluster
     with silence_logging_cmgr(logging.ERROR):
         client.close()
@@ -107,7 +103,6 @@ def featurize_files_on_dask(paths: Sequence[str | Path], backbone: str = DEFAULT
     """:func:`~utils.features.featurize_files` with its chunks run as Dask tasks on ``client``
     (else one :func:`open_client` opens and closes): the same result."""
     from tqdm import tqdm
-
     paths = [Path(p) for p in paths]
     spec = load_backbone(backbone).spec
     size = int(image_size or spec.input_size)
@@ -161,7 +156,6 @@ def _worker_count(client) -> int:
 def _gather(client, futures: dict, bar, no_workers_timeout: float) -> list[FileFeatures]:
     """The futures' results in order; :class:`DaskClusterError` on a failure or no workers."""
     from dask.distributed import as_completed
-
     parts: list[FileFeatures] = [None] * len(futures)  # type: ignore[list-item]
     pending = as_completed(futures)
     no_workers_since: float | None = None

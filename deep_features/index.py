@@ -8,8 +8,6 @@ files (cached chunk by chunk: a kill loses nothing) and writes a new generation 
 load one whole generation. Damage raises :class:`IndexDamagedError`; :func:`build_index` repairs it.
 """
 
-from __future__ import annotations
-
 import contextlib
 import errno
 import json
@@ -52,7 +50,6 @@ class IndexSettingsError(ValueError):
 
 class IndexDamagedError(ValueError):
     """A file of an index folder is missing or unreadable; ``problem``: the damage alone."""
-
     def __init__(self, message: str, problem: str = "") -> None:
         super().__init__(message)
         self.problem = problem or message
@@ -88,7 +85,6 @@ def being_built(folder: str | Path) -> bool:
 @dataclass(frozen=True)
 class IndexSettings:
     """What an index's features are: a query's must match them."""
-
     backbone: str
     weights: str
     image_size: int
@@ -144,7 +140,6 @@ def check_metric(metric: str) -> str:
 def prepared(features: np.ndarray, metric: str = METRIC) -> np.ndarray:
     """The rows a ``metric`` index holds or is queried with (a new float32 array)."""
     import faiss
-
     rows = np.array(features, dtype=np.float32, order="C", copy=True)
     if check_metric(metric) == "cosine":
         faiss.normalize_L2(rows)
@@ -159,7 +154,6 @@ def normalized(features: np.ndarray) -> np.ndarray:
 def new_faiss_index(kind: str, dim: int, metric: str = METRIC):
     """An empty faiss index of ``kind`` (``exact`` or ``hnsw``) of ``dim``-d prepared rows."""
     import faiss
-
     euclidean = check_metric(metric) == "euclidean"
     if kind == "exact":
         return faiss.IndexFlatL2(dim) if euclidean else faiss.IndexFlatIP(dim)
@@ -173,7 +167,6 @@ def new_faiss_index(kind: str, dim: int, metric: str = METRIC):
 @dataclass
 class SearchIndex:
     """An index folder loaded: its settings, the faiss index and the indexed files (row order)."""
-
     folder: Path
     settings: IndexSettings
     kind: str
@@ -230,7 +223,6 @@ class SearchIndex:
             raise ValueError(f"the number of neighbours must be at least 1, got {k}")
         if self.kind == "hnsw" and k > self.faiss_index.hnsw.efSearch:
             import faiss
-
             wider = faiss.SearchParametersHNSW(efSearch=k)
             return self.faiss_index.search(queries, k, params=wider)
         return self.faiss_index.search(queries, k)
@@ -239,7 +231,6 @@ class SearchIndex:
 @dataclass
 class IndexUpdate:
     """What :func:`build_index` did, and the damage it repaired (``notes``, one line each)."""
-
     index: SearchIndex
     added: int
     removed: int
@@ -294,7 +285,6 @@ def _missing(path: Path) -> FileNotFoundError:
 def _read_faiss(path: Path):
     """:class:`FileNotFoundError` if missing, :class:`IndexDamagedError` if unreadable."""
     import faiss
-
     if not path.is_file():
         raise _missing(path)
     try:
@@ -406,7 +396,6 @@ def _remove_if_only_lock(output: Path) -> None:
 @dataclass
 class _Previous:
     """What an update starts from: the last generation's usable parts."""
-
     meta: dict | None = None
     entries: list[list] = field(default_factory=list)
     features: np.ndarray | None = None
@@ -524,7 +513,6 @@ def _write(output: Path, settings: IndexSettings, kind: str, requested: str, fai
            features: np.ndarray, entries: list[list], keep: set[str]) -> None:
     """Write a new generation, switch ``index.json`` to it, delete the others but ``keep``."""
     import faiss
-
     generation = secrets.token_hex(4)
     files = {"index": f"index-{generation}.faiss", "features": f"features-{generation}.npy",
              "entries": f"files-{generation}.json"}

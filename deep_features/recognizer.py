@@ -9,8 +9,6 @@ photo: on the course classes, ``benchmarks/recognizer.py``, unrelated photos fal
 that similarity as a readable score. A recognizer file is a ``joblib`` pickle: load only your own.
 """
 
-from __future__ import annotations
-
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +89,6 @@ def leave_one_out_predictions(classifier: Pipeline, features: np.ndarray,
 @dataclass
 class Recognition:
     """One photo's class (or ``unknown``), its cosine similarity to that (or the nearest) class."""
-
     path: Path
     label: str
     similarity: float
@@ -101,7 +98,6 @@ class Recognition:
 @dataclass
 class Recognizer:
     """A fitted recognizer: pipeline, classes, centroids, ``unknown`` threshold, leave-one-out."""
-
     pipeline: Pipeline
     class_names: list[str]
     centroids: np.ndarray
@@ -173,14 +169,12 @@ class Recognizer:
 
     def save(self, path: str | Path) -> Path:
         import joblib
-
         return atomic_write(Path(path), lambda handle: joblib.dump(self, handle))
 
     @classmethod
     def load(cls, path: str | Path) -> "Recognizer":
         """A recognizer file written by :meth:`save`; anything else: :class:`RecognizerError`."""
         import joblib
-
         path = Path(path)
         if not path.is_file():
             raise RecognizerError(f"{path}: no such recognizer file (make one with deep-features "

@@ -4,8 +4,6 @@ cached. A folder and an index of it give the same answers: by cosine distance (1
 similarity, lesson 4's better metric) by default, or Euclidean distance (an index: its own metric).
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +37,6 @@ def _distance(score: float, metric: str) -> float:
 @dataclass
 class SimilarImage:
     """A search result: a file and its distance to the query."""
-
     path: Path
     distance: float
 
@@ -47,7 +44,6 @@ class SimilarImage:
 @dataclass
 class Search:
     """A search of a folder or of an index: the results and what was searched."""
-
     query: Path
     results: list[SimilarImage]
     top: int  # the number of results asked for

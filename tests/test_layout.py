@@ -158,6 +158,31 @@ def test_every_public_utils_name_is_used_by_a_lesson() -> None:
     assert len(KEPT_PUBLIC) < 10, "keep the list of exceptions short"
 
 
+def test_every_public_utils_helper_names_the_lesson_that_uses_it() -> None:
+    """d2l's habit: a public function or class of utils says which lesson uses it."""
+    import re
+
+    silent = []
+    for path in sorted(UTILS.rglob("*.py")):
+        module = ".".join(path.relative_to(UTILS).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.parse(path.read_text("utf-8"), str(path)).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_") \
+                    and f"{module}.{node.name}" not in KEPT_PUBLIC \
+                    and not re.search(r"\blessons?\b", ast.get_docstring(node) or "", re.I):
+                silent.append(f"{path.relative_to(REPO)}: {node.name}")
+    assert not silent, "public utils helpers whose docstring names no lesson:\n  " + "\n  ".join(silent)
+
+
+def test_the_lesson_library_and_the_tool_keep_to_their_size() -> None:
+    """Issue 26: a lesson library a student can read (d2l's whole book: 3,515 lines) and a tool
+    beside it; every line counts, blank ones included."""
+    def lines(package: Path) -> int:
+        return sum(len(p.read_text("utf-8").splitlines()) for p in package.rglob("*.py"))
+
+    assert lines(UTILS) <= 2500, f"utils/ has {lines(UTILS)} lines, more than 2,500"
+    assert lines(TOOL) <= 1500, f"deep_features/ has {lines(TOOL)} lines, more than 1,500"
+
+
 def test_the_public_names_test_sees_module_level_names(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text("A = 1\n_B = 2\nC: int = 3\ndef f():\n    D = 4\nclass E:\n    F = 5\n"

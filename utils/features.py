@@ -1,9 +1,6 @@
 """Batched featurization for the lessons and the tool: images or image files -> float32 deep
-features, cached on disk (:mod:`utils.cache`). Files go in chunks, each cached when done (a killed
-run resumes at the first missing one; a stat index lets a rerun skip reading unchanged files),
-decoded by one thread a few chunks ahead."""
-
-from __future__ import annotations
+features, cached on disk (:mod:`utils.cache`). Files go in chunks decoded a few ahead, each cached
+when done (a killed run resumes; a stat index lets a rerun skip reading unchanged files)."""
 
 import functools
 import hashlib
@@ -31,7 +28,6 @@ _CHUNK_ARRAYS = ("features", "kept", "skipped", "reasons")
 @dataclass
 class FileFeatures:
     """featurize_files' result (lesson 9): readable ``paths``, their features, ``skipped``."""
-
     features: np.ndarray
     paths: list[Path]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
@@ -40,8 +36,7 @@ class FileFeatures:
 @functools.lru_cache(maxsize=8)
 def _inference_step(backbone: _Backbone,
                     precision: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 images (N, h, w, 3) -> features (N, dim): the TFLite model, else (float32 only) a
-    tf.function around the Keras model, built only then."""
+    """uint8 images (N, h, w, 3) -> features (N, dim): TFLite, else (float32 only) Keras."""
     fast = _tflite_featurizer(backbone, precision=precision)
     if fast is None and precision != "float32":
         raise RuntimeError(f"{precision} inference needs the TFLite fast path "
@@ -52,7 +47,6 @@ def _inference_step(backbone: _Backbone,
 
 def _progress(total: int, description: str, enabled: bool | None):
     from tqdm import tqdm
-
     # In a notebook every update is a new output line: update rarely there, often in a terminal.
     return tqdm(total=total, desc=description, unit="img", file=sys.stderr,
                 disable=not (enabled if enabled is not None else total >= 512),
@@ -117,9 +111,7 @@ def featurize_images(images: np.ndarray, backbone: str = _DEFAULT_BACKBONE,
 
 @dataclass
 class _Chunk:
-    """A chunk of files: its :data:`_CHUNK_ARRAYS`, ``features`` missing while ``images`` (the
-    decoded readable files) wait for the model; the content ``key``, and the ``index`` to it."""
-
+    """A chunk of files: its :data:`_CHUNK_ARRAYS` (no ``features`` while ``images`` wait)."""
     arrays: dict[str, np.ndarray]
     images: np.ndarray | None = None
     key: str = ""

@@ -1,7 +1,5 @@
 """Fine-tuning on a CPU (lesson 8): the frozen bottom's outputs computed once (TFLite), cached."""
 
-from __future__ import annotations
-
 import functools
 import json
 import re
@@ -31,7 +29,6 @@ def pointwise_as_dense(model: "keras.Model") -> "keras.Model":
     """A copy of ``model`` with every 1x1, stride-1 ``Conv2D`` a ``Dense`` layer (same name,
     weights and outputs; its gradient is several times faster on a CPU). Used by lesson 8."""
     import keras
-
     def is_pointwise(layer) -> bool:
         return (type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)
                 and tuple(layer.strides) == (1, 1) and tuple(layer.dilation_rate) == (1, 1)
@@ -56,11 +53,9 @@ def pointwise_as_dense(model: "keras.Model") -> "keras.Model":
 
 def batches(x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 32, shuffle: bool = True,
             seed: int = 0) -> "tf.data.Dataset":
-    """``(x, y)`` (``x`` alone for ``predict``) as batches, reshuffled every epoch (seeded) when
-    ``shuffle``, tf.data's autotuning off: on 2 cores it often left one idle in ``fit`` on arrays,
-    at half the speed (``benchmarks/training_step.py``). Used by lesson 8."""
+    """``(x, y)`` (``x`` for ``predict``) in batches, reshuffled each epoch, tf.data's autotuning
+    off (faster on 2 cores: ``benchmarks/training_step.py``). Used by lesson 8."""
     import tensorflow as tf
-
     if y is None and len(x) == 0:
         raise ValueError("x must hold at least one row, got 0")
     if y is not None and (len(x) != len(y) or len(x) == 0):

@@ -1,7 +1,5 @@
 """The one setup call at the top of every lesson."""
 
-from __future__ import annotations
-
 import platform
 import time
 from dataclasses import dataclass, field
@@ -26,12 +24,10 @@ def setup(name: str, seed: int = 0, *, blas_threads: int | None = None) -> _Less
 
     import matplotlib
     import matplotlib.pyplot as plt
-
     # one or two images per class: NearestCentroid warns of a spread it uses only to shrink
     warnings.filterwarnings("ignore", module="sklearn.neighbors._nearest_centroid")
     if blas_threads is not None:
         from threadpoolctl import threadpool_limits
-
         threadpool_limits(blas_threads)  # kept for the session: the limits hold until restored
     np.random.seed(seed)
     np.set_printoptions(precision=3, suppress=True)

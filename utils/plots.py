@@ -1,7 +1,5 @@
 """The lessons' figures: image grids, neighbours, curves, embeddings."""
 
-from __future__ import annotations
-
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -56,10 +54,8 @@ def plot_curves(x: Sequence[float], curves: Mapping[str, Sequence[float]], title
 def plot_embeddings(maps: Mapping[str, np.ndarray], labels: np.ndarray, class_names: Sequence[str],
                     images: np.ndarray, thumbnails: int = 12, seed: int = 0,
                     title: str | None = None) -> plt.Figure:
-    """2-D maps (e.g. t-SNE) side by side, coloured by class, a few images at their points
-    (lesson 4)."""
+    """2-D maps (e.g. t-SNE) side by side, coloured by class, a few images shown (lesson 4)."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-
     fig, axes = plt.subplots(1, len(maps), figsize=(6 * len(maps), 5.4), squeeze=False)
     picks = np.random.default_rng(seed).choice(len(labels), size=min(thumbnails, len(labels)),
                                                replace=False)

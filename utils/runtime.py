@@ -1,8 +1,6 @@
 """Process plumbing for every other ``utils`` module (it imports none of them): the cache folder,
 the one atomic write, a quiet TensorFlow, package versions and CPU flags."""
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import importlib
@@ -80,14 +78,12 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 
 def _no_retracing_advice(record: logging.LogRecord) -> bool:
-    """Drops TensorFlow's "triggered tf.function retracing" advice: lessons fitting several small
-    models meet its heuristic although nothing is wrong."""
+    """Drops TensorFlow's retracing advice: lessons fitting several small models trigger it."""
     return "triggered tf.function retracing" not in record.getMessage()
 
 
 def _quiet_tensorflow() -> None:
-    """TensorFlow's C++ log shows errors only (unless ``TF_CPP_MIN_LOG_LEVEL`` is set), without the
-    retracing advice. Called by ``import utils``; idempotent."""
+    """TensorFlow's C++ log: errors only (unless ``TF_CPP_MIN_LOG_LEVEL`` is set); no retracing."""
     logger = logging.getLogger("tensorflow")
     if _no_retracing_advice not in logger.filters:
         logger.addFilter(_no_retracing_advice)
@@ -96,10 +92,8 @@ def _quiet_tensorflow() -> None:
 
 @functools.lru_cache(maxsize=None)
 def _package_version(name: str) -> str:
-    """The version of the distribution providing module ``name`` (``tensorflow`` may come from
-    ``tensorflow-cpu``), read without importing it if it can be."""
+    """The version of the distribution of module ``name`` (e.g. tensorflow-cpu), not imported."""
     from importlib import metadata
-
     with contextlib.suppress(metadata.PackageNotFoundError):
         return metadata.version(name)
     for distribution in metadata.packages_distributions().get(name, []):  # tensorflow-cpu, ...

@@ -4,8 +4,6 @@ persistent ids) and the storage keys, then each storage's bytes. Unpickling allo
 a state dict needs, so a checkpoint cannot run code.
 """
 
-from __future__ import annotations
-
 import collections
 import pickle
 import struct
@@ -65,7 +63,6 @@ class _TensorRef:
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Plain data only, or (with ``storages``) a state dict and the storages its tensors name."""
-
     def __init__(self, file: BinaryIO, storages: dict[str, _Storage] | None = None) -> None:
         super().__init__(file)
         self.storages = storages

@@ -1,13 +1,9 @@
 """Exercise self-checks: say whether a student's answer is right without showing the right answer.
 
-Each ``lessonNN.py`` registers, with :func:`exercise`, a function that computes an exercise's
-expected answer from the run's own objects, so it follows the notebook's parameters and never
-sits on screen beside ``answer = ...``. When ``$DEEP_FEATURES_ANSWERS`` names a file, each computed
-expected answer is appended there as a JSON line (the run's answer key); when
-``$DEEP_FEATURES_CHECK_RESULTS`` does, each check's result.
+Each ``lessonNN.py`` registers (:func:`exercise`) a function that computes an exercise's expected
+answer from the run's own objects, never on screen. Files named by ``$DEEP_FEATURES_ANSWERS`` and
+``$DEEP_FEATURES_CHECK_RESULTS`` receive each expected answer and each result as JSON lines.
 """
-
-from __future__ import annotations
 
 import importlib
 import json
@@ -30,8 +26,8 @@ _EXERCISES: dict[str, _Exercise] = {}
 
 
 def exercise(exercise_id: str, hint: str = "", tolerance: float = 1e-6) -> Callable:
-    """Decorator: register ``function(**objects) -> expected answer`` for ``exercise_id``, with
-    the ``hint`` a wrong answer shows and how close a right one must be."""
+    """Decorator: register ``function(**objects) -> expected answer`` for ``exercise_id`` (with the
+    ``hint`` a wrong answer shows). Used by every lesson's checks, ``checks/lessonNN.py``."""
     def register(function: Callable[..., Any]) -> Callable[..., Any]:
         if exercise_id in _EXERCISES:
             raise ValueError(f"exercise {exercise_id!r} is registered twice")
@@ -77,9 +73,7 @@ def _append(env_var: str, record: dict[str, Any]) -> None:
 
 def check(exercise_id: str, answer: Any, **objects: Any) -> bool | None:
     """Print whether ``answer`` is right, never the expected value (None while unanswered).
-
-    Used in every lesson's exercises.
-    """
+    Used in every lesson's exercises."""
     registered = _registered(exercise_id)
     correct = None
     if answer is not None and answer is not Ellipsis:

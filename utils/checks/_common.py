@@ -1,7 +1,5 @@
 """Helpers shared by the lessons' checks."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import numpy as np

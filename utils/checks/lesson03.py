@@ -44,7 +44,6 @@ def _(model, X_train, y_train, seed):
                  "the training probe", tolerance=1e-3)
 def _(model, layer, C, X_train, y_train, X_test, y_test):
     import keras  # here, not at the top: importing the checks must not start TensorFlow
-
     pixels = model.inputs[0]  # a keras.applications model built on input_tensor lists its inputs
     cut = keras.Model(pixels, keras.layers.GlobalAveragePooling2D()(model.get_layer(layer).output))
     resize = keras.layers.Resizing(*pixels.shape[1:3], interpolation="bilinear")

@@ -31,7 +31,6 @@ def _(queries, query_labels, collection, collection_labels):
                  "then the fraction with the query's class", tolerance=1e-3)
 def _(images, labels, collection, collection_labels, backbone, image_size):
     from ..features import featurize_images  # here: importing the checks starts no featurizer
-
     mirrored = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])  # columns reversed
     _, idx = _nearest(featurize_images(mirrored, backbone, image_size), collection, 5)
     return float((np.asarray(collection_labels)[idx] == np.asarray(labels)[:, None]).mean())

@@ -59,6 +59,5 @@ def _(model, learning_rate, features, labels):
 def _(model, features, labels):
     # right only for a head with a hidden Dense layer before its output layer
     import keras  # here, not at the top: importing the checks must not start TensorFlow
-
     dense = [lay for lay in getattr(model, "layers", []) if isinstance(lay, keras.layers.Dense)]
     return _head_accuracy(model, features, labels) if len(dense) >= 2 else None
