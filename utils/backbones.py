@@ -79,12 +79,13 @@ class _Backbone:
                            if spec.kind == _LITE
                            else f"{spec.name}-keras{_package_version('keras')}-{drawn}")
 
-    @functools.cached_property
-    def _models(self) -> tuple["keras.Model", "keras.Model | None", tuple["_LiteBlock", ...]]:
-        return (_build_lite if self.spec.kind == _LITE else _build_keras_application)(self)
+    feature_model = property(lambda self: _models(self)[0])
+    classifier = property(lambda self: _models(self)[1])
 
-    feature_model = property(lambda self: self._models[0])
-    classifier = property(lambda self: self._models[1])
+
+@functools.lru_cache(maxsize=8)  # built on first use, once per backbone
+def _models(bb: _Backbone) -> tuple["keras.Model", "keras.Model | None", tuple["_LiteBlock", ...]]:
+    return (_build_lite if bb.spec.kind == _LITE else _build_keras_application)(bb)
 
 
 # EfficientNet-Lite (Tan & Le 2019): ReLU6, no squeeze-excite, 32-channel stem, 1280-channel head;
@@ -403,7 +404,7 @@ def _lite_constructor(name: str) -> Callable[..., "keras.Model"]:
         if len(shape) != 3 or shape[2] != 3 or shape[0] is None or shape[0] != shape[1]:
             raise ValueError(f"{spec.name} takes square RGB images of a fixed size, "
                              f"input_shape (size, size, 3); got {shape}")
-        _, trained, blocks = load_backbone(spec.name, shape[0], weights)._models
+        _, trained, blocks = _models(load_backbone(spec.name, shape[0], weights))
         network = _build_efficientnet_lite(blocks, shape[0], spec.name, input_tensor)
         for layer in trained.layers:  # by name: layers before input_tensor are the caller's
             for mine, theirs in zip(network.get_layer(layer.name).weights if layer.weights else (),
